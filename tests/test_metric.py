@@ -1,0 +1,103 @@
+import dspy
+import pytest
+
+from hotmem.metric import GraphMetric, score_graph
+from hotmem.schema import Entity, Graph, Relation, Turn
+
+E = lambda n, t="PERSON": Entity(name=n, type=t)  # noqa: E731
+R = lambda s, p, o: Relation(subject=s, predicate=p, object=o)  # noqa: E731
+
+GOLD = Graph(
+    entities=[E("speaker"), E("Anna"), E("Berlin", "LOCATION"), E("Siemens", "ORGANIZATION")],
+    relations=[R("Anna", "sibling_of", "speaker"), R("Anna", "lives_in", "Berlin"), R("Anna", "works_at", "Siemens")],
+)
+TEXT = "My sister Anna lives in Berlin and works at Siemens."
+
+
+def example(graph=GOLD, text=TEXT, speaker=None):
+    return dspy.Example(turns=[Turn(speaker=speaker, text=text)], graph=graph).with_inputs("turns")
+
+
+def test_perfect_prediction_scores_one():
+    result = score_graph(GOLD, GOLD, text=TEXT)
+    assert result.entity_prf == (1.0, 1.0, 1.0)
+    assert result.relation_prf == (1.0, 1.0, 1.0)
+    assert result.score == 1.0
+
+
+def test_empty_gold_and_empty_prediction_is_perfect_and_spurious_is_penalised():
+    assert score_graph(Graph(), Graph()).score == 1.0
+    noisy = score_graph(Graph(), Graph(entities=[E("Hey", "MISC")]), text="Hey there")
+    assert noisy.entity_prf[2] == 0.0 and noisy.spurious_entities == ["Hey"]
+
+
+def test_normalisation_synonyms_and_inverses_match():
+    pred = Graph(
+        entities=[E("I"), E("anna"), E("berlin", "LOCATION"), E("the Siemens", "ORGANIZATION")],
+        relations=[
+            R("I", "sibling_of", "anna"),            # symmetric, other direction, speaker alias
+            R("anna", "resides_in", "berlin"),       # synonym
+            R("anna", "employed_by", "the Siemens"),  # synonym + article
+        ],
+    )
+    result = score_graph(GOLD, pred, text=TEXT)
+    assert result.relation_prf == (1.0, 1.0, 1.0)
+    assert result.entity_prf == (1.0, 1.0, 1.0)
+
+
+def test_inverse_predicate_counts_as_the_same_fact():
+    gold = Graph(entities=[E("Leo"), E("speaker")], relations=[R("Leo", "child_of", "speaker")])
+    pred = Graph(entities=[E("Leo"), E("speaker")], relations=[R("speaker", "parent_of", "Leo")])
+    assert score_graph(gold, pred, text="My son Leo").relation_prf[2] == 1.0
+
+
+def test_reversed_direction_and_wrong_predicate_are_told_apart():
+    pred = Graph(
+        entities=GOLD.entities,
+        relations=[R("Berlin", "lives_in", "Anna"), R("Anna", "founded", "Siemens")],
+    )
+    result = score_graph(GOLD, pred, text=TEXT)
+    assert result.relation_tp == 0
+    assert result.triple_tp == 2  # predicate-agnostic: both pairs are right
+    assert [p.subject for p, _ in result.reversed_relations] == ["Berlin"]
+    assert [(p.predicate, g.predicate) for p, g in result.wrong_predicates] == [("founded", "works_at")]
+    assert [r.predicate for r in result.missed_relations] == ["sibling_of"]
+    assert result.invalid_relations == [pred.relations[0]]  # LOCATION cannot live in a PERSON
+
+
+def test_ungrounded_and_pronoun_entities_are_reported():
+    pred = Graph(entities=[E("she"), E("Paris", "LOCATION")])
+    result = score_graph(GOLD, pred, text=TEXT)
+    assert result.pronoun_entities == ["she"]
+    assert "Paris" in result.ungrounded_entities and result.grounded_rate == 0.0
+
+
+def test_metric_is_a_float_for_evaluate_and_feedback_for_gepa():
+    metric = GraphMetric()
+    pred = dspy.Prediction(
+        graph=Graph(entities=[E("Anna"), E("Berlin", "LOCATION")], relations=[R("Berlin", "lives_in", "Anna")]),
+        statements=["She lives in Berlin."],
+    )
+    score = metric(example(), pred)
+    assert isinstance(score, float) and 0 < score < 1
+
+    relations = metric(example(), pred, None, "relations", None)
+    assert relations.score == score
+    assert "Reversed direction" in relations.feedback and "Missed relations" in relations.feedback
+    entities = metric(example(), pred, None, "entities", None).feedback
+    assert "Missed entities: speaker, Siemens" in entities and "Reversed" not in entities
+    coref = metric(example(), pred, None, "coref", None).feedback
+    assert "Unresolved pronouns" in coref and "She" in coref
+    decompose = metric(example(), pred, None, "decompose", None).feedback
+    assert "missed clauses" in decompose and "works_at" in decompose
+
+
+def test_decompose_feedback_on_chit_chat():
+    pred = dspy.Prediction(graph=Graph(), statements=["The speaker says hello."])
+    feedback = GraphMetric()(example(Graph(), "hello!"), pred, None, "decompose", None).feedback
+    assert "states no fact" in feedback
+
+
+@pytest.mark.parametrize("pred", [None, dspy.Prediction(), dspy.Prediction(graph="garbage")])
+def test_missing_or_broken_prediction_scores_zero_not_crash(pred):
+    assert GraphMetric()(example(), pred) == 0.0

@@ -1,0 +1,140 @@
+import dspy
+import pytest
+
+from hotmem.extractor import ExtractionError, GraphExtractor, chunk_turns
+from hotmem.schema import CONVERSATION_SCHEMA, InvalidInputError, Turn, as_turns
+from hotmem.signatures import signatures_for
+from hotmem.teacher import Teacher, assemble_graph
+
+
+def scripted(*answers):
+    return dspy.utils.DummyLM(list(answers), adapter=dspy.JSONAdapter())
+
+
+FULL_RUN = (
+    {"references": [{"mention": "my", "refers_to": "speaker"}, {"mention": "She", "refers_to": "Potola"}]},
+    {"statements": ["Potola is five years old.", "Potola is the speaker's cat."]},
+    {"entities": [{"name": "Potola", "type": "ANIMAL"}, {"name": "five years", "type": "QUANTITY"},
+                  {"name": "speaker", "type": "PERSON"}, {"name": "she", "type": "ANIMAL"}]},
+    {"relations": [{"subject": "Potola", "predicate": "has_age", "object": "five years"},
+                   {"subject": "I", "predicate": "has_pet", "object": "She"},
+                   {"subject": "Potola", "predicate": "has_age", "object": "five years"},
+                   {"subject": "Potola", "predicate": "lives_in", "object": "Narnia"}]},
+)
+
+
+def run(program, lm, text):
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        return program(turns=as_turns(text))
+
+
+def test_teacher_composes_four_steps_into_a_clean_graph():
+    lm = scripted(*FULL_RUN)
+    pred = run(Teacher(), lm, "Did I tell you that Potola is five years old? She's my cat.")
+    graph = pred.graph
+    assert len(lm.history) == 4
+    assert {e.name for e in graph.entities} == {"Potola", "five years", "speaker"}  # pronoun entity dropped
+    # pronoun endpoint resolved through coref, duplicate dropped, endpoint that is no entity dropped
+    assert sorted(r.triple for r in graph.relations) == [
+        ("Potola", "has_age", "five years"),
+        ("speaker", "has_pet", "Potola"),
+    ]
+    assert pred.statements[0] == "Potola is five years old."
+    assert graph.confidence == 1.0
+
+
+def test_coref_is_skipped_when_only_first_person_pronouns_occur():
+    from hotmem.teacher import first_person_references
+
+    refs = first_person_references([Turn(speaker="Anna", text="I love my dog."), Turn(text="Me too")])
+    assert [(r.mention, r.refers_to) for r in refs] == [("I", "Anna"), ("my", "Anna"), ("Me", "speaker")]
+    assert first_person_references([Turn(text="I met her yesterday")]) is None
+
+
+def test_seed_demos_are_attached_only_where_the_schema_fits():
+    from hotmem.data import CONLL04_SCHEMA
+
+    teacher = Teacher()
+    assert len(teacher.relations.demos) == 2 and len(teacher.coref.demos) == 2
+    assert len(teacher.decompose.demos) == 3
+    other = Teacher(CONLL04_SCHEMA)
+    assert other.relations.demos == []
+    # CoNLL04 has no ANIMAL or QUANTITY type: the Potola demo would teach types the schema lacks
+    assert len(other.entities.demos) == 1
+    assert all("Potola" not in " ".join(d.statements) for d in other.entities.demos)
+
+
+def test_chit_chat_stops_after_decompose():
+    lm = scripted({"references": []}, {"statements": []})
+    pred = run(Teacher(), lm, "hey, how are you?")
+    assert pred.graph.is_empty
+    assert len(lm.history) == 2
+
+
+def test_closed_extraction_constrains_predicates_and_types():
+    sigs = signatures_for(CONVERSATION_SCHEMA, closed=True)
+    schema = sigs.relations.output_fields["relations"].annotation.__args__[0].model_json_schema()
+    assert set(schema["properties"]["predicate"]["enum"]) == set(CONVERSATION_SCHEMA.predicates)
+    entity_schema = sigs.entities.output_fields["entities"].annotation.__args__[0].model_json_schema()
+    assert "PERSON" in entity_schema["properties"]["type"]["enum"]
+    # the instruction GEPA edits is the docstring
+    assert sigs.relations.instructions.startswith("Extract the relations")
+
+
+def test_open_extraction_keeps_new_predicates_in_snake_case():
+    entities = [dict(name="Mia", type="PERSON"), dict(name="kite surfing", type="ACTIVITY")]
+    from hotmem.signatures import ExtractedEntity, ExtractedRelation
+
+    raw_entities = [ExtractedEntity(**e) for e in entities]
+    raw_relations = [ExtractedRelation(subject="Mia", predicate="Is Obsessed With", object="kite surfing")]
+    closed = assemble_graph(raw_entities, raw_relations, text="Mia loves kite surfing", speakers=["speaker"],
+                            schema=CONVERSATION_SCHEMA, closed=True)
+    opened = assemble_graph(raw_entities, raw_relations, text="Mia loves kite surfing", speakers=["speaker"],
+                            schema=CONVERSATION_SCHEMA, closed=False)
+    assert closed.relations == []
+    assert opened.relations[0].predicate == "is_obsessed_with"
+
+
+def test_ungrounded_entities_get_lower_confidence():
+    from hotmem.signatures import ExtractedEntity
+
+    graph = assemble_graph([ExtractedEntity(name="Atlantis", type="LOCATION")], [], text="I like maps",
+                           speakers=["speaker"], schema=CONVERSATION_SCHEMA)
+    assert graph.entities[0].confidence < 1.0
+
+
+def test_extractor_named_speaker_and_multi_turn_input():
+    lm = scripted(  # no pronoun beyond "I": coref is not called
+        {"statements": ["Anna lives in Oslo."]},
+        {"entities": [{"name": "I", "type": "PERSON"}, {"name": "Oslo", "type": "LOCATION"}]},
+        {"relations": [{"subject": "I", "predicate": "lives_in", "object": "Oslo"}]},
+    )
+    graph = GraphExtractor(lm)("I live in Oslo.", speaker="Anna")
+    assert [r.triple for r in graph.relations] == [("Anna", "lives_in", "Oslo")]
+    assert len(lm.history) == 3
+    assert "Anna: I live in Oslo." in lm.history[0]["messages"][-1]["content"]
+
+
+def test_extractor_input_errors_are_typed_and_cheap():
+    lm = scripted()
+    extractor = GraphExtractor(lm)
+    assert extractor("").is_empty and extractor("   \n").is_empty
+    assert len(lm.history) == 0
+    with pytest.raises(InvalidInputError, match="at most"):
+        extractor("x" * 100_000)
+    with pytest.raises(InvalidInputError):
+        extractor(12345)
+
+
+def test_malformed_model_output_is_a_typed_error():
+    lm = dspy.utils.DummyLM([{"references": "not a list at all {"}] * 5, adapter=dspy.JSONAdapter())
+    with pytest.raises(ExtractionError):
+        GraphExtractor(lm)("I live in Oslo.")
+
+
+def test_long_input_is_chunked_by_turns_and_sentences():
+    turns = [Turn(speaker="A", text="Sentence one. " * 200), Turn(speaker="B", text="short")]
+    chunks = chunk_turns(turns, max_chars=500)
+    assert all(sum(len(t.text) for t in c) <= 500 for c in chunks)
+    assert "".join(t.text for c in chunks for t in c).replace(" ", "") == "".join(t.text for t in turns).replace(" ", "")
+    assert chunks[-1][-1] == Turn(speaker="B", text="short")
