@@ -39,11 +39,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hotmem.data import load_dataset
     from hotmem.evaluate import evaluate_program
     from hotmem.lm import make_lm
+    from hotmem.extractor import default_program
+    from hotmem.optimize import load_program
     from hotmem.teacher import Teacher
 
     records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
     lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache)
-    program = Teacher(schema, closed=not args.open)
+    if args.program == "teacher":
+        program = Teacher(schema, closed=not args.open)
+    elif args.program == "default":
+        program = default_program(schema, closed=not args.open)
+    else:
+        program = load_program(args.program, schema, closed=not args.open)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
     meta = {"command": " ".join(sys.argv), "lm": getattr(lm, "model", str(lm)), "schema": schema.name}
@@ -51,6 +58,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(report.markdown())
     if args.json:
         print(json.dumps(report.summary(), indent=1))
+    return 0
+
+
+def _records(name: str, path: str | None, split: str | None, skip: int, limit: int | None):
+    from hotmem.data import load_dataset
+
+    records, schema = load_dataset(name, path=path, split=split, limit=None if limit is None else skip + limit)
+    return records[skip:], schema
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from hotmem.optimize import OptimizeConfig, optimize
+
+    trainset, schema = _records(args.train, args.train_path, args.train_split, args.train_skip, args.train_limit)
+    valset, val_schema = _records(args.val, args.val_path, args.val_split, args.val_skip, args.val_limit)
+    if val_schema.fingerprint() != schema.fingerprint():
+        raise SystemExit("hotmem: error: train and validation sets use different relation schemas")
+    config = OptimizeConfig(
+        task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
+        threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open,
+        notes={"command": " ".join(sys.argv)},
+    )
+    result = optimize(config, trainset, valset, schema)
+    m = result.manifest
+    print(f"best validation score {m['best_val_score']:.3f} (unoptimized {m['seed_val_score']:.3f}) "
+          f"after {m['total_metric_calls']} metric calls; saved to {result.out_dir}")
     return 0
 
 
@@ -71,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default="gold", help="gold, personaext, dialogre, convai2 or conll04")
     evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
     evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
-    evaluate.add_argument("--program", default="teacher", choices=["teacher"], help="program to evaluate")
+    evaluate.add_argument(
+        "--program", default="default",
+        help="'default' (the shipped optimized teacher when it fits the schema, else the unoptimized one), "
+        "'teacher' (unoptimized), or a folder saved by `hotmem optimize`",
+    )
     evaluate.add_argument("--limit", type=int, default=None, help="first N examples only")
     evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
     evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")
@@ -79,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
     _add_lm(evaluate)
     evaluate.set_defaults(func=_evaluate)
+
+    opt = sub.add_parser("optimize", help="optimize the teacher with GEPA and save it")
+    opt.add_argument("--train", default="gold", help="training data set name (default: gold)")
+    opt.add_argument("--train-path", default=None)
+    opt.add_argument("--train-split", default="train")
+    opt.add_argument("--train-skip", type=int, default=0, help="skip the first N records")
+    opt.add_argument("--train-limit", type=int, default=None)
+    opt.add_argument("--val", default="gold", help="validation data set name (default: gold)")
+    opt.add_argument("--val-path", default=None)
+    opt.add_argument("--val-split", default="dev")
+    opt.add_argument("--val-skip", type=int, default=0)
+    opt.add_argument("--val-limit", type=int, default=None)
+    opt.add_argument("--reflection-lm", default="embedded/qwen2.5-coder-1.5b", help="LM that proposes instructions")
+    opt.add_argument("--budget", default="light", help="light, medium, heavy, or a number of metric calls")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--threads", type=int, default=1, help="parallel evaluations (1 for the in-process model)")
+    opt.add_argument("--log-dir", default="runs/gepa", help="GEPA state: rerun the same command to resume")
+    opt.add_argument("--out", default="optimized/teacher", help="folder for the optimized program and its report")
+    opt.add_argument("--open", action="store_true", help="open extraction")
+    _add_lm(opt)
+    opt.set_defaults(func=_optimize)
     return parser
 
 

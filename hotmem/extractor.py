@@ -21,6 +21,7 @@ from hotmem.schema import (
     merge_graphs,
     speakers_of,
 )
+from hotmem.optimize import load_program, shipped_teacher_dir
 from hotmem.teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,14 @@ def chunk_turns(turns: Sequence[Turn], max_chars: int = CHUNK_CHARS) -> list[lis
     return chunks
 
 
+def default_program(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True) -> dspy.Module:
+    """The optimized teacher shipped in `optimized/` when it fits the schema, else the unoptimized teacher."""
+    shipped = shipped_teacher_dir()
+    if shipped is not None and schema.fingerprint() == CONVERSATION_SCHEMA.fingerprint() and closed:
+        return load_program(shipped, schema, closed)
+    return Teacher(schema, closed=closed)
+
+
 class GraphExtractor:
     """Extract a knowledge graph from an utterance or a conversation.
 
@@ -90,7 +99,7 @@ class GraphExtractor:
         self.lm = make_lm(lm) if lm is not None else None
         self.schema = schema
         self.closed = closed
-        self.program = program or Teacher(schema, closed=closed)
+        self.program = program or default_program(schema, closed)
         self.max_chars = max_chars
 
     def __call__(self, text: str | Sequence[Turn | dict | tuple[str, str]], speaker: str | None = None) -> Graph:

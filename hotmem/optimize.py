@@ -1,0 +1,236 @@
+"""GEPA optimizes the teacher's instructions against the graph metric's per-predictor feedback.
+
+`optimize(OptimizeConfig(...))` compiles a `Teacher` with `dspy.GEPA` and writes a self-describing folder:
+`program.json` (DSPy's JSON state, not pickle), `manifest.json` (what it was made for and from), `candidates.json`
+(every candidate's score, parents and instructions), `pareto.json`, `instructions.md`, and `score_curve.png`.
+GEPA's own state lives in `log_dir`: the same command after an interruption continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from hotmem.evaluate import write_atomic
+from hotmem.metric import GraphMetric
+from hotmem.schema import CONVERSATION_SCHEMA, Record, RelationSchema, SchemaMismatchError
+from hotmem.teacher import Teacher, to_example
+
+logger = logging.getLogger(__name__)
+
+PROGRAM_FILE = "program.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def shipped_teacher_dir() -> Path | None:
+    """The optimized teacher `GraphExtractor()` loads by default: `optimized/teacher` of a source checkout."""
+    candidate = Path(__file__).resolve().parent.parent / "optimized" / "teacher"
+    return candidate if (candidate / MANIFEST_FILE).is_file() else None
+
+
+@dataclass
+class OptimizeConfig:
+    """Everything a GEPA run depends on; recorded in the manifest."""
+
+    task_lm: str | None = None  # None: the embedded 0.5B
+    reflection_lm: str = "embedded/qwen2.5-coder-1.5b"
+    budget: str | int = "light"  # "light" / "medium" / "heavy", or max metric calls
+    seed: int = 0
+    threads: int = 1
+    reflection_minibatch_size: int = 3
+    log_dir: str = "runs/gepa"
+    out_dir: str = "optimized/teacher"
+    closed: bool = True
+    reflection_max_tokens: int = 1024
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizeResult:
+    program: Teacher
+    out_dir: Path
+    manifest: dict[str, Any]
+
+
+def manifest_for(program: Teacher) -> dict[str, Any]:
+    """What a saved program must match to be loaded: class, schema and predictor names."""
+    return {
+        "program": f"{type(program).__module__}.{type(program).__qualname__}",
+        "schema": program.schema.name,
+        "schema_fingerprint": program.schema.fingerprint(),
+        "closed": program.closed,
+        "predictors": [name for name, _ in program.named_predictors()],
+    }
+
+
+def save_program(program: Teacher, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save the program's state as JSON with a manifest; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = program.dump_state()
+    write_atomic(out / PROGRAM_FILE, json.dumps(state, indent=1, default=str))
+    manifest = {**manifest_for(program), **(extra or {})}
+    write_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=1, default=str))
+    return out
+
+
+def load_program(
+    path: str | Path, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True
+) -> Teacher:
+    """A `Teacher` for `schema` with the saved state; `SchemaMismatchError` when the state was made for another."""
+    folder = Path(path)
+    manifest_path, program_path = folder / MANIFEST_FILE, folder / PROGRAM_FILE
+    if not manifest_path.is_file() or not program_path.is_file():
+        raise SchemaMismatchError(f"{folder} holds no saved program ({MANIFEST_FILE} and {PROGRAM_FILE} expected)")
+    manifest = json.loads(manifest_path.read_text())
+    program = Teacher(schema, closed=closed)
+    expected = manifest_for(program)
+    problems = [
+        f"{key}: saved {manifest.get(key)!r}, this program {expected[key]!r}"
+        for key in ("program", "schema_fingerprint", "closed", "predictors")
+        if manifest.get(key) != expected[key]
+    ]
+    if problems:
+        raise SchemaMismatchError(
+            f"the program saved in {folder} was made for schema {manifest.get('schema')!r}, not {schema.name!r} "
+            f"as configured here ({'; '.join(problems)}). Optimize for this schema with `hotmem optimize`, "
+            "or pass the matching schema."
+        )
+    program.load_state(json.loads(program_path.read_text()))
+    return program
+
+
+def _budget_kwargs(budget: str | int) -> dict[str, Any]:
+    if isinstance(budget, int) or str(budget).isdigit():
+        return {"max_metric_calls": int(budget)}
+    if budget not in {"light", "medium", "heavy"}:
+        raise ValueError(f"budget is 'light', 'medium', 'heavy' or a number of metric calls, not {budget!r}")
+    return {"auto": budget}
+
+
+def _instructions(program: dspy.Module) -> dict[str, str]:
+    return {name: predictor.signature.instructions for name, predictor in program.named_predictors()}
+
+
+def optimize(
+    config: OptimizeConfig,
+    trainset: list[Record],
+    valset: list[Record],
+    schema: RelationSchema = CONVERSATION_SCHEMA,
+    *,
+    task_lm: dspy.BaseLM | None = None,
+    reflection_lm: dspy.BaseLM | None = None,
+) -> OptimizeResult:
+    """Run GEPA on the teacher and write the run's artifacts to `config.out_dir`."""
+    from hotmem.lm import make_lm
+
+    if not trainset or not valset:
+        raise ValueError("GEPA needs a non-empty train set and validation set")
+    task_lm = task_lm or make_lm(config.task_lm)
+    reflection_lm = reflection_lm or make_lm(
+        config.reflection_lm, temperature=1.0, max_tokens=config.reflection_max_tokens
+    )
+    student = Teacher(schema, closed=config.closed)
+    seed_instructions = _instructions(student)
+    Path(config.log_dir).mkdir(parents=True, exist_ok=True)
+    gepa = dspy.GEPA(
+        metric=GraphMetric(schema),
+        reflection_lm=reflection_lm,
+        reflection_minibatch_size=config.reflection_minibatch_size,
+        num_threads=config.threads,
+        seed=config.seed,
+        log_dir=config.log_dir,
+        track_stats=True,
+        add_format_failure_as_feedback=True,
+        gepa_kwargs={"use_cloudpickle": True, "display_progress_bar": True},
+        **_budget_kwargs(config.budget),
+    )
+    started = time.perf_counter()
+    with dspy.context(lm=task_lm, adapter=dspy.JSONAdapter()):
+        optimized = gepa.compile(
+            student, trainset=[to_example(r) for r in trainset], valset=[to_example(r) for r in valset]
+        )
+    elapsed = time.perf_counter() - started
+    results = optimized.detailed_results
+    out = Path(config.out_dir)
+    candidates = [
+        {
+            "index": i,
+            "val_score": results.val_aggregate_scores[i],
+            "parents": results.parents[i],
+            "discovered_at_metric_calls": results.discovery_eval_counts[i],
+            "instructions": _instructions(candidate),
+        }
+        for i, candidate in enumerate(results.candidates)
+    ]
+    manifest = {
+        "config": asdict(config),
+        "task_lm": getattr(task_lm, "model", str(task_lm)),
+        "reflection_lm": getattr(reflection_lm, "model", str(reflection_lm)),
+        "trainset": [r.id for r in trainset],
+        "valset": [r.id for r in valset],
+        "total_metric_calls": results.total_metric_calls,
+        "num_full_val_evals": results.num_full_val_evals,
+        "best_index": results.best_idx,
+        "best_val_score": results.val_aggregate_scores[results.best_idx],
+        "seed_val_score": results.val_aggregate_scores[0],
+        "seconds": round(elapsed, 1),
+        "versions": {"dspy": dspy.__version__},
+    }
+    save_program(optimized, out, manifest)
+    write_atomic(out / "candidates.json", json.dumps(candidates, indent=1))
+    pareto = {str(k): sorted(v) for k, v in results.per_val_instance_best_candidates.items()}
+    write_atomic(out / "pareto.json", json.dumps(pareto, indent=1))
+    write_atomic(out / "instructions.md", _instructions_markdown(seed_instructions, _instructions(optimized)))
+    plot_score_curve(candidates, out / "score_curve.png")
+    logger.info("GEPA: best val score %.3f (seed %.3f) after %s metric calls",
+                manifest["best_val_score"], manifest["seed_val_score"], results.total_metric_calls)
+    return OptimizeResult(optimized, out, {**manifest_for(optimized), **manifest})
+
+
+def _instructions_markdown(before: dict[str, str], after: dict[str, str]) -> str:
+    parts = ["# Instructions before and after GEPA", ""]
+    for name in before:
+        parts += [f"## {name}", "", "Before:", "", "```", before[name], "```", "", "After:", "", "```",
+                  after.get(name, ""), "```", ""]
+    return "\n".join(parts)
+
+
+def best_score_curve(candidates: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(metric calls, best validation score so far) at each candidate's discovery."""
+    points, best = [], float("-inf")
+    for candidate in sorted(candidates, key=lambda c: c["discovered_at_metric_calls"]):
+        best = max(best, candidate["val_score"])
+        points.append((candidate["discovered_at_metric_calls"], best))
+    return points
+
+
+def plot_score_curve(candidates: list[dict[str, Any]], path: Path) -> Path | None:
+    """Best validation score against metric calls, as a PNG (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no score curve written")
+        return None
+    points = best_score_curve(candidates)
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    axis.step([p[0] for p in points], [p[1] for p in points], where="post", marker="o")
+    axis.scatter([c["discovered_at_metric_calls"] for c in candidates], [c["val_score"] for c in candidates],
+                 s=12, alpha=0.5, label="candidates")
+    axis.set_xlabel("metric calls")
+    axis.set_ylabel("validation score")
+    axis.set_title("GEPA: best score so far")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

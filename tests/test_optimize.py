@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from conftest import needs_smollm
+from hotmem.data import CONLL04_SCHEMA, load_gold
+from hotmem.optimize import (
+    MANIFEST_FILE,
+    OptimizeConfig,
+    best_score_curve,
+    load_program,
+    optimize,
+    save_program,
+)
+from hotmem.schema import SchemaMismatchError
+from hotmem.teacher import Teacher
+
+
+def test_saved_state_is_json_and_round_trips(tmp_path):
+    teacher = Teacher()
+    teacher.relations.signature = teacher.relations.signature.with_instructions("Only extract lives_in.")
+    save_program(teacher, tmp_path, {"note": "test"})
+    state = json.loads((tmp_path / "program.json").read_text())
+    assert "relations.predict" in state or "relations" in state
+    loaded = load_program(tmp_path)
+    assert loaded.relations.signature.instructions == "Only extract lives_in."
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["note"] == "test"
+
+
+def test_loading_for_another_schema_says_so(tmp_path):
+    save_program(Teacher(), tmp_path)
+    with pytest.raises(SchemaMismatchError, match="made for schema 'hotmem-conversation'"):
+        load_program(tmp_path, schema=CONLL04_SCHEMA)
+    with pytest.raises(SchemaMismatchError, match="no saved program"):
+        load_program(tmp_path / "nowhere")
+
+
+def test_best_score_curve_is_monotone():
+    candidates = [
+        {"discovered_at_metric_calls": 0, "val_score": 0.3},
+        {"discovered_at_metric_calls": 20, "val_score": 0.2},
+        {"discovered_at_metric_calls": 10, "val_score": 0.5},
+    ]
+    assert best_score_curve(candidates) == [(0, 0.3), (10, 0.5), (20, 0.5)]
+
+
+@pytest.mark.integration
+@needs_smollm
+def test_tiny_gepa_run_writes_every_artifact_and_resumes(tmp_path):
+    from hotmem.lm import make_lm
+
+    records = [r for r in load_gold(split="train") if len(r.text) < 70][:4]
+    lm = make_lm("embedded/smollm2-135m", max_tokens=256)
+    config = OptimizeConfig(budget=12, log_dir=str(tmp_path / "log"), out_dir=str(tmp_path / "out"),
+                            reflection_minibatch_size=1)
+    result = optimize(config, records[:2], records[2:], task_lm=lm, reflection_lm=lm)
+    out = result.out_dir
+    for name in ("program.json", "manifest.json", "candidates.json", "pareto.json", "instructions.md"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["total_metric_calls"] >= 4 and manifest["valset"] == [r.id for r in records[2:]]
+    assert isinstance(load_program(out), Teacher)
+    # the same call again continues from the log dir instead of starting over
+    again = optimize(config, records[:2], records[2:], task_lm=lm, reflection_lm=lm)
+    assert again.manifest["total_metric_calls"] == manifest["total_metric_calls"]
