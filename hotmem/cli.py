@@ -38,8 +38,8 @@ def _extract(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from hotmem.data import load_dataset
     from hotmem.evaluate import evaluate_program
-    from hotmem.lm import make_lm
     from hotmem.extractor import default_program
+    from hotmem.lm import make_lm
     from hotmem.optimize import load_program
     from hotmem.teacher import Teacher
 

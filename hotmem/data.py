@@ -38,6 +38,7 @@ from hotmem.schema import (
     RelationSchema,
     RelationType,
     Turn,
+    relation_type,
 )
 
 logger = logging.getLogger(__name__)
@@ -631,17 +632,7 @@ _DIALOGRE_TURN = re.compile(r"^(?P<speaker>Speaker \d+(?:\s*,\s*Speaker \d+)*)\s
 _UNANSWERABLE = "unanswerable"
 
 
-def _dr(
-    name: str, description: str, head: str, tail: str, inverse: str | None = None, symmetric: bool = False
-) -> RelationType:
-    return RelationType(
-        name=name,
-        description=description,
-        head_types=tuple(head.split()),
-        tail_types=tuple(tail.split()),
-        inverse=inverse,
-        symmetric=symmetric,
-    )
+_dr = relation_type  # DialogRE relations have no category
 
 
 _P, _IMPRESSION = "PERSON", "PERSON ORGANIZATION LOCATION MISC"
@@ -802,7 +793,7 @@ def _detokenize(tokens: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
             role[i], in_quote = ("close" if in_quote else "open"), not in_quote
         i += 1
     text, spans, glue = "", [], True
-    for surface, mark in zip(surfaces, role):
+    for surface, mark in zip(surfaces, role, strict=True):
         attach = glue or surface == "" or mark == "close"
         attach = attach or (mark != "open" and (surface in _NO_SPACE_BEFORE or bool(_CLITIC.match(surface))))
         if not attach:

@@ -10,6 +10,7 @@ from typing import Any
 import dspy
 
 from hotmem.lm import default_lm, make_lm
+from hotmem.optimize import load_program, shipped_teacher_dir
 from hotmem.schema import (
     CONVERSATION_SCHEMA,
     Graph,
@@ -21,7 +22,6 @@ from hotmem.schema import (
     merge_graphs,
     speakers_of,
 )
-from hotmem.optimize import load_program, shipped_teacher_dir
 from hotmem.teacher import Teacher
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ OpenAI-compatible `api_base`, goes through the same call.
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import logging
 import os
@@ -364,7 +363,3 @@ def lm_usage(lm: dspy.BaseLM) -> dict[str, int]:
         output += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
     return {"calls": calls, "prompt_tokens": prompt, "output_tokens": output}
 
-
-def copy_lm(lm: dspy.BaseLM) -> dspy.BaseLM:
-    """A copy with its own history (for counting one evaluation's calls)."""
-    return copy.copy(lm)

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs_embedded, needs_smollm
 from dspy import lm15
 
-from conftest import needs_embedded, needs_smollm
 from hotmem import lm as hotmem_lm
 from hotmem.lm import EmbeddedModel, LlamaCppEngine, ModelNotAvailableError, _bound_arrays, model_path
 from hotmem.schema import CONVERSATION_SCHEMA, Graph

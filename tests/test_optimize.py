@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import needs_smollm
+
 from hotmem.data import CONLL04_SCHEMA, load_gold
 from hotmem.optimize import (
     MANIFEST_FILE,

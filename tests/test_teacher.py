@@ -138,3 +138,18 @@ def test_long_input_is_chunked_by_turns_and_sentences():
     assert all(sum(len(t.text) for t in c) <= 500 for c in chunks)
     assert "".join(t.text for c in chunks for t in c).replace(" ", "") == "".join(t.text for t in turns).replace(" ", "")
     assert chunks[-1][-1] == Turn(speaker="B", text="short")
+
+
+def test_one_configuration_entry_point_for_every_backend(monkeypatch):
+    import hotmem
+    from hotmem.lm import LlamaCppEngine, default_lm, make_lm
+
+    monkeypatch.setattr("hotmem.lm._configured", None)  # restored after the test
+    server = make_lm("openai/qwen2.5", api_base="http://127.0.0.1:8080/v1", api_key="-")
+    assert server.model == "openai/qwen2.5" and server.kwargs.get("api_base") == "http://127.0.0.1:8080/v1"
+    assert make_lm("ollama_chat/qwen2.5:7b").model == "ollama_chat/qwen2.5:7b"
+    embedded = make_lm()  # builds the engine lazily: no model is loaded here
+    assert isinstance(embedded.engine, LlamaCppEngine) and embedded.engine.model == "qwen2.5-coder-0.5b"
+    assert make_lm("embedded/smollm2-135m").engine.model == "smollm2-135m"
+    configured = hotmem.configure("openai/gpt-4o-mini")
+    assert default_lm() is configured
