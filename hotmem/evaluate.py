@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from hotmem.lm import lm_usage
 from hotmem.metric import GraphScore, prf, score_graph
 from hotmem.schema import Graph, Record, RelationSchema, render_turns, speakers_of
+from hotmem.signatures import CompactJSONAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def evaluate_program(
         logger.info("resuming %s: %d of %d examples already done", name, len(done), len(records))
     sink = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed below
     try:
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
             for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
                 if record.id in done:
                     continue

@@ -22,6 +22,7 @@ from hotmem.schema import (
     merge_graphs,
     speakers_of,
 )
+from hotmem.signatures import CompactJSONAdapter
 from hotmem.teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class GraphExtractor:
         lm = self.lm or default_lm()
         speakers = speakers_of(turns)
         graphs = []
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
             for chunk in chunk_turns(turns):
                 try:
                     graphs.append(self.program(turns=chunk).graph)

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -154,6 +155,69 @@ def _bound_arrays(schema: Any, max_items: int) -> Any:
     return schema
 
 
+def repeated_array_item(text: str) -> bool:
+    """True when the JSON text so far has just completed an array item equal to an earlier item of that array.
+
+    Small models decoding greedily under a grammar tend to repeat a list item until `maxItems`; when this returns
+    True the engine only lets the array close. Scans the (short) output from the start each time.
+    """
+    stack: list[list] = []  # per open container: [kind, item_start, completed items]
+    in_string = escaped = False
+    for i, char in enumerate(text):
+        completed = False
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+                completed = bool(stack) and stack[-1][0] == "["
+        elif char == '"' or char in "[{":
+            if stack and stack[-1][0] == "[" and stack[-1][1] is None:
+                stack[-1][1] = i
+            if char == '"':
+                in_string = True
+            else:
+                stack.append([char, None, []])
+        elif char in "]}":
+            if stack:
+                stack.pop()
+            completed = char == "}" and bool(stack) and stack[-1][0] == "["
+        elif char == "," and stack and stack[-1][0] == "[":
+            stack[-1][1] = None
+        if completed and stack[-1][1] is not None:
+            item = text[stack[-1][1] : i + 1]
+            if item in stack[-1][2]:
+                if not text[i + 1 :].strip(" \n\t"):
+                    return True
+            else:
+                stack[-1][2].append(item)
+    return False
+
+
+class _CloseRepeatedArrays:
+    """llama.cpp logits processor: after a repeated array item, only tokens that close the array may follow."""
+
+    def __init__(self, llama, closing_tokens):
+        self.llama = llama
+        self.closing_tokens = closing_tokens
+        self.prompt_len: int | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.prompt_len is None:
+            self.prompt_len = len(input_ids)
+            return scores
+        generated = self.llama.detokenize(list(input_ids[self.prompt_len :])).decode("utf-8", "ignore")
+        if repeated_array_item(generated):
+            import numpy as np
+
+            masked = np.full_like(scores, -np.inf)
+            masked[self.closing_tokens] = scores[self.closing_tokens]
+            return masked
+        return scores
+
+
 def _text_of(parts) -> str:
     return "".join(getattr(p, "text", "") or "" for p in parts)
 
@@ -162,6 +226,7 @@ class LlamaCppEngine:
     """A DSPy engine (`complete(Request) -> Response`) running a GGUF in process through llama-cpp-python.
 
     - `response_format` JSON schemas become llama.cpp grammars, so outputs always parse.
+    - A repeated list item ends its list (small models otherwise repeat items until `maxItems`).
     - The KV state of earlier prompts is kept in a RAM cache keyed by token prefix: a predictor's long fixed prefix
       (instructions, schema) is processed once, later calls only pay for the new tokens.
     - llama.cpp contexts are not thread-safe: calls are serialised with a lock.
@@ -181,6 +246,7 @@ class LlamaCppEngine:
         kv_cache_bytes: int = 1 << 30,
         max_items: int = DEFAULT_MAX_ITEMS,
         chat_format: str | None = None,
+        close_repeated_items: bool = True,
     ):
         self.model = model
         self.n_ctx = n_ctx
@@ -188,7 +254,10 @@ class LlamaCppEngine:
         self.kv_cache_bytes = kv_cache_bytes
         self.max_items = max_items
         self.chat_format = chat_format
+        self.close_repeated_items = close_repeated_items
         self._llama = None
+        self._closing_tokens = None
+        self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.stats = {"calls": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0}
 
@@ -220,8 +289,31 @@ class LlamaCppEngine:
                 verbose=False,
             )
             self._llama.set_cache(LlamaRAMCache(capacity_bytes=self.kv_cache_bytes))
+            # tokens that can close an array: "]" possibly after whitespace, possibly followed by more closers
+            vocab = range(self._llama.n_vocab())
+            self._closing_tokens = [
+                t for t in vocab
+                if (piece := self._llama.detokenize([t]).decode("utf-8", "ignore").lstrip(" \n\t")).startswith("]")
+            ]
             logger.info("loaded %s in %.1fs", path.name, time.perf_counter() - started)
         return self._llama
+
+    def _grammar(self, schema: dict):
+        """The schema as a llama.cpp grammar, built once per schema.
+
+        llama-cpp-python's converter allows only a single space between JSON tokens; a model that wants to indent
+        (as most do) is then pushed off its distribution and answers with empty lists. Allow newlines and indents.
+        """
+        import json
+
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            gbnf = json_schema_to_gbnf(json.dumps(_bound_arrays(schema, self.max_items)))
+            gbnf = re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.M)
+            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
+        return self._grammars[key]
 
     def _messages(self, request: lm15.Request) -> list[dict[str, str]]:
         messages = []
@@ -248,7 +340,13 @@ class LlamaCppEngine:
             kwargs["seed"] = config.seed
         fmt = config.response_format
         if fmt and fmt.get("type") == "json_schema":
-            kwargs["response_format"] = {"type": "json_object", "schema": _bound_arrays(fmt["schema"], self.max_items)}
+            kwargs["grammar"] = self._grammar(fmt["schema"])
+            if self.close_repeated_items:
+                from llama_cpp import LogitsProcessorList
+
+                kwargs["logits_processor"] = LogitsProcessorList(
+                    [_CloseRepeatedArrays(self.llama, self._closing_tokens)]
+                )
         elif fmt:
             kwargs["response_format"] = {"type": "json_object"}
         messages = self._messages(request)

@@ -20,6 +20,7 @@ import dspy
 from hotmem.evaluate import write_atomic
 from hotmem.metric import GraphMetric
 from hotmem.schema import CONVERSATION_SCHEMA, Record, RelationSchema, SchemaMismatchError
+from hotmem.signatures import CompactJSONAdapter
 from hotmem.teacher import Teacher, to_example
 
 logger = logging.getLogger(__name__)
@@ -148,11 +149,11 @@ def optimize(
         log_dir=config.log_dir,
         track_stats=True,
         add_format_failure_as_feedback=True,
-        gepa_kwargs={"use_cloudpickle": True, "display_progress_bar": True},
+        gepa_kwargs={"use_cloudpickle": True},  # DSPy already turns on GEPA's progress bar
         **_budget_kwargs(config.budget),
     )
     started = time.perf_counter()
-    with dspy.context(lm=task_lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=task_lm, adapter=CompactJSONAdapter()):
         optimized = gepa.compile(
             student, trainset=[to_example(r) for r in trainset], valset=[to_example(r) for r in valset]
         )

@@ -1,0 +1,21 @@
+"""Engine helpers that need no model."""
+
+import pytest
+
+from hotmem.lm import repeated_array_item
+
+
+@pytest.mark.parametrize(
+    "text, repeated",
+    [
+        ('{"e": ["Anna", "Tom", "Anna"', True),           # a string item seen before, just completed
+        ('{"e": ["Anna", "Tom", "Anna", ', False),        # already past it: the grammar decides now
+        ('{"e": ["Anna", "Tom", "Ann', False),            # still inside the string
+        ('{"r": [{"s": "a", "p": "x"}, {"s": "a", "p": "x"}', True),   # repeated object
+        ('{"r": [{"s": "a", "p": "x"}, {"s": "a", "p": "y"}', False),
+        ('{"a": ["x"], "b": ["x"', False),                # same value in another array is fine
+        ('{"e": ["say \\"hi\\"", "say \\"hi\\""', True),  # escaped quotes do not end strings
+    ],
+)
+def test_repeated_array_item(text, repeated):
+    assert repeated_array_item(text) is repeated
