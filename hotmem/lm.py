@@ -218,6 +218,27 @@ class _CloseRepeatedArrays:
         return scores
 
 
+def _prefix_cache(capacity_bytes: int):
+    """llama-cpp-python's RAM prompt cache, made to hold what it counts.
+
+    Each saved state carries a copy of the whole logits buffer (n_batch x vocabulary floats: 311 MB for Qwen) that
+    the cache does not count against its capacity, so it grew to 16 GB in an evaluation. Those logits are only read
+    for logprobs, which hotmem never asks for: keep one row (it broadcasts back on load) and count every byte.
+    """
+    from llama_cpp import LlamaRAMCache
+
+    class PrefixCache(LlamaRAMCache):
+        @property
+        def cache_size(self) -> int:
+            return sum(s.llama_state_size + s.scores.nbytes + s.input_ids.nbytes for s in self.cache_state.values())
+
+        def __setitem__(self, key, state) -> None:
+            state.scores = state.scores[-1:].copy()
+            super().__setitem__(key, state)
+
+    return PrefixCache(capacity_bytes=capacity_bytes)
+
+
 def _text_of(parts) -> str:
     return "".join(getattr(p, "text", "") or "" for p in parts)
 
@@ -273,7 +294,7 @@ class LlamaCppEngine:
     def llama(self):
         if self._llama is None:
             try:
-                from llama_cpp import Llama, LlamaRAMCache
+                from llama_cpp import Llama
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ModelNotAvailableError(
                     "the embedded backend needs llama-cpp-python: pip install 'hotmem[local]'"
@@ -288,7 +309,7 @@ class LlamaCppEngine:
                 chat_format=self.chat_format,
                 verbose=False,
             )
-            self._llama.set_cache(LlamaRAMCache(capacity_bytes=self.kv_cache_bytes))
+            self._llama.set_cache(_prefix_cache(self.kv_cache_bytes))
             # tokens that can close an array: "]" possibly after whitespace, possibly followed by more closers
             vocab = range(self._llama.n_vocab())
             self._closing_tokens = [
