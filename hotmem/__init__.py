@@ -4,7 +4,8 @@
 >>> GraphExtractor()("Did I tell you that Potola is five years old? She's my cat.")
 
 Pipeline, one module per stage, each importing only earlier ones:
-schema -> signatures -> teacher -> metric -> evaluate -> optimize -> extractor (label, distill, student follow).
+schema -> signatures -> teacher -> metric -> evaluate -> optimize -> label -> extractor
+(distill and student follow).
 """
 
 import logging

@@ -35,22 +35,33 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from hotmem.data import load_dataset
-    from hotmem.evaluate import evaluate_program
+def _program(spec: str, schema, closed: bool):
+    """'default' (shipped optimized teacher when it fits), 'teacher' (unoptimized) or a saved program folder."""
     from hotmem.extractor import default_program
-    from hotmem.lm import make_lm
     from hotmem.optimize import load_program
     from hotmem.teacher import Teacher
 
+    if spec == "teacher":
+        return Teacher(schema, closed=closed)
+    if spec == "default":
+        return default_program(schema, closed=closed)
+    return load_program(spec, schema, closed=closed)
+
+
+_PROGRAM_HELP = (
+    "'default' (the shipped optimized teacher when it fits the schema, else the unoptimized one), "
+    "'teacher' (unoptimized), or a folder saved by `hotmem optimize`"
+)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hotmem.data import load_dataset
+    from hotmem.evaluate import evaluate_program
+    from hotmem.lm import make_lm
+
     records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
     lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache)
-    if args.program == "teacher":
-        program = Teacher(schema, closed=not args.open)
-    elif args.program == "default":
-        program = default_program(schema, closed=not args.open)
-    else:
-        program = load_program(args.program, schema, closed=not args.open)
+    program = _program(args.program, schema, closed=not args.open)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
     meta = {"command": " ".join(sys.argv), "lm": getattr(lm, "model", str(lm)), "schema": schema.name}
@@ -87,6 +98,36 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus(source: str, path: str | None):
+    """A corpus by file or by name: the utterances of ConvAI2 or DialogRE from ../shared/data (or --path)."""
+    from hotmem.label import Utterance, read_corpus
+
+    if source == "convai2":
+        from hotmem.data import iter_convai2_utterances
+
+        return (Utterance(id=f"convai2-{i:07d}", turns=[{"text": text}], source="convai2")
+                for i, text in enumerate(iter_convai2_utterances(path)))
+    if source == "dialogre":
+        from hotmem.data import load_dialogre
+
+        return (Utterance(id=f"{record.id}-t{i:03d}", turns=[turn], source="dialogre")
+                for record in load_dialogre(path) for i, turn in enumerate(record.turns))
+    return read_corpus(source)
+
+
+def _label(args: argparse.Namespace) -> int:
+    from hotmem.label import LabelConfig, label_corpus
+    from hotmem.lm import make_lm
+    from hotmem.schema import CONVERSATION_SCHEMA
+
+    config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit)
+    lm = make_lm(args.lm, api_base=args.api_base)
+    program = _program(args.program, CONVERSATION_SCHEMA, closed=True)
+    report = label_corpus(program, _corpus(args.source, args.path), lm=lm, config=config)
+    print(json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hotmem", description="Conversation to knowledge graph, locally.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -104,11 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default="gold", help="gold, personaext, dialogre, convai2 or conll04")
     evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
     evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
-    evaluate.add_argument(
-        "--program", default="default",
-        help="'default' (the shipped optimized teacher when it fits the schema, else the unoptimized one), "
-        "'teacher' (unoptimized), or a folder saved by `hotmem optimize`",
-    )
+    evaluate.add_argument("--program", default="default", help=_PROGRAM_HELP)
     evaluate.add_argument("--limit", type=int, default=None, help="first N examples only")
     evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
     evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")
@@ -116,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
     _add_lm(evaluate)
     evaluate.set_defaults(func=_evaluate)
+
+    label = sub.add_parser("label", help="label a corpus with the teacher into a datasets.Dataset (resumable)")
+    label.add_argument("source", help="a .txt (one utterance per line) or .jsonl file, or 'convai2' / 'dialogre'")
+    label.add_argument("--path", default=None, help="for convai2/dialogre: the data file (default: ../shared/data)")
+    label.add_argument("--out", default="runs/labels", help="folder for labels.jsonl, dataset/ and report.json")
+    label.add_argument("--program", default="default", help=_PROGRAM_HELP)
+    label.add_argument("--limit", type=int, default=None, help="first N utterances of the corpus")
+    label.add_argument("--threads", type=int, default=1, help="concurrent requests (for a served LM)")
+    label.add_argument("--min-confidence", type=float, default=0.7, help="drop labels with a weaker relation")
+    _add_lm(label)
+    label.set_defaults(func=_label)
 
     opt = sub.add_parser("optimize", help="optimize the teacher with GEPA and save it")
     opt.add_argument("--train", default="gold", help="training data set name (default: gold)")

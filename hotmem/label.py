@@ -1,0 +1,302 @@
+"""Stage 4: the (optimized) teacher labels real conversation; the labels become a `datasets.Dataset` for the student.
+
+A labelling run is long and may be killed at any point. Every finished label is appended to `labels.jsonl` and
+fsynced before the next starts; a run started again skips the ids already there, so a kill loses at most the
+utterance in flight and duplicates nothing. The data set on disk is rebuilt from that file, filtered for quality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from hotmem.evaluate import write_atomic
+from hotmem.lm import lm_usage
+from hotmem.schema import (
+    CONVERSATION_SCHEMA,
+    Graph,
+    InvalidInputError,
+    RelationSchema,
+    Turn,
+    as_turns,
+    is_grounded,
+    render_turns,
+    speakers_of,
+)
+from hotmem.signatures import CompactJSONAdapter
+
+logger = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.jsonl"
+DATASET_DIR = "dataset"
+REPORT_FILE = "report.json"
+
+
+class Utterance(BaseModel):
+    """One unit to label: an utterance, or a few turns with speakers."""
+
+    id: str
+    turns: list[Turn]
+    source: str = ""
+
+
+def _from_mapping(item: dict[str, Any], fallback_id: str, source: str) -> Utterance:
+    if "turns" in item:
+        turns = as_turns([Turn(**t) if isinstance(t, dict) else t for t in item["turns"]])
+    elif "text" in item:
+        turns = as_turns(item["text"], speaker=item.get("speaker"))
+    else:
+        raise InvalidInputError(f"{source}: item {fallback_id} has neither 'text' nor 'turns'")
+    return Utterance(id=str(item.get("id") or fallback_id), turns=turns, source=source)
+
+
+def read_corpus(source: str | os.PathLike | Iterable[Any], limit: int | None = None) -> Iterator[Utterance]:
+    """Utterances from a text file (one per line), a JSONL file (`text` or `turns`, optional `id` and `speaker`),
+    a `datasets.Dataset` or any iterable of strings, dicts or `Utterance`s. Ids are stable across runs: resuming
+    depends on them."""
+    count = 0
+
+    def items() -> Iterator[Utterance]:
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise InvalidInputError(f"no corpus file at {path}")
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    fallback = f"{path.stem}-{number:07d}"
+                    if path.suffix == ".jsonl":
+                        try:
+                            item = json.loads(line)
+                        except json.JSONDecodeError as exc:
+                            raise InvalidInputError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+                        yield _from_mapping(item, fallback, path.name)
+                    else:
+                        yield Utterance(id=fallback, turns=as_turns(line.strip()), source=path.name)
+            return
+        for number, item in enumerate(source):
+            fallback = f"item-{number:07d}"
+            if isinstance(item, Utterance):
+                yield item
+            elif isinstance(item, str):
+                yield Utterance(id=fallback, turns=as_turns(item), source="iterable")
+            elif isinstance(item, dict):
+                yield _from_mapping(item, fallback, "iterable")
+            else:
+                raise InvalidInputError(f"cannot label a {type(item).__name__} (item {number})")
+
+    for utterance in items():
+        if limit is not None and count >= limit:
+            return
+        count += 1
+        yield utterance
+
+
+@dataclass
+class LabelConfig:
+    """How a corpus is labelled and which labels are kept."""
+
+    out_dir: str = "runs/labels"
+    #: Drop an example when any relation's confidence is below this (the teacher gives 0.5 to an ungrounded
+    #: endpoint and x0.7 to a type mismatch).
+    min_confidence: float = 0.7
+    require_schema_valid: bool = True
+    require_grounded: bool = True
+    #: Concurrent requests. Useful against a served LM (vLLM, Ollama, llama.cpp server); the in-process model
+    #: answers one call at a time whatever this says.
+    threads: int = 1
+    limit: int | None = None
+
+
+@dataclass
+class LabelReport:
+    """What a run did: counts per outcome and per filter, and throughput."""
+
+    labelled: int = 0
+    failed: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    kept_with_relations: int = 0
+    seconds_this_run: float = 0.0
+    labelled_this_run: int = 0
+    output_tokens_this_run: int = 0
+
+    @property
+    def utterances_per_minute(self) -> float:
+        return 60 * self.labelled_this_run / self.seconds_this_run if self.seconds_this_run else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "utterances_per_minute": round(self.utterances_per_minute, 2)}
+
+
+def label_problems(
+    graph: Graph, turns: Sequence[Turn], schema: RelationSchema, config: LabelConfig
+) -> list[str]:
+    """Why a label should not teach the student (empty when it is fine). An empty graph is a valid label."""
+    problems = []
+    text, speakers = render_turns(turns), speakers_of(turns)
+    types = {e.name: e.type for e in graph.entities}
+    if config.require_schema_valid and any(
+        not schema.allows(r, types.get(r.subject), types.get(r.object)) for r in graph.relations
+    ):
+        problems.append("schema_invalid")
+    if config.require_grounded and any(not is_grounded(e.name, text, speakers) for e in graph.entities):
+        problems.append("ungrounded")
+    if any(r.confidence < config.min_confidence for r in graph.relations):
+        problems.append("low_confidence")
+    return problems
+
+
+def _read_labels(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished labels by id. A last line cut by a kill is removed from the file, so it is labelled again."""
+    labels: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return labels
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):
+        logger.warning("%s: dropping a partial last line left by an interrupted run", path)
+        with open(path, "r+b") as handle:
+            handle.truncate(len(complete))
+    for line in complete.decode("utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            labels.setdefault(item["id"], item)
+    return labels
+
+
+def build_dataset(labels: Iterable[dict[str, Any]], schema: RelationSchema, config: LabelConfig):
+    """The kept labels as a `datasets.Dataset` (columns id, text, turns, graph as JSON) and the filter counts."""
+    from datasets import Dataset
+
+    rows, dropped = [], Counter()
+    for item in labels:
+        if item.get("error"):
+            dropped["failed"] += 1
+            continue
+        turns = [Turn(**t) for t in item["turns"]]
+        graph = Graph.model_validate(item["graph"])
+        problems = label_problems(graph, turns, schema, config)
+        for problem in problems:
+            dropped[problem] += 1
+        if problems:
+            continue
+        rows.append({"id": item["id"], "text": render_turns(turns), "turns": item["turns"],
+                     "graph": graph.to_json(), "n_relations": len(graph.relations), "source": item.get("source", "")})
+    dataset = Dataset.from_list(rows) if rows else Dataset.from_dict(
+        {"id": [], "text": [], "turns": [], "graph": [], "n_relations": [], "source": []}
+    )
+    return dataset, dict(dropped)
+
+
+def _save_dataset(dataset, target: Path) -> None:
+    """Save beside the target, then swap, so a reader never sees half a data set."""
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    dataset.save_to_disk(str(staging))
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def label_corpus(
+    program: dspy.Module,
+    utterances: Iterable[Utterance],
+    *,
+    lm: dspy.BaseLM,
+    schema: RelationSchema = CONVERSATION_SCHEMA,
+    config: LabelConfig | None = None,
+    progress: bool = True,
+) -> LabelReport:
+    """Label every utterance not yet in `out_dir/labels.jsonl`, then write the filtered data set and a report."""
+    config = config or LabelConfig()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels_path = out / LABELS_FILE
+    labels = _read_labels(labels_path)
+    todo, seen = [], set(labels)
+    for utterance in read_corpus(utterances, config.limit):
+        if utterance.id not in seen:
+            seen.add(utterance.id)
+            todo.append(utterance)
+    if labels:
+        logger.info("resuming: %d labels already in %s, %d to go", len(labels), labels_path, len(todo))
+
+    write_lock = threading.Lock()
+    before = lm_usage(lm)
+    started = time.perf_counter()
+    done_now = 0
+
+    def label_one(utterance: Utterance) -> dict[str, Any]:
+        with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
+            try:
+                graph, error = program(turns=utterance.turns).graph, None
+            except Exception as exc:  # a failed label is recorded (and filtered), not fatal to the run
+                logger.warning("%s failed: %s", utterance.id, exc)
+                graph, error = Graph(), f"{type(exc).__name__}: {exc}"[:300]
+        return {"id": utterance.id, "source": utterance.source,
+                "turns": [t.model_dump() for t in utterance.turns], "graph": graph.model_dump(), "error": error}
+
+    with open(labels_path, "a", encoding="utf-8") as sink, tqdm(
+        total=len(todo), desc="labelling", unit="utt", disable=not progress
+    ) as bar:
+
+        def keep(item: dict[str, Any]) -> None:
+            nonlocal done_now
+            with write_lock:
+                sink.write(json.dumps(item, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                labels[item["id"]] = item
+                done_now += 1
+                bar.update(1)
+
+        if config.threads > 1:
+            with ThreadPoolExecutor(config.threads) as pool:
+                for item in pool.map(label_one, todo):
+                    keep(item)
+        else:
+            for utterance in todo:
+                keep(label_one(utterance))
+
+    dataset, dropped = build_dataset(labels.values(), schema, config)
+    _save_dataset(dataset, out / DATASET_DIR)
+    after = lm_usage(lm)
+    report = LabelReport(
+        labelled=len(labels),
+        failed=sum(1 for item in labels.values() if item.get("error")),
+        kept=len(dataset),
+        dropped=dropped,
+        kept_with_relations=sum(1 for n in dataset["n_relations"] if n) if len(dataset) else 0,
+        seconds_this_run=round(time.perf_counter() - started, 2),
+        labelled_this_run=done_now,
+        output_tokens_this_run=after["output_tokens"] - before["output_tokens"],
+    )
+    write_atomic(out / REPORT_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
+    logger.info("labels: %s", report.to_dict())
+    return report
+
+
+def load_labels(out_dir: str | os.PathLike):
+    """The filtered data set a labelling run saved."""
+    from datasets import load_from_disk
+
+    return load_from_disk(str(Path(out_dir) / DATASET_DIR))

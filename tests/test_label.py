@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dspy
+import pytest
+
+pytest.importorskip("datasets")
+
+from hotmem.label import (  # noqa: E402
+    LABELS_FILE,
+    LabelConfig,
+    Utterance,
+    label_corpus,
+    label_problems,
+    load_labels,
+    read_corpus,
+)
+from hotmem.schema import CONVERSATION_SCHEMA, Entity, Graph, InvalidInputError, Relation, as_turns  # noqa: E402
+from hotmem.teacher import Teacher  # noqa: E402
+
+
+class CannedProgram(dspy.Module):
+    """Answers from a table: the labelling logic under test does not depend on what the program is."""
+
+    def __init__(self, graphs):
+        super().__init__()
+        self.graphs = graphs
+
+    def forward(self, turns):
+        graph = self.graphs[turns[0].text]
+        if isinstance(graph, Exception):
+            raise graph
+        return dspy.Prediction(graph=graph)
+
+
+GOOD = Graph(
+    entities=[Entity(name="speaker", type="PERSON"), Entity(name="Oslo", type="LOCATION")],
+    relations=[Relation(subject="speaker", predicate="lives_in", object="Oslo")],
+)
+INVALID = Graph(
+    entities=[Entity(name="Oslo", type="LOCATION"), Entity(name="speaker", type="PERSON")],
+    relations=[Relation(subject="Oslo", predicate="lives_in", object="speaker")],
+)
+UNGROUNDED = Graph(
+    entities=[Entity(name="speaker", type="PERSON"), Entity(name="Paris", type="LOCATION")],
+    relations=[Relation(subject="speaker", predicate="lives_in", object="Paris")],
+)
+
+
+def test_read_corpus_from_text_jsonl_and_iterables(tmp_path):
+    (tmp_path / "c.txt").write_text("I live in Oslo.\n\nHi!\n")
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps({"id": "a", "text": "I live in Oslo.", "speaker": "Anna"}) + "\n"
+        + json.dumps({"turns": [{"speaker": "Anna", "text": "Hi"}, {"speaker": "Ben", "text": "Hello"}]}) + "\n"
+    )
+    text = list(read_corpus(tmp_path / "c.txt"))
+    assert [u.id for u in text] == ["c-0000001", "c-0000003"]
+    jsonl = list(read_corpus(tmp_path / "c.jsonl"))
+    assert jsonl[0].id == "a" and jsonl[0].turns[0].speaker == "Anna"
+    assert [t.speaker for t in jsonl[1].turns] == ["Anna", "Ben"]
+    assert [u.id for u in read_corpus(["x", "y", "z"], limit=2)] == ["item-0000000", "item-0000001"]
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(InvalidInputError, match="bad.jsonl:1"):
+        list(read_corpus(tmp_path / "bad.jsonl"))
+    with pytest.raises(InvalidInputError, match="no corpus file"):
+        list(read_corpus(tmp_path / "missing.txt"))
+
+
+def test_filters_name_each_problem():
+    config = LabelConfig()
+    turns = as_turns("I live in Oslo.")
+    assert label_problems(GOOD, turns, CONVERSATION_SCHEMA, config) == []
+    assert label_problems(Graph(), turns, CONVERSATION_SCHEMA, config) == []  # no facts is a valid label
+    assert label_problems(INVALID, turns, CONVERSATION_SCHEMA, config) == ["schema_invalid"]
+    assert label_problems(UNGROUNDED, turns, CONVERSATION_SCHEMA, config) == ["ungrounded"]
+    weak = GOOD.model_copy(update={"relations": [GOOD.relations[0].model_copy(update={"confidence": 0.5})]})
+    assert label_problems(weak, turns, CONVERSATION_SCHEMA, config) == ["low_confidence"]
+
+
+def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_path):
+    texts = {"I live in Oslo.": GOOD, "Oslo lives in me.": INVALID, "I live in Oslo!": UNGROUNDED,
+             "Hi!": Graph(), "boom": RuntimeError("model died")}
+    program = CannedProgram(texts)
+    config = LabelConfig(out_dir=str(tmp_path / "labels"))
+    lm = dspy.utils.DummyLM([])
+    report = label_corpus(program, list(texts), lm=lm, config=config, progress=False)
+    assert (report.labelled, report.failed, report.kept) == (5, 1, 2)
+    assert report.dropped == {"failed": 1, "schema_invalid": 1, "ungrounded": 1}
+    dataset = load_labels(tmp_path / "labels")
+    assert sorted(dataset["text"]) == ["Hi!", "I live in Oslo."]
+    assert Graph.from_json(dataset[dataset["text"].index("I live in Oslo.")]["graph"]) == GOOD
+    # a second run over a longer corpus labels only what is new
+    texts["Hello again"] = Graph()
+    again = label_corpus(CannedProgram(texts), list(texts), lm=lm, config=config, progress=False)
+    assert (again.labelled_this_run, again.labelled, again.kept) == (1, 6, 3)
+
+def test_teacher_labels_chit_chat_as_an_empty_graph(tmp_path):
+    lm = dspy.utils.DummyLM([{"statements": []}], adapter=dspy.JSONAdapter())
+    config = LabelConfig(out_dir=str(tmp_path))
+    report = label_corpus(Teacher(), [Utterance(id="u1", turns=as_turns("Haha, nice!"))], lm=lm, config=config,
+                          progress=False)
+    assert (report.labelled, report.kept, report.kept_with_relations) == (1, 1, 0)
+
+
+KILLABLE = """
+import sys, time, dspy
+from hotmem.label import LabelConfig, label_corpus
+from hotmem.schema import Graph
+
+class Slow(dspy.Module):
+    def forward(self, turns):
+        time.sleep(0.05)
+        return dspy.Prediction(graph=Graph())
+
+texts = [f"utterance {i}" for i in range(400)]
+label_corpus(Slow(), texts, lm=dspy.utils.DummyLM([]), config=LabelConfig(out_dir=sys.argv[1]), progress=False)
+"""
+
+
+def test_sigkill_mid_run_loses_and_duplicates_nothing(tmp_path):
+    script = tmp_path / "label_run.py"
+    script.write_text(KILLABLE)
+    out = tmp_path / "labels"
+    labels = out / LABELS_FILE
+    process = subprocess.Popen([sys.executable, str(script), str(out)])
+    deadline = time.time() + 120
+    while time.time() < deadline and (not labels.exists() or labels.read_text().count("\n") < 40):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = labels.read_text().count("\n")
+    assert 40 <= before < 400
+    subprocess.run([sys.executable, str(script), str(out)], check=True, timeout=300)
+    ids = [json.loads(line)["id"] for line in labels.read_text().splitlines()]
+    assert len(ids) == 400 and len(set(ids)) == 400
+    assert len(load_labels(out)) == 400
