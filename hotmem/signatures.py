@@ -87,11 +87,10 @@ class ExtractEntities(dspy.Signature):
 class ExtractRelations(dspy.Signature):
     """Extract the relations the statements state between the entities, as subject-predicate-object triples.
 
-    Use predicates from the relation inventory, with its direction: `predicate(SUBJECT_TYPES>OBJECT_TYPES)`.
-    Subject and object must be names from the entity list, written exactly as there. Only facts stated as true;
-    return an empty list when no relation holds."""
+    Use predicates from the relation inventory (under the output fields), with its direction:
+    `predicate(SUBJECT_TYPES>OBJECT_TYPES)`. Subject and object must be names from the entity list, written exactly
+    as there. Only facts stated as true; return an empty list when no relation holds."""
 
-    relation_inventory: str = dspy.InputField(desc="allowed predicates, one per line")
     statements: list[str] = dspy.InputField()
     entities: list[str] = dspy.InputField()
     relations: list[ExtractedRelation] = dspy.OutputField(max_length=MAX_RELATIONS)
@@ -108,7 +107,12 @@ class Signatures:
 
 
 def signatures_for(schema: RelationSchema, closed: bool = True) -> Signatures:
-    """Signatures whose entity types are the schema's and, when `closed`, whose predicates are too."""
+    """Signatures whose entity types are the schema's and, when `closed`, whose predicates are too.
+
+    The relation inventory goes in the `relations` field's description, not in an input: it is then part of the
+    fixed prompt prefix (its KV state is reused), and GEPA's reflection prompts, which repeat every input of
+    every example they show, stay short.
+    """
     entity_type = create_model(
         "ExtractedEntity", __base__=ExtractedEntity, type=(Literal[tuple(schema.entity_types)], ...)
     )
@@ -124,6 +128,10 @@ def signatures_for(schema: RelationSchema, closed: bool = True) -> Signatures:
             ExtractRelations.instructions
             + " When no inventory predicate fits a stated fact, write a short snake_case predicate instead."
         )
+    relations = relations.with_updated_fields(
+        "relations", desc="relation inventory, one `predicate(SUBJECT_TYPES>OBJECT_TYPES): meaning` per line:\n"
+        + schema.render()
+    )
     return Signatures(ResolveReferences, Decompose, entities, relations)
 
 

@@ -96,7 +96,6 @@ def _seed_demos(schema: RelationSchema) -> dict[str, list[dspy.Example]]:
         if all(e["type"] in schema.entity_types for e in seed["entities"]):
             demos["entities"].append(dspy.Example(statements=seed["statements"], entities=seed["entities"]))
         if all(r["predicate"] in schema.predicates for r in seed["relations"]):
-            # the inventory is left out of the demo: it is the same long text as the real call's
             demos["relations"].append(dspy.Example(statements=seed["statements"],
                                                    entities=[e["name"] for e in seed["entities"]],
                                                    relations=seed["relations"]))
@@ -203,7 +202,6 @@ class Teacher(dspy.Module):
         self.relations = dspy.Predict(signatures.relations)
         for name, demos in _seed_demos(schema).items():
             getattr(self, name).demos = demos
-        self._inventory = schema.render()
 
     def forward(self, turns: list[Turn]) -> dspy.Prediction:
         conversation = render_turns(turns)
@@ -219,11 +217,7 @@ class Teacher(dspy.Module):
         if statements:
             entities = self.entities(statements=statements).entities
         if entities:
-            relations = self.relations(
-                relation_inventory=self._inventory,
-                statements=statements,
-                entities=[e.name for e in entities],
-            ).relations
+            relations = self.relations(statements=statements, entities=[e.name for e in entities]).relations
         graph = assemble_graph(
             entities,
             relations,
