@@ -8,6 +8,7 @@ GEPA's own state lives in `log_dir`: the same command after an interruption cont
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import time
@@ -30,8 +31,13 @@ MANIFEST_FILE = "manifest.json"
 
 
 def shipped_teacher_dir() -> Path | None:
-    """The optimized teacher `GraphExtractor()` loads by default: `optimized/teacher` of a source checkout."""
-    candidate = Path(__file__).resolve().parent.parent / "optimized" / "teacher"
+    """The optimized teacher `GraphExtractor()` loads by default: `optimized/teacher`, installed as
+    `hotmem.optimized` (or read from the source tree when hotmem runs uninstalled)."""
+    try:
+        root = Path(str(importlib.resources.files("hotmem.optimized")))
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parent.parent / "optimized"
+    candidate = root / "teacher"
     return candidate if (candidate / MANIFEST_FILE).is_file() else None
 
 
