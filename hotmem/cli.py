@@ -128,6 +128,22 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from hotmem.distill import DistillConfig, distill, sft_dataset
+    from hotmem.label import load_labels
+
+    config = DistillConfig(
+        out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r, max_seq_length=args.max_seq_length, save_steps=args.save_steps,
+    )
+    result = distill(config, sft_dataset(load_labels(args.labels)))
+    m = result.manifest
+    print(f"{m['backend']}: {m['global_step']} steps, loss {m['train_loss']:.3f}, {m['seconds_per_step']} s/step, "
+          f"{m['tokens_per_second']} tokens/s, peak {m['peak_rss_gb']} GB; exported to {result.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hotmem", description="Conversation to knowledge graph, locally.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -164,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--min-confidence", type=float, default=0.7, help="drop labels with a weaker relation")
     _add_lm(label)
     label.set_defaults(func=_label)
+
+    dist = sub.add_parser("distill", help="train the student LoRA on labels from `hotmem label` and export it")
+    dist.add_argument("--labels", default="runs/labels", help="folder written by `hotmem label`")
+    dist.add_argument("--out", default="runs/student", help="checkpoints (resumable) and exports")
+    dist.add_argument("--base", default="Qwen/Qwen2.5-0.5B-Instruct",
+                      help="hub id; without a hub, the embedded Qwen2.5-Coder-0.5B GGUF is dequantized instead")
+    dist.add_argument("--backend", default="auto", help="auto (Unsloth on a CUDA GPU, else TRL), unsloth or trl")
+    dist.add_argument("--epochs", type=float, default=1.0)
+    dist.add_argument("--max-steps", type=int, default=-1)
+    dist.add_argument("--batch-size", type=int, default=4)
+    dist.add_argument("--learning-rate", type=float, default=2e-4)
+    dist.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha is twice the rank)")
+    dist.add_argument("--max-seq-length", type=int, default=256)
+    dist.add_argument("--save-steps", type=int, default=25)
+    dist.set_defaults(func=_distill)
 
     opt = sub.add_parser("optimize", help="optimize the teacher with GEPA and save it")
     opt.add_argument("--train", default="gold", help="training data set name (default: gold)")

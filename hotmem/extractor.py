@@ -23,6 +23,7 @@ from hotmem.schema import (
     speakers_of,
 )
 from hotmem.signatures import CompactJSONAdapter
+from hotmem.student import Student, shipped_student_dir
 from hotmem.teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ class GraphExtractor:
 
     `lm` is anything `hotmem.configure` takes (a LiteLLM model string, `"embedded"`, a GGUF path, a `dspy.LM`);
     `None` uses hotmem's configured default. `closed=False` lets predicates outside the schema through (snake_case).
+
+    `backend`: `"teacher"` (the DSPy program on `lm`), `"student"` (the distilled student shipped in `optimized/`,
+    one llama.cpp call per chunk), a folder exported by `hotmem distill`, or `"auto"`: the shipped student when
+    there is one and nothing asks for the teacher (an `lm`, a `program`, another schema, open extraction).
     """
 
     def __init__(
@@ -96,12 +101,23 @@ class GraphExtractor:
         closed: bool = True,
         program: dspy.Module | None = None,
         max_chars: int = DEFAULT_MAX_CHARS,
+        backend: str = "auto",
     ):
         self.lm = make_lm(lm) if lm is not None else None
         self.schema = schema
         self.closed = closed
-        self.program = program or default_program(schema, closed)
         self.max_chars = max_chars
+        if backend == "auto":
+            wants_teacher = (lm is not None or program is not None or not closed
+                             or schema.fingerprint() != CONVERSATION_SCHEMA.fingerprint())
+            backend = "student" if shipped_student_dir() and not wants_teacher else "teacher"
+        self.backend = "teacher" if backend == "teacher" else "student"
+        self.student = None if backend == "teacher" else Student(
+            None if backend == "student" else backend, schema=schema, closed=closed
+        )
+        self.program = None
+        if self.student is None:
+            self.program = program or default_program(schema, closed)
 
     def __call__(self, text: str | Sequence[Turn | dict | tuple[str, str]], speaker: str | None = None) -> Graph:
         turns = [t for t in as_turns(text, speaker=speaker) if t.text.strip()]
@@ -113,6 +129,8 @@ class GraphExtractor:
                 f"input is {total:,} characters; this extractor takes at most {self.max_chars:,}. "
                 "Pass max_chars= to GraphExtractor for longer input, or extract turn by turn."
             )
+        if self.student is not None:
+            return self._student(turns)
         lm = self.lm or default_lm()
         speakers = speakers_of(turns)
         graphs = []
@@ -125,3 +143,16 @@ class GraphExtractor:
                 except dspy.LMError as exc:
                     raise ExtractionError(f"the model failed: {exc}") from exc
         return graphs[0] if len(graphs) == 1 else merge_graphs(graphs, speakers)
+
+    def _student(self, turns: list[Turn]) -> Graph:
+        graphs = []
+        for chunk in chunk_turns(turns):
+            try:
+                graphs.append(self.student(chunk))
+            except (ValueError, TypeError) as exc:  # JSON that does not fit the format (cut at max_tokens)
+                raise ExtractionError(f"the student's output could not be read as a graph: {exc}") from exc
+            except HotmemError:
+                raise
+            except Exception as exc:
+                raise ExtractionError(f"the student failed: {exc}") from exc
+        return graphs[0] if len(graphs) == 1 else merge_graphs(graphs, speakers_of(turns))

@@ -268,8 +268,10 @@ class LlamaCppEngine:
         max_items: int = DEFAULT_MAX_ITEMS,
         chat_format: str | None = None,
         close_repeated_items: bool = True,
+        lora_path: str | None = None,
     ):
         self.model = model
+        self.lora_path = lora_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.kv_cache_bytes = kv_cache_bytes
@@ -284,7 +286,7 @@ class LlamaCppEngine:
 
     # DSPy saves an LM with its engine through these two.
     def dump_state(self) -> dict[str, Any]:
-        return {"model": self.model, "n_ctx": self.n_ctx, "max_items": self.max_items}
+        return {"model": self.model, "n_ctx": self.n_ctx, "max_items": self.max_items, "lora_path": self.lora_path}
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:
@@ -307,6 +309,7 @@ class LlamaCppEngine:
                 n_threads=self.n_threads,
                 n_batch=512,
                 chat_format=self.chat_format,
+                lora_path=self.lora_path,
                 verbose=False,
             )
             self._llama.set_cache(_prefix_cache(self.kv_cache_bytes))

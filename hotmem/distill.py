@@ -1,0 +1,358 @@
+"""Stage 5: distil the teacher's labels into a LoRA on a small Qwen (the student).
+
+The student answers in one call, in a compact format designed for few output tokens:
+
+    {"e":[["Potola","ANIMAL"],["speaker","PERSON"]],"r":[["speaker","has_pet","Potola"]]}
+
+One recipe (LoRA on every linear projection, the same hyperparameters) trains on either backend: Unsloth's
+`FastLanguageModel` where a CUDA GPU exists, TRL's `SFTTrainer` with PEFT otherwise. Checkpoints go to
+`out_dir/checkpoints`; running again resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hotmem.evaluate import write_atomic
+from hotmem.lm import DEFAULT_MAX_ITEMS, EMBEDDED_MODELS, STUDENT_BASE_HUB_ID, model_path
+from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns
+
+logger = logging.getLogger(__name__)
+
+#: Short on purpose: the student pays for every prompt token on every call.
+STUDENT_SYSTEM_PROMPT = (
+    "Extract the knowledge graph of the conversation as JSON: e = entities [name, TYPE], r = relations "
+    "[subject, predicate, object]. I/me/my is the speaker (their name, else \"speaker\"); resolve pronouns; "
+    "only facts stated as true; {\"e\":[],\"r\":[]} when there are none."
+)
+
+#: Qwen2 module names: every linear projection of attention and MLP gets a LoRA.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class DistillError(HotmemError):
+    """Training cannot start as configured (no labels, a backend that cannot run here, no base weights)."""
+
+
+# --------------------------------------------------------------------------- the student's output format
+
+
+def graph_to_target(graph: Graph) -> str:
+    """The compact JSON the student learns to write (no confidences: they are derived, as for the teacher)."""
+    return json.dumps(
+        {"e": [[e.name, e.type] for e in graph.entities], "r": [[r.subject, r.predicate, r.object] for r in graph.relations]},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def student_json_schema(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
+                        max_items: int = DEFAULT_MAX_ITEMS) -> dict[str, Any]:
+    """JSON schema of the compact format, for constrained decoding (types and, closed, predicates enumerated)."""
+    predicate: dict[str, Any] = {"type": "string", "enum": list(schema.predicates)} if closed else {"type": "string"}
+    return {
+        "type": "object",
+        "properties": {
+            "e": {"type": "array", "maxItems": max_items, "items": {
+                "type": "array", "prefixItems": [{"type": "string"}, {"type": "string", "enum": list(schema.entity_types)}],
+                "minItems": 2, "maxItems": 2}},
+            "r": {"type": "array", "maxItems": max_items, "items": {
+                "type": "array", "prefixItems": [{"type": "string"}, predicate, {"type": "string"}],
+                "minItems": 3, "maxItems": 3}},
+        },
+        "required": ["e", "r"],
+    }
+
+
+def student_messages(turns: Sequence[Turn]) -> list[dict[str, str]]:
+    """The chat the student sees: the fixed system prompt, then the conversation."""
+    return [{"role": "system", "content": STUDENT_SYSTEM_PROMPT}, {"role": "user", "content": render_turns(turns)}]
+
+
+def sft_example(turns: Sequence[Turn], graph: Graph) -> dict[str, Any]:
+    """One SFT example in TRL's conversational prompt-completion format: the loss is on the graph only."""
+    return {"prompt": student_messages(turns), "completion": [{"role": "assistant", "content": graph_to_target(graph)}]}
+
+
+def sft_dataset(labels: Iterable[dict[str, Any]]):
+    """Chat-format SFT examples from labelled rows (`turns` and `graph` as `hotmem label` saves them)."""
+    from datasets import Dataset
+
+    rows = []
+    for row in labels:
+        turns = [Turn(**t) for t in row["turns"]]
+        graph = row["graph"] if isinstance(row["graph"], Graph) else Graph.from_json(row["graph"])
+        rows.append({"id": row["id"], **sft_example(turns, graph)})
+    if not rows:
+        raise DistillError("no labelled examples to train on: run `hotmem label` first")
+    return Dataset.from_list(rows)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+@dataclass
+class DistillConfig:
+    """One recipe for both backends. Defaults follow the CPU measurement in the distillation issue (batch 4, 256)."""
+
+    out_dir: str = "runs/student"
+    base_model: str = STUDENT_BASE_HUB_ID
+    #: Used when `base_model` cannot be loaded (no hub): an embedded GGUF, dequantized by transformers.
+    gguf_fallback: str = "qwen2.5-coder-0.5b"
+    backend: str = "auto"  # "auto" | "unsloth" | "trl"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = LORA_TARGET_MODULES
+    max_seq_length: int = 256
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.05
+    logging_steps: int = 5
+    save_steps: int = 25
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(requested: str = "auto") -> str:
+    """`unsloth` where a CUDA GPU and Unsloth exist, else `trl`. Asking for Unsloth without them is an error."""
+    unsloth_ready = cuda_available() and importlib.util.find_spec("unsloth") is not None
+    if requested == "auto":
+        return "unsloth" if unsloth_ready else "trl"
+    if requested == "unsloth" and not unsloth_ready:
+        raise DistillError(
+            "the Unsloth backend needs a CUDA GPU and `pip install unsloth`; "
+            f"cuda available: {cuda_available()}, unsloth installed: {importlib.util.find_spec('unsloth') is not None}. "
+            "Use backend='trl' (the same recipe on CPU)."
+        )
+    if requested not in {"unsloth", "trl"}:
+        raise DistillError(f"backend is 'auto', 'unsloth' or 'trl', not {requested!r}")
+    return requested
+
+
+def lora_kwargs(config: DistillConfig) -> dict[str, Any]:
+    """The LoRA half of the recipe, as both PEFT's `LoraConfig` and Unsloth's `get_peft_model` take it."""
+    return {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+            "target_modules": list(config.target_modules), "bias": "none"}
+
+
+def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False):
+    """The training half of the recipe: TRL's `SFTConfig` (Unsloth trains through TRL's trainer too)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(Path(config.out_dir) / "checkpoints"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
+        lr_scheduler_type="cosine",
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        max_length=config.max_seq_length,
+        bf16=bf16,
+        use_cpu=use_cpu,
+        seed=config.seed,
+        report_to=[],
+        dataloader_num_workers=0,
+        **config.extra,
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class DistillResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+
+
+def load_base(config: DistillConfig, backend: str):
+    """(model, tokenizer, peft_config or None, where the weights came from) for the chosen backend."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # imports only where a GPU exists
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            config.base_model, max_seq_length=config.max_seq_length, load_in_4bit=False, dtype=None
+        )
+        model = FastLanguageModel.get_peft_model(
+            model, **lora_kwargs(config), use_gradient_checkpointing="unsloth", random_state=config.seed
+        )
+        return model, tokenizer, None, config.base_model
+
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    peft_config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+        model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=torch.bfloat16)
+        return model, tokenizer, peft_config, config.base_model
+    except OSError as exc:  # no hub and not in the local cache
+        gguf = model_path(config.gguf_fallback)
+        logger.warning("cannot load %s (%s); dequantizing %s instead", config.base_model, exc, gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    return model, tokenizer, peft_config, config.gguf_fallback
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progress: bool = True) -> DistillResult:
+    """Train the student's LoRA on a chat-format SFT data set (see `sft_dataset`), then export it.
+
+    `base`: an already loaded `(model, tokenizer, source)` to train on with TRL, instead of `config.base_model`.
+    """
+    import resource
+    import time
+
+    from trl import SFTTrainer
+
+    if len(dataset) == 0:
+        raise DistillError("the SFT data set is empty")
+    if base is not None:
+        from peft import LoraConfig
+
+        backend, (model, tokenizer, base_source) = "trl", base
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config))
+    else:
+        backend = choose_backend(config.backend)
+        model, tokenizer, peft_config, base_source = load_base(config, backend)
+    on_cpu = not cuda_available()
+    args = sft_config(config, bf16=True, use_cpu=on_cpu)
+    args.disable_tqdm = not progress
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    resume = _last_checkpoint(Path(args.output_dir))
+    if resume:
+        logger.info("resuming from %s", resume)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    steps_now = trainer.state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
+    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    tokens_now = sum(lengths) / len(lengths) * config.batch_size * config.gradient_accumulation_steps * steps_now
+    out = Path(config.out_dir)
+    manifest = {
+        "backend": backend,
+        "base_model": base_source,
+        "recipe": {**asdict(config), "target_modules": list(config.target_modules)},
+        "examples": len(dataset),
+        "global_step": trainer.state.global_step,
+        "train_loss": output.training_loss,
+        "seconds_this_run": round(seconds, 1),
+        "seconds_per_step": round(seconds / steps_now, 2) if steps_now else None,
+        "tokens_per_second": round(tokens_now / seconds, 1) if steps_now else None,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+    }
+    export_student(trainer.model, tokenizer, out, base_source, config)
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    return DistillResult(out, manifest)
+
+
+# --------------------------------------------------------------------------- export
+
+#: Hugging Face Qwen2 module -> llama.cpp tensor name.
+_GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down"}
+
+
+def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, architecture: str = "qwen2") -> int:
+    """A PEFT LoRA as a llama.cpp adapter GGUF (`llama.cpp --lora`, llama-cpp-python `lora_path`, Ollama ADAPTER).
+
+    PEFT stores lora_A as (r, in) and lora_B as (out, r); ggml's dimension order is the reverse of numpy's, which
+    is the (in, r) / (r, out) layout llama.cpp expects, so the arrays go in as they are. Returns the tensor count.
+    """
+    import re
+
+    import gguf
+    import numpy as np
+
+    pattern = re.compile(r"layers\.(\d+)\.(self_attn\.\w+_proj|mlp\.\w+_proj)\.lora_([AB])\.weight$")
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(alpha))
+    count = 0
+    for name, tensor in sorted(adapter_state.items()):
+        match = pattern.search(name)
+        if not match or match.group(2) not in _GGUF_NAMES:
+            raise DistillError(f"unexpected adapter tensor {name}: cannot map it to llama.cpp")
+        layer, module, half = match.groups()
+        array = tensor.detach().float().cpu().numpy().astype(np.float32)
+        writer.add_tensor(f"blk.{layer}.{_GGUF_NAMES[module]}.weight.lora_{half.lower()}", array)
+        count += 1
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return count
+
+
+OLLAMA_TEMPLATE = """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}<|im_start|>user
+{{ .Prompt }}<|im_end|>
+<|im_start|>assistant
+"""
+
+
+def ollama_modelfile(base_gguf: str, adapter_gguf: str = "./adapter.gguf") -> str:
+    return (
+        f"FROM {base_gguf}\nADAPTER {adapter_gguf}\n"
+        f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n'
+        f'SYSTEM """{STUDENT_SYSTEM_PROMPT}"""\n'
+        "PARAMETER temperature 0\nPARAMETER stop <|im_end|>\n"
+    )
+
+
+def export_student(model, tokenizer, out: Path, base_source: str, config: DistillConfig) -> dict[str, str]:
+    """Adapter, merged weights, LoRA GGUF (with the base GGUF it applies to) and an Ollama Modelfile."""
+    from peft import get_peft_model_state_dict
+
+    files = {"adapter": "adapter", "merged": "merged", "lora_gguf": "adapter.gguf"}  # relative to `out`
+    model.save_pretrained(out / files["adapter"])
+    tokenizer.save_pretrained(out / files["adapter"])
+    write_lora_gguf(get_peft_model_state_dict(model), out / files["lora_gguf"], alpha=config.lora_alpha)
+    if base_source in EMBEDDED_MODELS or base_source.endswith(".gguf"):
+        # The LoRA was trained on these very (dequantized) weights: base GGUF + LoRA GGUF is the llama.cpp model.
+        files["base_gguf"] = base_source
+        (out / "Modelfile").write_text(ollama_modelfile(str(model_path(base_source))))
+        files["modelfile"] = "Modelfile"
+    else:
+        logger.warning("base %s has no GGUF here: convert %s with llama.cpp's convert_hf_to_gguf.py for llama.cpp "
+                       "and Ollama", base_source, out / files["merged"])
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out / files["merged"])
+    tokenizer.save_pretrained(out / files["merged"])
+    write_atomic(out / "student.json", json.dumps({"system_prompt": STUDENT_SYSTEM_PROMPT, **files}, indent=1) + "\n")
+    return files

@@ -1,0 +1,82 @@
+"""Stage 6: the distilled student as a backend: one constrained llama.cpp call per utterance -> `Graph`.
+
+The student runs as its base GGUF plus the LoRA GGUF `hotmem distill` exports, in process through the same
+llama.cpp engine as the teacher (grammar-constrained, prefix KV cache: the fixed system prompt is processed once).
+Its raw output goes through the teacher's graph assembly, so both backends clean and score graphs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from dspy import lm15
+
+from hotmem.distill import STUDENT_SYSTEM_PROMPT, student_json_schema, student_messages
+from hotmem.lm import LlamaCppEngine
+from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns, speakers_of
+from hotmem.signatures import ExtractedEntity, ExtractedRelation
+from hotmem.teacher import assemble_graph
+
+logger = logging.getLogger(__name__)
+
+STUDENT_FILE = "student.json"
+
+
+class StudentNotFoundError(HotmemError, FileNotFoundError):
+    """No exported student where one was asked for."""
+
+
+def shipped_student_dir() -> Path | None:
+    """A trained student shipped in `optimized/student` (installed as `hotmem.optimized`), if any."""
+    from hotmem.optimize import shipped_teacher_dir
+
+    teacher = shipped_teacher_dir()
+    root = teacher.parent if teacher else Path(__file__).resolve().parent.parent / "optimized"
+    candidate = root / "student"
+    return candidate if (candidate / STUDENT_FILE).is_file() else None
+
+
+def parse_student_output(text: str, turns: Sequence[Turn], schema: RelationSchema, closed: bool = True) -> Graph:
+    """The compact `{"e": [[name, TYPE]], "r": [[s, p, o]]}` answer as a clean `Graph`."""
+    data = json.loads(text)
+    entities = [ExtractedEntity(name=name, type=type_) for name, type_ in data.get("e", [])]
+    relations = [ExtractedRelation(subject=s, predicate=p, object=o) for s, p, o in data.get("r", [])]
+    return assemble_graph(entities, relations, text=render_turns(turns), speakers=speakers_of(turns), schema=schema,
+                          closed=closed)
+
+
+class Student:
+    """The exported student (`hotmem distill`'s output folder) as a callable: turns -> Graph."""
+
+    def __init__(self, path: str | Path | None = None, *, schema: RelationSchema = CONVERSATION_SCHEMA,
+                 closed: bool = True, max_tokens: int = 384, n_threads: int | None = None):
+        folder = Path(path) if path else shipped_student_dir()
+        if folder is None or not (folder / STUDENT_FILE).is_file():
+            raise StudentNotFoundError(
+                f"no exported student at {folder or 'optimized/student'} ({STUDENT_FILE} expected): "
+                "train one with `hotmem distill`"
+            )
+        spec = json.loads((folder / STUDENT_FILE).read_text())
+        if "base_gguf" not in spec:
+            raise StudentNotFoundError(f"{folder}: the student has no GGUF base to run on llama.cpp")
+        # base_gguf: an embedded model's name (resolved on this machine) or a GGUF path
+        lora = folder / spec["lora_gguf"]  # relative to the folder, so a student can be moved or shipped
+        self.schema, self.closed, self.max_tokens = schema, closed, max_tokens
+        self.system_prompt = spec.get("system_prompt", STUDENT_SYSTEM_PROMPT)
+        self.engine = LlamaCppEngine(spec["base_gguf"], n_ctx=2048, n_threads=n_threads, lora_path=str(lora))
+        self._schema = student_json_schema(schema, closed)
+
+    def __call__(self, turns: Sequence[Turn]) -> Graph:
+        _, user = student_messages(turns)
+        request = lm15.Request(
+            model="local/student",
+            system=self.system_prompt,
+            messages=(lm15.Message.user(user["content"]),),
+            config=lm15.Config(max_tokens=self.max_tokens, temperature=0.0,
+                               response_format={"type": "json_schema", "schema": self._schema}),
+        )
+        response = self.engine.complete(request)
+        return parse_student_output(response.text, turns, self.schema, self.closed)

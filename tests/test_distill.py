@@ -1,0 +1,147 @@
+import json
+import sys
+import types
+
+import pytest
+from conftest import needs_smollm
+
+from hotmem.distill import (
+    STUDENT_SYSTEM_PROMPT,
+    DistillConfig,
+    DistillError,
+    choose_backend,
+    graph_to_target,
+    lora_kwargs,
+    sft_example,
+    student_json_schema,
+)
+from hotmem.schema import CONVERSATION_SCHEMA, Entity, Graph, Relation, as_turns
+from hotmem.student import parse_student_output
+
+GRAPH = Graph(
+    entities=[Entity(name="Potola", type="ANIMAL"), Entity(name="five years", type="QUANTITY"),
+              Entity(name="speaker", type="PERSON")],
+    relations=[Relation(subject="Potola", predicate="has_age", object="five years"),
+               Relation(subject="speaker", predicate="has_pet", object="Potola")],
+)
+TEXT = "Did I tell you that Potola is five years old? She's my cat."
+
+
+def test_compact_target_round_trips_through_the_student_parser():
+    target = graph_to_target(GRAPH)
+    assert target.startswith('{"e":[["Potola","ANIMAL"]') and " " not in target.replace("five years", "")
+    parsed = parse_student_output(target, as_turns(TEXT), CONVERSATION_SCHEMA)
+    assert {r.triple for r in parsed.relations} == {r.triple for r in GRAPH.relations}
+    assert parsed.confidence == 1.0
+
+
+def test_student_parser_applies_the_teachers_cleanup():
+    raw = json.dumps({"e": [["Potola", "ANIMAL"], ["she", "ANIMAL"], ["speaker", "PERSON"]],
+                      "r": [["speaker", "has_pet", "Potola"], ["speaker", "has_pet", "Potola"],
+                            ["Potola", "lives_in", "Narnia"]]})
+    graph = parse_student_output(raw, as_turns(TEXT), CONVERSATION_SCHEMA)
+    assert [e.name for e in graph.entities] == ["Potola", "speaker"]  # pronoun dropped
+    assert [r.triple for r in graph.relations] == [("speaker", "has_pet", "Potola")]  # duplicate, dangling dropped
+
+
+def test_sft_example_is_prompt_completion_with_the_fixed_system_prompt():
+    example = sft_example(as_turns(TEXT), GRAPH)
+    assert example["prompt"][0] == {"role": "system", "content": STUDENT_SYSTEM_PROMPT}
+    assert example["prompt"][1]["content"] == TEXT
+    assert example["completion"] == [{"role": "assistant", "content": graph_to_target(GRAPH)}]
+
+
+def test_student_schema_enumerates_types_and_predicates():
+    schema = student_json_schema(CONVERSATION_SCHEMA, closed=True)
+    relation = schema["properties"]["r"]["items"]["prefixItems"][1]
+    assert set(relation["enum"]) == set(CONVERSATION_SCHEMA.predicates)
+    assert student_json_schema(CONVERSATION_SCHEMA, closed=False)["properties"]["r"]["items"]["prefixItems"][1] == {
+        "type": "string"}
+
+
+def test_cpu_machines_get_the_trl_backend_and_unsloth_is_refused_clearly():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert choose_backend("auto") == "trl"
+    with pytest.raises(DistillError, match="CUDA GPU"):
+        choose_backend("unsloth")
+    with pytest.raises(DistillError, match="'auto', 'unsloth' or 'trl'"):
+        choose_backend("tpu")
+
+
+def test_unsloth_path_builds_the_same_lora_recipe(monkeypatch):
+    """Unsloth cannot import here: a stand-in records what hotmem asks of it, to compare with the PEFT config."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    from hotmem import distill
+
+    calls = {}
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(name, **kwargs):
+            calls["from_pretrained"] = (name, kwargs)
+            return "model", "tokenizer"
+
+        @staticmethod
+        def get_peft_model(model, **kwargs):
+            calls["get_peft_model"] = kwargs
+            return "peft-model"
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    config = DistillConfig(lora_r=8, lora_alpha=16)
+    model, tokenizer, peft_config, source = distill.load_base(config, "unsloth")
+    assert (model, peft_config, source) == ("peft-model", None, "Qwen/Qwen2.5-0.5B-Instruct")
+    assert calls["from_pretrained"][1]["max_seq_length"] == config.max_seq_length
+    unsloth_lora = {k: v for k, v in calls["get_peft_model"].items() if k in lora_kwargs(config)}
+    assert unsloth_lora == lora_kwargs(config)
+    peft = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config))
+    assert (peft.r, peft.lora_alpha, set(peft.target_modules)) == (8, 16, set(unsloth_lora["target_modules"]))
+
+
+@pytest.mark.integration
+@needs_smollm
+def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
+    """The real TRL + PEFT path end to end on a tiny random Qwen2 (seconds on CPU), tokenizer from SmolLM2's GGUF."""
+    for module in ("torch", "trl", "peft", "gguf", "datasets"):
+        pytest.importorskip(module)
+    import gguf
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from hotmem.distill import distill, sft_dataset
+    from hotmem.lm import model_path
+
+    path = model_path("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    rows = [{"id": f"x{i}", "turns": [{"text": TEXT}], "graph": GRAPH.to_json()} for i in range(8)]
+    dataset = sft_dataset(rows)
+    config = DistillConfig(out_dir=str(tmp_path / "student"), max_steps=2, save_steps=1, logging_steps=1,
+                           batch_size=2, lora_r=4, lora_alpha=8, max_seq_length=128)
+    result = distill(config, dataset, base=(model, tokenizer, "tiny-qwen2"), progress=False)
+    assert result.manifest["global_step"] == 2 and result.manifest["loss_history"]
+    out = result.out_dir
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
+    reader = gguf.GGUFReader(str(out / "adapter.gguf"))
+    names = {t.name for t in reader.tensors}
+    assert len(names) == 2 * 2 * 7  # layers x (A, B) x projections
+    a = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight.lora_a")
+    assert list(a.shape) == [32, 4]  # ggml order: (in, r)
+    # a second run with a larger budget continues from the last checkpoint
+    model = Qwen2ForCausalLM(model.config)
+    again = distill(DistillConfig(**{**config.__dict__, "max_steps": 3}), dataset,
+                    base=(model, tokenizer, "tiny-qwen2"), progress=False)
+    assert again.manifest["global_step"] == 3
+
+
+def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):
+    from hotmem.extractor import GraphExtractor
+    from hotmem.student import StudentNotFoundError
+
+    with pytest.raises(StudentNotFoundError, match="hotmem distill"):
+        GraphExtractor(backend=str(tmp_path))
