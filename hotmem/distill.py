@@ -207,16 +207,41 @@ def load_base(config: DistillConfig, backend: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     peft_config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-        model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=torch.bfloat16)
-        return model, tokenizer, peft_config, config.base_model
-    except OSError as exc:  # no hub and not in the local cache
-        gguf = model_path(config.gguf_fallback)
-        logger.warning("cannot load %s (%s); dequantizing %s instead", config.base_model, exc, gguf.name)
+    # The local cache first, the hub only when it answers (an unreachable hub costs a minute of retries).
+    for local_only in (True, False):
+        if not local_only and not Path(config.base_model).exists() and not _hub_reachable():
+            break
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(config.base_model, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(
+                config.base_model, dtype=torch.bfloat16, local_files_only=local_only
+            )
+            return model, tokenizer, peft_config, config.base_model
+        except OSError as exc:
+            logger.info("cannot load %s%s: %s", config.base_model, " from the local cache" * local_only, exc)
+    gguf = model_path(config.gguf_fallback)
+    logger.warning("%s is not available here; dequantizing %s instead", config.base_model, gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    # The weights are dequantized into ordinary tensors; only transformers' GGUF marker remains, and the Trainer
+    # refuses to train "GGUF-quantized" models. Drop the marker.
+    model.hf_quantizer, model.is_quantized = None, False
+    model.config.quantization_config = None
     return model, tokenizer, peft_config, config.gguf_fallback
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _last_checkpoint(folder: Path) -> str | None:

@@ -155,7 +155,10 @@ def evaluate_program(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
 ) -> Report:
-    """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`."""
+    """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`.
+
+    `program` is a DSPy program run on `lm`, or a `Student` (pass its `engine` as `lm` for call and token counts).
+    """
     rows_path = Path(out_dir) / "rows.jsonl" if out_dir else None
     if rows_path:
         rows_path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +192,8 @@ def _run_one(program: dspy.Module, record: Record, schema: RelationSchema, lm: d
     started = time.perf_counter()
     error = None
     try:
-        graph = program(turns=record.turns).graph
+        answer = program(turns=record.turns)
+        graph = answer if isinstance(answer, Graph) else answer.graph  # a Student answers with the graph itself
     except Exception as exc:  # an evaluation counts failures instead of stopping
         logger.warning("%s failed: %s", record.id, exc)
         error, graph = f"{type(exc).__name__}: {exc}"[:500], Graph()

@@ -475,8 +475,11 @@ def default_lm() -> dspy.BaseLM:
     return _configured
 
 
-def lm_usage(lm: dspy.BaseLM) -> dict[str, int]:
-    """Calls and tokens an LM has answered so far, from its history (works for every backend)."""
+def lm_usage(lm: dspy.BaseLM | LlamaCppEngine) -> dict[str, int]:
+    """Calls and tokens an LM has answered so far, from its history (works for every backend), or from an
+    engine's own counters when called with the engine (the student runs on one without DSPy)."""
+    if isinstance(lm, LlamaCppEngine):
+        return {k: int(v) for k, v in lm.stats.items() if k != "seconds"}
     calls = prompt = output = 0
     for entry in getattr(lm, "history", []):
         calls += 1
