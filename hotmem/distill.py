@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from hotmem.evaluate import write_atomic
-from hotmem.lm import DEFAULT_MAX_ITEMS, EMBEDDED_MODELS, STUDENT_BASE_HUB_ID, model_path
+from hotmem.lm import EMBEDDED_MODELS, STUDENT_BASE_HUB_ID, model_path
 from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns
+from hotmem.signatures import MAX_ENTITIES
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ def graph_to_target(graph: Graph) -> str:
 
 
 def student_json_schema(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
-                        max_items: int = DEFAULT_MAX_ITEMS) -> dict[str, Any]:
-    """JSON schema of the compact format, for constrained decoding (types and, closed, predicates enumerated)."""
+                        max_items: int = MAX_ENTITIES) -> dict[str, Any]:
+    """JSON schema of the compact format, for constrained decoding (types and, closed, predicates enumerated).
+
+    The teacher's list bounds apply, so a complete answer always fits the student's `max_tokens`."""
     predicate: dict[str, Any] = {"type": "string", "enum": list(schema.predicates)} if closed else {"type": "string"}
     return {
         "type": "object",
