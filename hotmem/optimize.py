@@ -30,14 +30,18 @@ PROGRAM_FILE = "program.json"
 MANIFEST_FILE = "manifest.json"
 
 
-def shipped_teacher_dir() -> Path | None:
-    """The optimized teacher `GraphExtractor()` loads by default: `optimized/teacher`, installed as
-    `hotmem.optimized` (or read from the source tree when hotmem runs uninstalled)."""
+def shipped_root() -> Path:
+    """Where shipped artifacts live: `optimized/`, installed as `hotmem.optimized` (or the source tree's copy
+    when hotmem runs uninstalled)."""
     try:
-        root = Path(str(importlib.resources.files("hotmem.optimized")))
+        return Path(str(importlib.resources.files("hotmem.optimized")))
     except ModuleNotFoundError:
-        root = Path(__file__).resolve().parent.parent / "optimized"
-    candidate = root / "teacher"
+        return Path(__file__).resolve().parent.parent / "optimized"
+
+
+def shipped_teacher_dir() -> Path | None:
+    """The optimized teacher `GraphExtractor()` loads by default: `optimized/teacher`, if shipped."""
+    candidate = shipped_root() / "teacher"
     return candidate if (candidate / MANIFEST_FILE).is_file() else None
 
 

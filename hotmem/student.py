@@ -31,11 +31,9 @@ class StudentNotFoundError(HotmemError, FileNotFoundError):
 
 def shipped_student_dir() -> Path | None:
     """A trained student shipped in `optimized/student` (installed as `hotmem.optimized`), if any."""
-    from hotmem.optimize import shipped_teacher_dir
+    from hotmem.optimize import shipped_root
 
-    teacher = shipped_teacher_dir()
-    root = teacher.parent if teacher else Path(__file__).resolve().parent.parent / "optimized"
-    candidate = root / "student"
+    candidate = shipped_root() / "student"
     return candidate if (candidate / STUDENT_FILE).is_file() else None
 
 
