@@ -732,6 +732,8 @@ def load_dialogre(path: Path | str, limit: int | None = None) -> list[Record]:
                 graph=_dialogre_graph(instances, file, index),
                 split=split,
                 source="dialogre",
+                # relation classification data: only the annotated argument pairs carry labels
+                scored_pairs=list(dict.fromkeys((i["x"], i["y"]) for i in instances)),
             )
 
     return _take(records(), limit)

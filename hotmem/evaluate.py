@@ -154,10 +154,13 @@ def evaluate_program(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    adapter: dspy.Adapter | None = None,
 ) -> Report:
     """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`.
 
-    `program` is a DSPy program run on `lm`, or a `Student` (pass its `engine` as `lm` for call and token counts).
+    `program` is a DSPy program run on `lm` with `adapter` (default: hotmem's compact JSON adapter), or any
+    callable `program(turns=...)` answering with a `Graph` (a `Student`: pass its `engine` as `lm`; anything
+    else: an object whose `history` holds each LM call's `usage`, for call and token counts).
     """
     rows_path = Path(out_dir) / "rows.jsonl" if out_dir else None
     if rows_path:
@@ -167,7 +170,7 @@ def evaluate_program(
         logger.info("resuming %s: %d of %d examples already done", name, len(done), len(records))
     sink = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed below
     try:
-        with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
+        with dspy.context(lm=lm, adapter=adapter or CompactJSONAdapter()):
             for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
                 if record.id in done:
                     continue
@@ -200,7 +203,8 @@ def _run_one(program: dspy.Module, record: Record, schema: RelationSchema, lm: d
     latency = time.perf_counter() - started
     after = lm_usage(lm)
     result: GraphScore = score_graph(
-        record.graph, graph, text=render_turns(record.turns), speakers=speakers_of(record.turns), schema=schema
+        record.graph, graph, text=render_turns(record.turns), speakers=speakers_of(record.turns), schema=schema,
+        scored_pairs=record.scored_pairs,
     )
     return Row(
         id=record.id,

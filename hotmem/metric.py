@@ -116,9 +116,19 @@ def score_graph(
     text: str = "",
     speakers: Sequence[str] = (),
     schema: RelationSchema = CONVERSATION_SCHEMA,
+    scored_pairs: Sequence[tuple[str, str]] | None = None,
 ) -> GraphScore:
-    """Compare `pred` with `gold` (one-to-one greedy matching on normalised names and schema predicates)."""
+    """Compare `pred` with `gold` (one-to-one greedy matching on normalised names and schema predicates).
+
+    `scored_pairs`: when the annotation labels relations only between some argument pairs (DialogRE), predicted
+    relations between other pairs are left out of the relation scores.
+    """
     key = lambda name: normalize_name(name, speakers)  # noqa: E731
+    if scored_pairs is not None:
+        pairs = {frozenset((key(a), key(b))) for a, b in scored_pairs}
+        pred = pred.model_copy(update={"relations": [
+            r for r in pred.relations if frozenset((key(r.subject), key(r.object))) in pairs
+        ]})
     result = GraphScore(entity_pred=len(pred.entities), entity_gold=len(gold.entities))
 
     gold_entities = {key(e.name): e for e in gold.entities}
@@ -302,7 +312,8 @@ class GraphMetric:
         graph = getattr(pred, "graph", None) if pred is not None else None
         if not isinstance(graph, Graph):
             graph = Graph()
-        result = score_graph(gold.graph, graph, text=text, speakers=speakers, schema=self.schema)
+        result = score_graph(gold.graph, graph, text=text, speakers=speakers, schema=self.schema,
+                             scored_pairs=getattr(gold, "scored_pairs", None))
         return result, text
 
     def __call__(self, gold, pred, trace=None, pred_name=None, pred_trace=None):

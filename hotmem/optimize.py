@@ -117,6 +117,58 @@ def load_program(
     return program
 
 
+class RanPredictorSelector:
+    """GEPA component selector: round robin over the predictors that ran on the reflection minibatch.
+
+    The teacher skips steps (coref on first-person-only text, the later steps on chit-chat); GEPA's plain round
+    robin then picks a predictor with no trace, fails to build a reflective dataset and wastes the iteration's
+    metric calls.
+    """
+
+    def __init__(self, program: dspy.Module):
+        self._name_of = {tuple(p.signature.output_fields): name for name, p in program.named_predictors()}
+
+    def ran(self, trajectories) -> set[str]:
+        return {
+            self._name_of.get(tuple(step[0].signature.output_fields))
+            for trajectory in trajectories or []
+            for step in trajectory.get("trace", [])
+        }
+
+    def __call__(self, state, trajectories, subsample_scores, candidate_idx, candidate) -> list[str]:
+        names = state.list_of_named_predictors
+        ran = self.ran(trajectories)
+        start = state.named_predictor_id_to_update_next_for_program_candidate[candidate_idx]
+        order = [(start + step) % len(names) for step in range(len(names))]
+        chosen = next((i for i in order if names[i] in ran), start)
+        state.named_predictor_id_to_update_next_for_program_candidate[candidate_idx] = (chosen + 1) % len(names)
+        return [names[chosen]]
+
+
+def load_instructions(
+    path: str | Path, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True
+) -> Teacher:
+    """A `Teacher` for any `schema` with the instructions of the program saved in `path`.
+
+    Instructions name no schema (the relation inventory sits in a field description), so an optimized wording
+    carries over to another schema; the saved demos and field descriptions, which name the original schema's
+    types and predicates, do not. Use `load_program` to restore a program for the schema it was made for.
+    """
+    program_path = Path(path) / PROGRAM_FILE
+    if not program_path.is_file():
+        raise SchemaMismatchError(f"{path} holds no saved program ({PROGRAM_FILE} expected)")
+    state = json.loads(program_path.read_text())
+    program = Teacher(schema, closed=closed)
+    predictors = dict(program.named_predictors())
+    if set(state) != set(predictors):
+        raise SchemaMismatchError(
+            f"the program saved in {path} has predictors {sorted(state)}, this teacher {sorted(predictors)}"
+        )
+    for name, predictor in predictors.items():
+        predictor.signature = predictor.signature.with_instructions(state[name]["signature"]["instructions"])
+    return program
+
+
 def _budget_kwargs(budget: str | int) -> dict[str, Any]:
     if isinstance(budget, int) or str(budget).isdigit():
         return {"max_metric_calls": int(budget)}
@@ -159,6 +211,7 @@ def optimize(
         log_dir=config.log_dir,
         track_stats=True,
         add_format_failure_as_feedback=True,
+        component_selector=RanPredictorSelector(student),
         gepa_kwargs={"use_cloudpickle": True},  # DSPy already turns on GEPA's progress bar
         **_budget_kwargs(config.budget),
     )

@@ -192,6 +192,9 @@ class Record(BaseModel):
     category: str | None = None
     split: Literal["train", "dev", "test"] | None = None
     source: str = "hotmem-gold"
+    #: Set when relations were annotated only between these argument pairs (DialogRE): a predicted relation
+    #: between any other pair is unlabeled, neither right nor wrong, and is not scored.
+    scored_pairs: list[tuple[str, str]] | None = None
 
     @property
     def text(self) -> str:

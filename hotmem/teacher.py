@@ -233,5 +233,6 @@ class Teacher(dspy.Module):
 def to_example(record) -> dspy.Example:
     """A `Record` as the `dspy.Example` programs and the metric take (input: `turns`; gold: `graph`)."""
     return dspy.Example(
-        turns=list(record.turns), graph=record.graph, id=record.id, category=record.category
+        turns=list(record.turns), graph=record.graph, id=record.id, category=record.category,
+        scored_pairs=record.scored_pairs,
     ).with_inputs("turns")

@@ -362,6 +362,7 @@ def test_dialogre_loader_on_a_small_file(tmp_path: Path):
         "Speaker 2": "PERSON", "Speaker 1": "PERSON", "lady": "MISC", "Ross": "PERSON", "New York": "LOCATION",
     }
     assert record.source == "dialogre" and record.split == "dev"
+    assert record.scored_pairs == [("Speaker 2", "Speaker 1"), ("Speaker 2", "lady"), ("Ross", "New York")]
     assert len(load_dataset("dialogre", path=tmp_path, limit=1)[0]) == 1
 
 

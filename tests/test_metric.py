@@ -101,3 +101,15 @@ def test_decompose_feedback_on_chit_chat():
 @pytest.mark.parametrize("pred", [None, dspy.Prediction(), dspy.Prediction(graph="garbage")])
 def test_missing_or_broken_prediction_scores_zero_not_crash(pred):
     assert GraphMetric()(example(), pred) == 0.0
+
+
+def test_relations_outside_the_annotated_pairs_are_not_scored():
+    predicted = Graph(entities=GOLD.entities, relations=[
+        R("Anna", "lives_in", "Berlin"), R("Siemens", "located_in", "Berlin"), R("speaker", "works_at", "Siemens")
+    ])
+    everything = score_graph(GOLD, predicted, text=TEXT)
+    assert (everything.relation_tp, everything.relation_pred) == (1, 3)
+    # only (Anna, Berlin) and (speaker, Siemens) were annotated: the Siemens-Berlin guess is unlabeled
+    annotated = score_graph(GOLD, predicted, text=TEXT, scored_pairs=[("Berlin", "Anna"), ("speaker", "Siemens")])
+    assert (annotated.relation_tp, annotated.relation_pred) == (1, 2)
+    assert annotated.spurious_relations == [R("speaker", "works_at", "Siemens")]

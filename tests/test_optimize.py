@@ -35,6 +35,21 @@ def test_loading_for_another_schema_says_so(tmp_path):
         load_program(tmp_path / "nowhere")
 
 
+def test_instructions_carry_over_to_another_schema_without_its_inventory(tmp_path):
+    from hotmem.optimize import load_instructions
+
+    teacher = Teacher()
+    teacher.entities.signature = teacher.entities.signature.with_instructions("Name every person.")
+    save_program(teacher, tmp_path)
+    moved = load_instructions(tmp_path, schema=CONLL04_SCHEMA)
+    assert moved.entities.signature.instructions == "Name every person."
+    inventory = moved.relations.signature.output_fields["relations"].json_schema_extra["desc"]
+    assert "Live_In" in inventory and "sibling_of" not in inventory
+    assert moved.schema is CONLL04_SCHEMA
+    with pytest.raises(SchemaMismatchError, match="no saved program"):
+        load_instructions(tmp_path / "nowhere")
+
+
 def test_best_score_curve_is_monotone():
     candidates = [
         {"discovered_at_metric_calls": 0, "val_score": 0.3},
@@ -63,3 +78,22 @@ def test_tiny_gepa_run_writes_every_artifact_and_resumes(tmp_path):
     # the same call again continues from the log dir instead of starting over
     again = optimize(config, records[:2], records[2:], task_lm=lm, reflection_lm=lm)
     assert again.manifest["total_metric_calls"] == manifest["total_metric_calls"]
+
+
+def test_selector_skips_predictors_that_did_not_run():
+    from types import SimpleNamespace
+
+    from hotmem.optimize import RanPredictorSelector
+
+    program = Teacher()
+    names = [name for name, _ in program.named_predictors()]
+    assert names[0] == "coref"
+    state = SimpleNamespace(list_of_named_predictors=names,
+                            named_predictor_id_to_update_next_for_program_candidate=[0])
+    # first-person text: the teacher ran every step but coref
+    trace = [(program.decompose, {}, None), (program.entities, {}, None), (program.relations, {}, None)]
+    selector = RanPredictorSelector(program)
+    picked = [selector(state, [{"trace": trace}], [0.5], 0, {})[0] for _ in range(4)]
+    assert picked == ["decompose", "entities", "relations", "decompose"]
+    with_coref = [(program.coref, {}, None), *trace]
+    assert selector(state, [{"trace": with_coref}], [0.5], 0, {}) == ["entities"]

@@ -1,0 +1,307 @@
+"""hotmem against KGGen and LangChain's LLMGraphTransformer: one local LM, the same examples, hotmem's metric.
+
+    pip install -e ".[bench]"
+    python bench/compare.py --out bench/results/compare-$(date +%F)          # starts llama.cpp's server itself
+    python bench/compare.py --api-base http://127.0.0.1:8000/v1 --model qwen  # or use a server that runs
+
+Every system talks to the same OpenAI-compatible llama.cpp server (the embedded Qwen2.5-Coder-0.5B GGUF by default)
+with the same sampling: temperature 0, at most 1024 new tokens, repeat penalty 1.0 (the server's default 1.1 garbles
+JSON keys). The student is the exception: it is a LoRA on that base and runs in process through llama.cpp.
+
+Peers are set up as their documentation says for a local OpenAI-compatible model: KGGen with `model="openai/..."`
+and `api_base` (open predicates: it takes no relation inventory); LLMGraphTransformer with `ChatOpenAI(base_url=...)`
+and the schema's entity types and predicates as `allowed_nodes` / `allowed_relationships`. Their graphs go through
+the same cleaning as hotmem's (`assemble_graph`, open predicates kept) and the same metric.
+
+Each (data set, system) pair is a `hotmem.evaluate` run that appends every finished example to its rows.jsonl:
+the same command after an interruption continues where it stopped. A system that cannot run keeps its row, with
+every example counted as a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dspy
+
+from hotmem.data import load_dataset
+from hotmem.evaluate import Report, evaluate_program, write_atomic
+from hotmem.lm import model_path
+from hotmem.optimize import load_instructions, shipped_teacher_dir
+from hotmem.schema import Graph, Record, RelationSchema, Turn, render_turns, speakers_of
+from hotmem.signatures import ExtractedEntity, ExtractedRelation
+from hotmem.student import Student, shipped_student_dir
+from hotmem.teacher import Teacher, assemble_graph
+
+logger = logging.getLogger("bench.compare")
+
+SYSTEMS = ("hotmem-teacher", "hotmem-optimized", "hotmem-student", "kggen", "langchain")
+#: data set -> (split, default number of examples): the sizes issue 5 asks for.
+DATASETS = {"gold": ("test", 42), "personaext": ("dev", 100), "dialogre": ("dev", 30), "conll04": ("valid", 100)}
+SAMPLING = {"temperature": 0.0, "max_tokens": 1024}
+EXTRA_BODY = {"repeat_penalty": 1.0}
+
+
+class SystemUnavailable(RuntimeError):
+    """A system that cannot run here (its package or artifact is missing): its row counts every example failed."""
+
+
+# --------------------------------------------------------------------------- the shared server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(gguf: Path, alias: str, log_file: Path, n_ctx: int = 8192) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1; returns the process and its /v1 address."""
+    port = _free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+               "--n_threads", str(os.cpu_count() or 2)]
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(command, stdout=open(log_file, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the llama.cpp server exited with {process.returncode}; see {log_file}")
+        try:
+            with urllib.request.urlopen(f"{base}/models", timeout=2):
+                return process, base
+        except OSError:
+            time.sleep(1)
+    process.kill()
+    raise RuntimeError(f"the llama.cpp server did not answer within 180 s; see {log_file}")
+
+
+# --------------------------------------------------------------------------- systems
+
+
+class CallLog:
+    """LM calls and their token usage, in the shape `hotmem.evaluate` counts (`history` of `{"usage": ...}`)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+
+
+def peer_graph(entities: Sequence[tuple[str, str]], triples: Sequence[tuple[str, str, str]], turns: Sequence[Turn],
+               schema: RelationSchema) -> Graph:
+    """A peer's entities and triples cleaned like hotmem's own output (open predicates kept)."""
+    types = dict(entities)
+    for s, _, o in triples:  # endpoints a peer did not list as entities still name things
+        types.setdefault(s, "MISC")
+        types.setdefault(o, "MISC")
+    return assemble_graph(
+        [ExtractedEntity(name=str(n), type=t if t in schema.entity_types else "MISC") for n, t in types.items()],
+        [ExtractedRelation(subject=str(s), predicate=str(p), object=str(o)) for s, p, o in triples],
+        text=render_turns(turns), speakers=speakers_of(turns), schema=schema, closed=False,
+    )
+
+
+class Program:
+    """What `evaluate_program` runs: `program(turns=...) -> Graph`, with the LM (or call log) it counts."""
+
+    def __init__(self, extract: Callable[[list[Turn]], Graph], lm, adapter: dspy.Adapter | None = None):
+        self.extract, self.lm, self.adapter = extract, lm, adapter
+
+    def __call__(self, turns: list[Turn]) -> Graph:
+        return self.extract(turns)
+
+
+def hotmem_program(program: dspy.Module, base: str, model: str) -> Program:
+    from hotmem.extractor import GraphExtractor
+
+    lm = dspy.LM(f"openai/{model}", api_base=base, api_key="local", cache=False, extra_body=EXTRA_BODY, **SAMPLING)
+    extractor = GraphExtractor(lm, schema=program.schema, program=program, max_chars=100_000)
+    return Program(lambda turns: extractor(turns), lm)
+
+
+def kggen_program(base: str, model: str, schema: RelationSchema) -> Program:
+    try:
+        from kg_gen import KGGen
+    except ImportError as exc:
+        raise SystemUnavailable(f"kg-gen is not installed ({exc}): pip install -e '.[bench]'") from exc
+    kg = KGGen(model=f"openai/{model}", api_base=base, api_key="local", **SAMPLING)
+    kg.lm.kwargs["extra_body"] = EXTRA_BODY
+    kg.lm.cache = False
+
+    def extract(turns: list[Turn]) -> Graph:
+        graph = kg.generate(input_data=render_turns(turns))
+        return peer_graph([(e, "MISC") for e in graph.entities], list(graph.relations), turns, schema)
+
+    # KGGen runs its predictors with DSPy's default adapter: keep it.
+    return Program(extract, kg.lm, adapter=dspy.ChatAdapter())
+
+
+def langchain_program(base: str, model: str, schema: RelationSchema) -> Program:
+    try:
+        from langchain_core.callbacks import BaseCallbackHandler
+        from langchain_core.documents import Document
+        from langchain_experimental.graph_transformers import LLMGraphTransformer
+        from langchain_openai import ChatOpenAI
+    except ImportError as exc:
+        raise SystemUnavailable(f"langchain is not installed ({exc}): pip install -e '.[bench]'") from exc
+
+    calls = CallLog()
+
+    class Counter(BaseCallbackHandler):
+        def on_llm_end(self, response, **kwargs):
+            usage = (response.llm_output or {}).get("token_usage") or {}
+            calls.history.append({"usage": dict(usage)})
+
+    llm = ChatOpenAI(model=model, base_url=base, api_key="local", extra_body=EXTRA_BODY, **SAMPLING)
+    transformer = LLMGraphTransformer(
+        llm=llm, allowed_nodes=list(schema.entity_types), allowed_relationships=list(schema.predicates)
+    )
+    type_of = {t.casefold(): t for t in schema.entity_types}
+
+    def extract(turns: list[Turn]) -> Graph:
+        [document] = transformer.convert_to_graph_documents(
+            [Document(page_content=render_turns(turns))], config={"callbacks": [Counter()]}
+        )
+        entities = [(str(n.id), type_of.get(str(n.type).casefold(), "MISC")) for n in document.nodes]
+        triples = [(str(r.source.id), str(r.type), str(r.target.id)) for r in document.relationships]
+        return peer_graph(entities, triples, turns, schema)
+
+    return Program(extract, calls)
+
+
+def student_program(folder: str | None, schema: RelationSchema) -> Program:
+    if folder is None and shipped_student_dir() is None:
+        raise SystemUnavailable("no trained student: none ships in optimized/student and --student was not given")
+    student = Student(folder, schema=schema, closed=True)
+    return Program(lambda turns: student(turns), student.engine)
+
+
+def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: str) -> Program:
+    if system == "hotmem-teacher":
+        return hotmem_program(Teacher(schema), base, args.model)
+    if system == "hotmem-optimized":
+        folder = args.optimized or shipped_teacher_dir()
+        if folder is None:
+            raise SystemUnavailable("no optimized teacher: none ships in optimized/teacher and --optimized was not given")
+        # made for hotmem's conversation schema: other data sets get its instructions with their own inventory
+        return hotmem_program(load_instructions(folder, schema), base, args.model)
+    if system == "hotmem-student":
+        return student_program(args.student, schema)
+    if system == "kggen":
+        return kggen_program(base, args.model, schema)
+    if system == "langchain":
+        return langchain_program(base, args.model, schema)
+    raise ValueError(f"unknown system {system!r}; choose from {SYSTEMS}")
+
+
+# --------------------------------------------------------------------------- running and reporting
+
+
+def failed_report(name: str, records: Sequence[Record], reason: str) -> dict:
+    summary = Report(name, []).summary()
+    return {**summary, "examples": len(records), "failures": len(records), "unavailable": reason}
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)  # every call reaches the server
+    process = None
+    base = args.api_base
+    if base is None:
+        gguf = model_path(args.gguf)
+        process, base = start_server(gguf, args.model, out / "server.log")
+        logger.info("llama.cpp server for %s at %s", gguf.name, base)
+    results: dict[str, dict[str, dict]] = {}
+    try:
+        for dataset in args.datasets:
+            split, default_limit = DATASETS[dataset]
+            records, schema = load_dataset(dataset, split=split, limit=args.limit or default_limit)
+            results[dataset] = {}
+            for system in args.systems:
+                name = f"{system} on {dataset}/{split} ({len(records)})"
+                try:
+                    program = build(system, schema, args, base)
+                except SystemUnavailable as exc:
+                    logger.warning("%s: %s", name, exc)
+                    results[dataset][system] = failed_report(name, records, str(exc))
+                    continue
+                report = evaluate_program(
+                    program, records, schema=schema, lm=program.lm, adapter=program.adapter, name=name,
+                    out_dir=out / dataset / system, meta={"system": system, "schema": schema.name},
+                )
+                results[dataset][system] = report.summary()
+                write_results(out, results, args)  # after every pair: an interrupted run keeps its table
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
+    return results
+
+
+COLUMNS = ("relation F1", "triple F1", "entity F1", "schema-valid", "p50 / p95 s", "LM calls", "output tok",
+           "failures")
+
+
+def _cells(s: dict) -> list[str]:
+    if "unavailable" in s:
+        return ["-", "-", "-", "-", "-", "-", "-", f"{s['failures']}/{s['examples']} ({s['unavailable']})"]
+    return [f"{s['relation_f1']:.3f}", f"{s['triple_f1']:.3f}", f"{s['entity_f1']:.3f}", f"{s['schema_valid_rate']:.3f}",
+            f"{s['latency_p50_s']:.2f} / {s['latency_p95_s']:.2f}", f"{s['lm_calls_per_example']:.2f}",
+            f"{s['output_tokens_per_example']:.0f}", f"{s['failures']}/{s['examples']}"]
+
+
+def write_results(out: Path, results: dict, args: argparse.Namespace) -> None:
+    command = "python bench/compare.py " + " ".join(sys.argv[1:])
+    lines = ["# hotmem vs KGGen vs LangChain LLMGraphTransformer", "",
+             f"Command: `{command}`", "",
+             f"LM: {args.model} ({args.api_base or args.gguf + ' via llama-cpp-python server'}), "
+             f"temperature 0, max 1024 new tokens, repeat penalty 1.0. Scored by hotmem's metric "
+             "(DialogRE: only annotated argument pairs score relations).", ""]
+    for dataset, systems in results.items():
+        lines += [f"## {dataset}", "", "| system | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+        lines += [f"| {system} | " + " | ".join(_cells(s)) + " |" for system, s in systems.items()]
+        lines.append("")
+    write_atomic(out / "results.md", "\n".join(lines))
+    payload = {"command": command, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "model": args.model, "gguf": args.gguf, "api_base": args.api_base, "results": results}
+    write_atomic(out / "results.json", json.dumps(payload, indent=1))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=f"bench/results/compare-{datetime.now():%Y-%m-%d}")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), type=lambda s: s.split(","))
+    parser.add_argument("--datasets", default=",".join(DATASETS), type=lambda s: s.split(","))
+    parser.add_argument("--limit", type=int, default=None,
+                        help="examples per data set (default: gold test 42, PersonaExt 100, DialogRE 30, CoNLL04 100)")
+    parser.add_argument("--gguf", default="qwen2.5-coder-0.5b", help="embedded model name or GGUF path to serve")
+    parser.add_argument("--api-base", default=None, help="use this running OpenAI-compatible server instead")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model name the server answers to")
+    parser.add_argument("--optimized", default=None, help="optimized teacher folder (default: optimized/teacher)")
+    parser.add_argument("--student", default=None, help="student folder (default: optimized/student)")
+    args = parser.parse_args(argv)
+    for name in args.systems:
+        if name not in SYSTEMS:
+            parser.error(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+    for name in args.datasets:
+        if name not in DATASETS:
+            parser.error(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    return args
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    arguments = parse_args()
+    run(arguments)
+    print((Path(arguments.out) / "results.md").read_text())
