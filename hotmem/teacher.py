@@ -148,9 +148,9 @@ def assemble_graph(
         key = normalize_name(name, speakers)
         if key and key not in by_key:
             grounded = is_grounded(name, text, speakers)
-            by_key[key] = Entity(
-                name=name, type=raw.type, confidence=1.0 if grounded else UNGROUNDED_CONFIDENCE
-            )
+            # a served model may ignore the schema's type list (see signatures.one_of)
+            type_ = raw.type if raw.type in schema.entity_types or "MISC" not in schema.entity_types else "MISC"
+            by_key[key] = Entity(name=name, type=type_, confidence=1.0 if grounded else UNGROUNDED_CONFIDENCE)
 
     kept: dict[tuple[str, str, str], Relation] = {}
     for raw in relations:

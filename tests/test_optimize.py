@@ -1,5 +1,6 @@
 import json
 
+import dspy
 import pytest
 from conftest import needs_smollm
 
@@ -97,3 +98,21 @@ def test_selector_skips_predictors_that_did_not_run():
     assert picked == ["decompose", "entities", "relations", "decompose"]
     with_coref = [(program.coref, {}, None), *trace]
     assert selector(state, [{"trace": with_coref}], [0.5], 0, {}) == ["entities"]
+
+
+def test_rule_proposer_keeps_the_instruction_and_bounds_learned_rules():
+    from hotmem.optimize import LEARNED_RULES, RuleProposer
+
+    proposer = RuleProposer(max_rules=2)
+    lm = dspy.utils.DummyLM([{"rule": "Write  relatives with their possessor."}, {"rule": "Never list a pronoun."}])
+    items = [{"Inputs": {"statements": ["Tom is my brother."]}, "Generated Outputs": {"entities": []},
+              "Feedback": "Missed entities: Tom."}]
+    with dspy.context(lm=lm):
+        first = proposer({"entities": "List the entities."}, {"entities": items}, ["entities"])["entities"]
+        second = proposer({"entities": first}, {"entities": items}, ["entities"])["entities"]
+    assert first == f"List the entities.\n\n{LEARNED_RULES}\n- Write relatives with their possessor."
+    assert second.endswith("- Write relatives with their possessor.\n- Never list a pronoun.")
+    assert "Missed entities: Tom." in lm.history[0]["messages"][-1]["content"]
+    third = proposer.add_rule(second, "Use the name as written.")
+    assert third.count("\n- ") == 2 and "possessor" not in third  # the oldest learned rule goes first
+    assert proposer.add_rule(third, "Never list a pronoun.") == third

@@ -1,3 +1,5 @@
+import json
+
 import dspy
 import pytest
 
@@ -41,6 +43,24 @@ def test_teacher_composes_four_steps_into_a_clean_graph():
     ]
     assert pred.statements[0] == "Potola is five years old."
     assert graph.confidence == 1.0
+
+
+def test_names_outside_the_schema_are_dropped_not_fatal():
+    # what a served model that ignores the schema's enums can answer
+    lm = scripted(
+        {"statements": ["Tom is speaker's brother.", "Tom lives in Oslo."]},
+        {"entities": [{"name": "Tom", "type": "PERSON"}, {"name": "Oslo", "type": "CITY"}]},
+        {"relations": [{"subject": "Tom", "predicate": "brother_of_speaker", "object": "speaker"},
+                       {"subject": "Tom", "predicate": "lives_in", "object": "Oslo"}]},
+    )
+    graph = run(Teacher(), lm, "My brother Tom lives in Oslo.").graph
+    assert sorted(r.triple for r in graph.relations) == [("Tom", "lives_in", "Oslo")]
+    assert {e.name: e.type for e in graph.entities}["Oslo"] == "MISC"
+    # the decoding grammar still gets the schema's names
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(Teacher().relations.signature.output_fields["relations"].annotation).json_schema()
+    assert "lives_in" in json.dumps(schema) and '"enum"' in json.dumps(schema)
 
 
 def test_coref_is_skipped_when_only_first_person_pronouns_occur():
