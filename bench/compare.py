@@ -5,8 +5,10 @@
     python bench/compare.py --api-base http://127.0.0.1:8000/v1 --model qwen  # or use a server that runs
 
 Every system talks to the same OpenAI-compatible llama.cpp server (the embedded Qwen2.5-Coder-0.5B GGUF by default)
-with the same sampling: temperature 0, at most 1024 new tokens, repeat penalty 1.0 (the server's default 1.1 garbles
-JSON keys). The student is the exception: it is a LoRA on that base and runs in process through llama.cpp.
+with the same sampling (temperature 0, at most 1024 new tokens). `serve.py` makes llama-cpp-python's server take
+OpenAI's `json_schema` structured outputs (it answers them with HTTP 500) and drop its hidden repeat penalty, as
+llama.cpp's own server, vLLM and Ollama do; with `--api-base`, bring such a server. The student is the exception:
+it is a LoRA on that base and runs in process through llama.cpp.
 
 Peers are set up as their documentation says for a local OpenAI-compatible model: KGGen with `model="openai/..."`
 and `api_base` (open predicates: it takes no relation inventory); LLMGraphTransformer with `ChatOpenAI(base_url=...)`
@@ -33,16 +35,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import dspy
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled model table
 
-from hotmem.data import load_dataset
-from hotmem.evaluate import Report, evaluate_program, write_atomic
-from hotmem.lm import model_path
-from hotmem.optimize import load_instructions, shipped_teacher_dir
-from hotmem.schema import Graph, Record, RelationSchema, Turn, render_turns, speakers_of
-from hotmem.signatures import ExtractedEntity, ExtractedRelation
-from hotmem.student import Student, shipped_student_dir
-from hotmem.teacher import Teacher, assemble_graph
+import dspy  # noqa: E402
+
+from hotmem.data import load_dataset  # noqa: E402
+from hotmem.evaluate import Report, evaluate_program, write_atomic  # noqa: E402
+from hotmem.lm import make_lm, model_path  # noqa: E402
+from hotmem.optimize import load_instructions, shipped_teacher_dir  # noqa: E402
+from hotmem.schema import Graph, Record, RelationSchema, Turn, render_turns, speakers_of  # noqa: E402
+from hotmem.signatures import ExtractedEntity, ExtractedRelation  # noqa: E402
+from hotmem.student import Student, shipped_student_dir  # noqa: E402
+from hotmem.teacher import Teacher, assemble_graph  # noqa: E402
 
 logger = logging.getLogger("bench.compare")
 
@@ -50,7 +54,6 @@ SYSTEMS = ("hotmem-teacher", "hotmem-optimized", "hotmem-student", "kggen", "lan
 #: data set -> (split, default number of examples): the sizes issue 5 asks for.
 DATASETS = {"gold": ("test", 42), "personaext": ("dev", 100), "dialogre": ("dev", 30), "conll04": ("valid", 100)}
 SAMPLING = {"temperature": 0.0, "max_tokens": 1024}
-EXTRA_BODY = {"repeat_penalty": 1.0}
 
 
 class SystemUnavailable(RuntimeError):
@@ -67,13 +70,10 @@ def _free_port() -> int:
 
 
 def start_server(gguf: Path, alias: str, log_file: Path, n_ctx: int = 8192) -> tuple[subprocess.Popen, str]:
-    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1; returns the process and its /v1 address."""
+    """llama-cpp-python's OpenAI-compatible server (through `serve.py`) on 127.0.0.1: the process, its /v1 address."""
     port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
-               "--n_threads", str(os.cpu_count() or 2),
-               # reuse the KV state of prompt prefixes (instructions, demos) across requests, for every client
-               "--cache", "true"]
+    command = [sys.executable, str(Path(__file__).with_name("serve.py")), str(gguf), "--alias", alias,
+               "--port", str(port), "--n-ctx", str(n_ctx)]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(command, stdout=open(log_file, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     base = f"http://127.0.0.1:{port}/v1"
@@ -127,7 +127,7 @@ class Program:
 def hotmem_program(program: dspy.Module, base: str, model: str) -> Program:
     from hotmem.extractor import GraphExtractor
 
-    lm = dspy.LM(f"openai/{model}", api_base=base, api_key="local", cache=False, extra_body=EXTRA_BODY, **SAMPLING)
+    lm = make_lm(f"openai/{model}", api_base=base, api_key="local", cache=False, enforces_schema=True, **SAMPLING)
     extractor = GraphExtractor(lm, schema=program.schema, program=program, max_chars=100_000)
     return Program(lambda turns: extractor(turns), lm)
 
@@ -138,7 +138,6 @@ def kggen_program(base: str, model: str, schema: RelationSchema) -> Program:
     except ImportError as exc:
         raise SystemUnavailable(f"kg-gen is not installed ({exc}): pip install -e '.[bench]'") from exc
     kg = KGGen(model=f"openai/{model}", api_base=base, api_key="local", **SAMPLING)
-    kg.lm.kwargs["extra_body"] = EXTRA_BODY
     kg.lm.cache = False
 
     def extract(turns: list[Turn]) -> Graph:
@@ -165,7 +164,7 @@ def langchain_program(base: str, model: str, schema: RelationSchema) -> Program:
             usage = (response.llm_output or {}).get("token_usage") or {}
             calls.history.append({"usage": dict(usage)})
 
-    llm = ChatOpenAI(model=model, base_url=base, api_key="local", extra_body=EXTRA_BODY, **SAMPLING)
+    llm = ChatOpenAI(model=model, base_url=base, api_key="local", **SAMPLING)
     transformer = LLMGraphTransformer(
         llm=llm, allowed_nodes=list(schema.entity_types), allowed_relationships=list(schema.predicates)
     )
@@ -268,7 +267,7 @@ def write_results(out: Path, results: dict, args: argparse.Namespace) -> None:
     lines = ["# hotmem vs KGGen vs LangChain LLMGraphTransformer", "",
              f"Command: `{command}`", "",
              f"LM: {args.model} ({args.api_base or args.gguf + ' via llama-cpp-python server'}), "
-             f"temperature 0, max 1024 new tokens, repeat penalty 1.0. Scored by hotmem's metric "
+             f"temperature 0, max 1024 new tokens, OpenAI json_schema enforced by the server. Scored by hotmem's metric "
              "(DialogRE: only annotated argument pairs score relations).", ""]
     for dataset, systems in results.items():
         lines += [f"## {dataset}", "", "| system | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
@@ -304,6 +303,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("LiteLLM", "httpx", "openai"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     arguments = parse_args()
     run(arguments)
     print((Path(arguments.out) / "results.md").read_text())

@@ -416,6 +416,16 @@ def embedded_engine(model: str = DEFAULT_MODEL, **engine_kwargs: Any) -> LlamaCp
         return _engines[key]
 
 
+class SchemaEnforcingLM(dspy.LM):
+    """A served model whose server enforces OpenAI `json_schema` response formats (llama.cpp's server, vLLM,
+    Ollama, LM Studio) although LiteLLM's model table does not list it: DSPy then sends each output schema
+    instead of bare JSON mode, and the server's grammar keeps answers inside it."""
+
+    @property
+    def supports_response_schema(self) -> bool:
+        return True
+
+
 def make_lm(
     model: str | dspy.BaseLM | None = None,
     *,
@@ -424,6 +434,7 @@ def make_lm(
     temperature: float = 0.0,
     max_tokens: int = 1024,
     cache: bool = True,
+    enforces_schema: bool = False,
     **kwargs: Any,
 ) -> dspy.BaseLM:
     """Build a DSPy LM from what a user says.
@@ -431,7 +442,8 @@ def make_lm(
     - `None`, `"embedded"` or `"embedded/<name>"`: a GGUF from PyPI in process (default `qwen2.5-coder-0.5b`).
     - a path to a `.gguf` file: that file in process.
     - any LiteLLM model string (`ollama_chat/qwen2.5:7b`, `openai/gpt-4o-mini`), with `api_base`/`api_key`
-      for an OpenAI-compatible server.
+      for an OpenAI-compatible server; `enforces_schema=True` when that server enforces JSON schemas but
+      LiteLLM does not know the model (see `SchemaEnforcingLM`).
     - a `dspy.BaseLM`: used as is.
     """
     if isinstance(model, dspy.BaseLM):
@@ -454,7 +466,8 @@ def make_lm(
         kwargs["api_base"] = api_base
     if api_key:
         kwargs["api_key"] = api_key
-    return dspy.LM(spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+    lm_class = SchemaEnforcingLM if enforces_schema else dspy.LM
+    return lm_class(spec, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
 
 
 def configure(model: str | dspy.BaseLM | None = None, **kwargs: Any) -> dspy.BaseLM:

@@ -19,3 +19,13 @@ from hotmem.lm import repeated_array_item
 )
 def test_repeated_array_item(text, repeated):
     assert repeated_array_item(text) is repeated
+
+
+def test_a_served_model_that_enforces_schemas_gets_them():
+    from hotmem.lm import SchemaEnforcingLM, make_lm
+
+    plain = make_lm("openai/my-local-qwen", api_base="http://127.0.0.1:8000/v1", api_key="-")
+    served = make_lm("openai/my-local-qwen", api_base="http://127.0.0.1:8000/v1", api_key="-", enforces_schema=True)
+    assert not plain.supports_response_schema  # LiteLLM does not know the model: DSPy would send bare JSON mode
+    assert isinstance(served, SchemaEnforcingLM) and served.supports_response_schema
+    assert served.kwargs["api_base"] == "http://127.0.0.1:8000/v1"

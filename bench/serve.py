@@ -1,0 +1,86 @@
+"""llama-cpp-python's OpenAI-compatible server, made to take requests as other OpenAI-compatible servers do.
+
+    python bench/serve.py MODEL.gguf --alias qwen --port 8000
+
+Two differences from llama.cpp's own server, vLLM or Ollama would make a comparison measure the server instead of
+the systems, so this launcher rewrites each chat request before llama-cpp-python reads it:
+- OpenAI's structured-output format `{"type": "json_schema", "json_schema": {"schema": ...}}`, which LiteLLM, DSPy
+  and LangChain send, is answered with HTTP 500; it becomes llama-cpp-python's `{"type": "json_object",
+  "schema": ...}`, so the schema is enforced by a grammar for every client alike.
+- Its default repeat penalty of 1.1 (OpenAI's API has none) garbles repeated JSON keys; a request that does not set
+  one gets 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+class OpenAICompat:
+    """ASGI middleware: rewrites /v1/chat/completions bodies as described in the module docstring."""
+
+    def __init__(self, app):
+        self.app = app
+
+    @staticmethod
+    def rewrite(data: dict) -> dict:
+        response_format = data.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema") or {}
+            data["response_format"] = {"type": "json_object", "schema": schema}
+        data.setdefault("repeat_penalty", 1.0)
+        return data
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        try:
+            body = json.dumps(self.rewrite(json.loads(body))).encode()
+        except (ValueError, AttributeError):
+            pass  # not JSON: let the server answer it
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()  # after the body: wait for the client to disconnect
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+def main() -> None:
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="GGUF file")
+    parser.add_argument("--alias", default=None, help="model name clients ask for")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--n-ctx", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    app = create_app(
+        server_settings=ServerSettings(host=args.host, port=args.port),
+        # cache: reuse the KV state of prompt prefixes (instructions, demos) across requests, for every client
+        model_settings=[ModelSettings(model=args.model, model_alias=args.alias, n_ctx=args.n_ctx,
+                                      n_threads=args.threads, n_threads_batch=args.threads, cache=True,
+                                      verbose=False)],
+    )
+    uvicorn.run(OpenAICompat(app), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
