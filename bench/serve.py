@@ -61,8 +61,10 @@ class OpenAICompat:
 
 def main() -> None:
     import uvicorn
-    from llama_cpp.server.app import create_app
+    from llama_cpp.server import app as server_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    from hotmem.lm import prefix_cache
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="GGUF file")
@@ -71,14 +73,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--n-ctx", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--cache-bytes", type=int, default=2 << 30, help="prompt-prefix KV cache size")
     args = parser.parse_args()
-    app = create_app(
+    app = server_app.create_app(
         server_settings=ServerSettings(host=args.host, port=args.port),
-        # cache: reuse the KV state of prompt prefixes (instructions, demos) across requests, for every client
         model_settings=[ModelSettings(model=args.model, model_alias=args.alias, n_ctx=args.n_ctx,
-                                      n_threads=args.threads, n_threads_batch=args.threads, cache=True,
-                                      verbose=False)],
+                                      n_threads=args.threads, n_threads_batch=args.threads, verbose=False)],
     )
+    # Reuse the KV state of prompt prefixes (instructions, demos) across requests, for every client. Not the
+    # server's own `cache=True`: its RAM cache does not count the logits each state carries and grew past 15 GB.
+    server_app._llama_proxy._current_model.set_cache(prefix_cache(args.cache_bytes))
     uvicorn.run(OpenAICompat(app), host=args.host, port=args.port, log_level="warning")
 
 

@@ -19,6 +19,8 @@ def _add_lm(parser: argparse.ArgumentParser) -> None:
         "such as ollama_chat/qwen2.5:7b or openai/gpt-4o-mini",
     )
     parser.add_argument("--api-base", default=None, help="OpenAI-compatible server URL for --lm")
+    parser.add_argument("--enforces-schema", action="store_true",
+                        help="the --api-base server enforces JSON schemas (vLLM, llama.cpp, Ollama): send them")
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -29,7 +31,7 @@ def _extract(args: argparse.Namespace) -> int:
     if args.lm or args.api_base:
         from hotmem.lm import make_lm
 
-        lm = make_lm(args.lm, api_base=args.api_base)
+        lm = make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema)
     graph = GraphExtractor(lm, closed=not args.open)(text, speaker=args.speaker)
     print(graph.to_json(indent=2) if args.json else str(graph))
     return 0
@@ -66,7 +68,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hotmem.lm import make_lm
 
     records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
-    lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache)
+    lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache,
+                 enforces_schema=args.enforces_schema)
     program = _program(args.program, schema, closed=not args.open)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
@@ -127,7 +130,7 @@ def _label(args: argparse.Namespace) -> int:
     from hotmem.schema import CONVERSATION_SCHEMA
 
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit)
-    lm = make_lm(args.lm, api_base=args.api_base)
+    lm = make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema)
     program = _program(args.program, CONVERSATION_SCHEMA, closed=True)
     report = label_corpus(program, _corpus(args.source, args.path), lm=lm, config=config)
     print(json.dumps(report.to_dict(), indent=1))

@@ -218,7 +218,7 @@ class _CloseRepeatedArrays:
         return scores
 
 
-def _prefix_cache(capacity_bytes: int):
+def prefix_cache(capacity_bytes: int):
     """llama-cpp-python's RAM prompt cache, made to hold what it counts.
 
     Each saved state carries a copy of the whole logits buffer (n_batch x vocabulary floats: 311 MB for Qwen) that
@@ -312,7 +312,7 @@ class LlamaCppEngine:
                 lora_path=self.lora_path,
                 verbose=False,
             )
-            self._llama.set_cache(_prefix_cache(self.kv_cache_bytes))
+            self._llama.set_cache(prefix_cache(self.kv_cache_bytes))
             # tokens that can close an array: "]" possibly after whitespace, possibly followed by more closers
             vocab = range(self._llama.n_vocab())
             self._closing_tokens = [
@@ -424,6 +424,10 @@ class SchemaEnforcingLM(dspy.LM):
     @property
     def supports_response_schema(self) -> bool:
         return True
+
+    @property
+    def supported_params(self) -> set[str]:
+        return super().supported_params | {"response_format"}
 
 
 def make_lm(

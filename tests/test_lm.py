@@ -28,4 +28,5 @@ def test_a_served_model_that_enforces_schemas_gets_them():
     served = make_lm("openai/my-local-qwen", api_base="http://127.0.0.1:8000/v1", api_key="-", enforces_schema=True)
     assert not plain.supports_response_schema  # LiteLLM does not know the model: DSPy would send bare JSON mode
     assert isinstance(served, SchemaEnforcingLM) and served.supports_response_schema
+    assert "response_format" in served.supported_params
     assert served.kwargs["api_base"] == "http://127.0.0.1:8000/v1"
