@@ -98,6 +98,7 @@ def _optimize(args: argparse.Namespace) -> int:
     config = OptimizeConfig(
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
+        demos=args.demos,
         notes={"command": " ".join(sys.argv)},
     )
     result = optimize(config, trainset, valset, schema)
@@ -111,16 +112,20 @@ def _corpus(source: str, path: str | None):
     """A corpus by file or by name: the utterances of ConvAI2 or DialogRE from ../shared/data (or --path)."""
     from hotmem.label import Utterance, read_corpus
 
+    from hotmem.data import dataset_file
+
     if source == "convai2":
         from hotmem.data import iter_convai2_utterances
 
         return (Utterance(id=f"convai2-{i:07d}", turns=[{"text": text}], source="convai2")
-                for i, text in enumerate(iter_convai2_utterances(path)))
+                for i, text in enumerate(iter_convai2_utterances(dataset_file("convai2", path))))
     if source == "dialogre":
         from hotmem.data import load_dialogre
 
+        # train by default: DialogRE dev is evaluation data
         return (Utterance(id=f"{record.id}-t{i:03d}", turns=[turn], source="dialogre")
-                for record in load_dialogre(path) for i, turn in enumerate(record.turns))
+                for record in load_dialogre(dataset_file("dialogre", path, split="train" if path is None else None))
+                for i, turn in enumerate(record.turns))
     return read_corpus(source)
 
 
@@ -220,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--budget", default="light", help="light, medium, heavy, or a number of metric calls")
     opt.add_argument("--proposer", default="rule", choices=("rule", "gepa"),
                      help="rule: add one learned rule per step (small reflection LMs); gepa: GEPA's full rewrite")
+    opt.add_argument("--demos", type=int, default=0,
+                     help="gold demonstrations for the entities and relations steps, chosen before GEPA (0: none)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--threads", type=int, default=1, help="parallel evaluations (1 for the in-process model)")
     opt.add_argument("--log-dir", default="runs/gepa", help="GEPA state: rerun the same command to resume")

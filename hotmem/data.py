@@ -52,6 +52,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetSpec",
     "data_root_candidates",
+    "dataset_file",
     "dnli_schema",
     "find_data_root",
     "iter_convai2_utterances",
@@ -912,12 +913,27 @@ def load_dataset(
     `path=None` looks under the data root (see `data_root_candidates`); a folder means the data set's folder, a
     file is read as is. `split` picks dev/train for DialogRE, valid/train for CoNLL04, and filters the gold set.
     """
-    spec = DATASETS.get(name)
-    if spec is None:
-        raise InvalidInputError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    spec = _spec(name)
     _check_limit(limit)
     if name == "gold":
         return _load_gold_dataset(path, limit=limit, split=split), spec.schema(Path())
+    path = dataset_file(name, path, split)
+    return spec.loader(path, limit=limit), spec.schema(path)
+
+
+def _spec(name: str) -> DatasetSpec:
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise InvalidInputError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    return spec
+
+
+def dataset_file(name: str, path: Path | str | None = None, split: str | None = None) -> Path:
+    """The data file of a registered data set (not the packaged gold set): `path=None` looks under the data root,
+    a folder means the data set's folder, a file is taken as is."""
+    spec = _spec(name)
+    if not spec.relative_path:
+        raise InvalidInputError(f"{name!r} is packaged with hotmem, not a data file")
     if path is None:
         root = find_data_root()
         if root is None:
@@ -930,4 +946,4 @@ def load_dataset(
         _split_name(spec, split)  # still reject a split the data set does not have
     if not path.exists():
         raise DatasetNotFoundError(f"{name} data set", [path])
-    return spec.loader(path, limit=limit), spec.schema(path)
+    return path

@@ -307,10 +307,14 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
 
 # --------------------------------------------------------------------------- export
 
-#: Hugging Face Qwen2 module -> llama.cpp tensor name.
-_GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-               "mlp.down_proj": "ffn_down"}
+def _gguf_names(architecture: str, n_blocks: int):
+    """gguf's own Hugging Face -> llama.cpp tensor-name map for an architecture (the one llama.cpp's converter uses)."""
+    import gguf
+
+    arch = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}.get(architecture)
+    if arch is None:
+        raise DistillError(f"gguf does not know the architecture {architecture!r}")
+    return gguf.get_tensor_name_map(arch, n_blocks)
 
 
 def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, architecture: str = "qwen2") -> int:
@@ -324,7 +328,9 @@ def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, arc
     import gguf
     import numpy as np
 
-    pattern = re.compile(r"layers\.(\d+)\.(self_attn\.\w+_proj|mlp\.\w+_proj)\.lora_([AB])\.weight$")
+    pattern = re.compile(r"(?:base_model\.model\.)?(.*layers\.(\d+)\..*)\.lora_([AB])\.weight$")
+    layers = [int(m.group(2)) for m in map(pattern.search, adapter_state) if m]
+    names = _gguf_names(architecture, max(layers, default=0) + 1)
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
@@ -332,17 +338,85 @@ def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, arc
     count = 0
     for name, tensor in sorted(adapter_state.items()):
         match = pattern.search(name)
-        if not match or match.group(2) not in _GGUF_NAMES:
+        target = names.get_name(match.group(1)) if match else None
+        if target is None:
             raise DistillError(f"unexpected adapter tensor {name}: cannot map it to llama.cpp")
-        layer, module, half = match.groups()
         array = tensor.detach().float().cpu().numpy().astype(np.float32)
-        writer.add_tensor(f"blk.{layer}.{_GGUF_NAMES[module]}.weight.lora_{half.lower()}", array)
+        writer.add_tensor(f"{target}.weight.lora_{match.group(3).lower()}", array)
         count += 1
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return count
+
+
+#: llama.cpp quantization of the merged student (the embedded base's own mix: Q4_K_M).
+MERGED_QUANTIZATION = "Q4_K_M"
+
+
+def write_merged_gguf(state_dict: dict[str, Any], base_gguf: Path, path: Path,
+                      quantization: str | None = MERGED_QUANTIZATION) -> Path:
+    """The merged student as one GGUF: the base GGUF's metadata (architecture, tokenizer, chat template) with the
+    merged weights, quantized by llama.cpp's own quantizer. No LoRA at inference: llama.cpp cannot use its
+    repacked CPU kernels for weights a LoRA touches, which made decoding ~2x slower.
+
+    `state_dict` holds Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, ...). Written atomically.
+    """
+    import ctypes
+    import os
+
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(base_gguf))
+    architecture = str(reader.fields["general.architecture"].contents())
+    names = _gguf_names(architecture, int(reader.fields[f"{architecture}.block_count"].contents()))
+    weights = {}
+    for hf_name, tensor in state_dict.items():
+        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if target is not None:
+            weights[target] = tensor
+    path = Path(path)
+    f16 = path.with_name(path.name + ".f16.tmp")
+    writer = gguf.GGUFWriter(str(f16), architecture)
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name == "general.file_type":
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    for info in reader.tensors:
+        if info.name not in weights:
+            raise DistillError(f"the merged model has no tensor for {info.name} of {base_gguf.name}")
+        array = weights[info.name].detach().float().cpu().numpy()
+        expected = tuple(int(d) for d in reversed(info.shape))
+        if array.shape != expected:
+            raise DistillError(f"{info.name}: merged shape {array.shape}, base GGUF {expected}")
+        # llama.cpp keeps norms and biases in F32; matrices go to F16 before quantization
+        writer.add_tensor(info.name, array.astype(np.float16 if array.ndim == 2 else np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if quantization is None:
+        os.replace(f16, path)
+        return path
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quantization}")
+    params.nthread = os.cpu_count() or 1
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
+            raise DistillError(f"llama.cpp could not quantize {f16} to {quantization}")
+        os.replace(partial, path)
+    finally:
+        f16.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    return path
 
 
 OLLAMA_TEMPLATE = """{{- if .System }}<|im_start|>system
@@ -353,9 +427,11 @@ OLLAMA_TEMPLATE = """{{- if .System }}<|im_start|>system
 """
 
 
-def ollama_modelfile(base_gguf: str, adapter_gguf: str = "./adapter.gguf") -> str:
+def ollama_modelfile(model_gguf: str, adapter_gguf: str | None = None) -> str:
+    """`ollama create hotmem-student -f Modelfile`: the merged GGUF, or a base GGUF with the LoRA GGUF on top."""
+    adapter = f"ADAPTER {adapter_gguf}\n" if adapter_gguf else ""
     return (
-        f"FROM {base_gguf}\nADAPTER {adapter_gguf}\n"
+        f"FROM {model_gguf}\n{adapter}"
         f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n'
         f'SYSTEM """{STUDENT_SYSTEM_PROMPT}"""\n'
         "PARAMETER temperature 0\nPARAMETER stop <|im_end|>\n"
@@ -363,23 +439,25 @@ def ollama_modelfile(base_gguf: str, adapter_gguf: str = "./adapter.gguf") -> st
 
 
 def export_student(model, tokenizer, out: Path, base_source: str, config: DistillConfig) -> dict[str, str]:
-    """Adapter, merged weights, LoRA GGUF (with the base GGUF it applies to) and an Ollama Modelfile."""
+    """Adapter, merged weights, GGUFs (LoRA on the base GGUF, and merged + quantized) and an Ollama Modelfile."""
     from peft import get_peft_model_state_dict
 
     files = {"adapter": "adapter", "merged": "merged", "lora_gguf": "adapter.gguf"}  # relative to `out`
     model.save_pretrained(out / files["adapter"])
     tokenizer.save_pretrained(out / files["adapter"])
     write_lora_gguf(get_peft_model_state_dict(model), out / files["lora_gguf"], alpha=config.lora_alpha)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out / files["merged"])
+    tokenizer.save_pretrained(out / files["merged"])
     if base_source in EMBEDDED_MODELS or base_source.endswith(".gguf"):
-        # The LoRA was trained on these very (dequantized) weights: base GGUF + LoRA GGUF is the llama.cpp model.
+        # The LoRA was trained on these very (dequantized) weights, so the base GGUF's metadata fits the merge.
         files["base_gguf"] = base_source
-        (out / "Modelfile").write_text(ollama_modelfile(str(model_path(base_source))))
+        files["merged_gguf"] = "student.gguf"
+        write_merged_gguf(merged.state_dict(), model_path(base_source), out / files["merged_gguf"])
+        (out / "Modelfile").write_text(ollama_modelfile("./" + files["merged_gguf"]))
         files["modelfile"] = "Modelfile"
     else:
         logger.warning("base %s has no GGUF here: convert %s with llama.cpp's convert_hf_to_gguf.py for llama.cpp "
                        "and Ollama", base_source, out / files["merged"])
-    merged = model.merge_and_unload()
-    merged.save_pretrained(out / files["merged"])
-    tokenizer.save_pretrained(out / files["merged"])
     write_atomic(out / "student.json", json.dumps({"system_prompt": STUDENT_SYSTEM_PROMPT, **files}, indent=1) + "\n")
     return files

@@ -20,7 +20,15 @@ import dspy
 
 from hotmem.evaluate import write_atomic
 from hotmem.metric import GraphMetric
-from hotmem.schema import CONVERSATION_SCHEMA, Record, RelationSchema, SchemaMismatchError
+from hotmem.schema import (
+    CONVERSATION_SCHEMA,
+    Record,
+    RelationSchema,
+    SchemaMismatchError,
+    is_grounded,
+    render_turns,
+    speakers_of,
+)
 from hotmem.signatures import CompactJSONAdapter
 from hotmem.teacher import Teacher, to_example
 
@@ -60,6 +68,8 @@ class OptimizeConfig:
     closed: bool = True
     reflection_max_tokens: int = 1024
     proposer: str = "rule"  # "rule" (RuleProposer: small reflection LMs) or "gepa" (GEPA's full rewrite)
+    demos: int = 0  # gold demonstrations added to the entities and relations steps before GEPA (see gold_demos)
+    demo_candidates: int = 24  # train records whose statements are computed to choose them from
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -229,6 +239,54 @@ def load_instructions(
     return program
 
 
+def gold_demos(
+    program: Teacher, records: list[Record], k: int = 4, candidates: int = 24, seed: int = 0, progress: bool = True
+) -> dict[str, list[dspy.Example]]:
+    """Demonstrations for the entities and relations steps whose answers are gold (DSPy's labeled demos).
+
+    Their inputs are what those steps see at run time: the program's own statements for the record, on the
+    current LM. A record qualifies when it has relations and its statements mention every gold entity (a demo
+    must not answer with facts its input lacks); the `k` qualifying records that add the most predicates win.
+    """
+    import random
+
+    from tqdm.auto import tqdm
+
+    pool = [r for r in records if r.graph.relations]
+    random.Random(seed).shuffle(pool)
+    qualified = []
+    for record in tqdm(pool[:candidates], desc="gold demos", disable=not progress, unit="ex"):
+        _, statements = program.statements(record.turns)
+        said, speakers = " ".join(statements), speakers_of(record.turns)
+        if statements and all(is_grounded(e.name, said, speakers) for e in record.graph.entities):
+            qualified.append((record, statements))
+    logger.info("gold demos: %d of %d candidate records qualify", len(qualified), min(candidates, len(pool)))
+    chosen, covered = [], set()
+    while qualified and len(chosen) < k:
+        best = max(qualified, key=lambda item: (len({r.predicate for r in item[0].graph.relations} - covered),
+                                                -len(render_turns(item[0].turns))))
+        qualified.remove(best)
+        chosen.append(best)
+        covered |= {r.predicate for r in best[0].graph.relations}
+    return {
+        "entities": [dspy.Example(statements=statements,
+                                  entities=[{"name": e.name, "type": e.type} for e in record.graph.entities])
+                     for record, statements in chosen],
+        "relations": [dspy.Example(statements=statements, entities=[e.name for e in record.graph.entities],
+                                   relations=[{"subject": r.subject, "predicate": r.predicate, "object": r.object}
+                                              for r in record.graph.relations])
+                      for record, statements in chosen],
+    }
+
+
+def add_gold_demos(program: Teacher, records: list[Record], k: int = 4, **kwargs: Any) -> Teacher:
+    """`program` with `gold_demos` appended to its predictors' demos (the hand-written seed demos stay first)."""
+    for name, demos in gold_demos(program, records, k, **kwargs).items():
+        predictor = getattr(program, name)
+        predictor.demos = list(predictor.demos) + demos
+    return program
+
+
 def _proposer(name: str) -> RuleProposer | None:
     if name not in {"rule", "gepa"}:
         raise ValueError(f"proposer is 'rule' or 'gepa', not {name!r}")
@@ -266,6 +324,9 @@ def optimize(
         config.reflection_lm, temperature=1.0, max_tokens=config.reflection_max_tokens
     )
     student = Teacher(schema, closed=config.closed)
+    if config.demos:
+        with dspy.context(lm=task_lm, adapter=CompactJSONAdapter()):
+            add_gold_demos(student, trainset, config.demos, candidates=config.demo_candidates, seed=config.seed)
     seed_instructions = _instructions(student)
     Path(config.log_dir).mkdir(parents=True, exist_ok=True)
     gepa = dspy.GEPA(

@@ -1,7 +1,8 @@
 """Stage 6: the distilled student as a backend: one constrained llama.cpp call per utterance -> `Graph`.
 
-The student runs as its base GGUF plus the LoRA GGUF `hotmem distill` exports, in process through the same
-llama.cpp engine as the teacher (grammar-constrained, prefix KV cache: the fixed system prompt is processed once).
+The student runs as the merged, quantized GGUF `hotmem distill` exports (or, where there is none, its base GGUF plus
+the LoRA GGUF), in process through the same llama.cpp engine as the teacher (grammar-constrained, prefix KV cache:
+the fixed system prompt is processed once).
 Its raw output goes through the teacher's graph assembly, so both backends clean and score graphs the same way.
 """
 
@@ -58,13 +59,17 @@ class Student:
                 "train one with `hotmem distill`"
             )
         spec = json.loads((folder / STUDENT_FILE).read_text())
-        if "base_gguf" not in spec:
-            raise StudentNotFoundError(f"{folder}: the student has no GGUF base to run on llama.cpp")
-        # base_gguf: an embedded model's name (resolved on this machine) or a GGUF path
-        lora = folder / spec["lora_gguf"]  # relative to the folder, so a student can be moved or shipped
+        # File names are relative to the folder, so a student can be moved or shipped.
+        if spec.get("merged_gguf") and (folder / spec["merged_gguf"]).is_file():
+            model, lora = str(folder / spec["merged_gguf"]), None  # one quantized GGUF: the fast path
+        elif "base_gguf" in spec:
+            # base_gguf: an embedded model's name (resolved on this machine) or a GGUF path
+            model, lora = spec["base_gguf"], str(folder / spec["lora_gguf"])
+        else:
+            raise StudentNotFoundError(f"{folder}: the student has no GGUF to run on llama.cpp")
         self.schema, self.closed, self.max_tokens = schema, closed, max_tokens
         self.system_prompt = spec.get("system_prompt", STUDENT_SYSTEM_PROMPT)
-        self.engine = LlamaCppEngine(spec["base_gguf"], n_ctx=2048, n_threads=n_threads, lora_path=str(lora))
+        self.engine = LlamaCppEngine(model, n_ctx=2048, n_threads=n_threads, lora_path=lora)
         self._schema = student_json_schema(schema, closed)
 
     def __call__(self, turns: Sequence[Turn]) -> Graph:

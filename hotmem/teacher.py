@@ -203,7 +203,8 @@ class Teacher(dspy.Module):
         for name, demos in _seed_demos(schema).items():
             getattr(self, name).demos = demos
 
-    def forward(self, turns: list[Turn]) -> dspy.Prediction:
+    def statements(self, turns: Sequence[Turn]) -> tuple[list[Reference], list[str]]:
+        """The first two steps: references (coref) and the simple statements the later steps read."""
         conversation = render_turns(turns)
         speakers = speakers_of(turns)
         # Coref only runs when there is something beyond "I/me/my" to resolve.
@@ -211,7 +212,12 @@ class Teacher(dspy.Module):
         if references is None:
             references = self.coref(conversation=conversation, speakers=speakers).references
         statements = self.decompose(conversation=conversation, speakers=speakers, references=references).statements
-        statements = [s for s in statements if s.strip()]
+        return references, [s for s in dict.fromkeys(statements) if s.strip()]  # a small model may repeat one
+
+    def forward(self, turns: list[Turn]) -> dspy.Prediction:
+        conversation = render_turns(turns)
+        speakers = speakers_of(turns)
+        references, statements = self.statements(turns)
         entities: list = []
         relations: list = []
         if statements:

@@ -316,6 +316,17 @@ def test_convai2_loader_records_per_line(convai2_dir: Path):
     ]
 
 
+def test_label_corpus_by_name_finds_the_file_under_the_data_root(convai2_dir: Path, monkeypatch):
+    from hotmem.cli import _corpus
+
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(convai2_dir.parent))
+    assert data.dataset_file("convai2") == convai2_dir / "valid_dialogueNLI.txt"
+    utterances = list(_corpus("convai2", None))
+    assert [u.turns[0].text for u in utterances][:1] == ["hello what are doing today ?"]
+    with pytest.raises(InvalidInputError, match="packaged"):
+        data.dataset_file("gold")
+
+
 def test_dnli_schema_uses_seen_names_and_personaext_descriptions(convai2_dir: Path, personaext_dir: Path):
     schema = dnli_schema(convai2_dir)  # finds ../personaext beside it
     assert schema.predicates == ("favorite_movie", "have_chidren", "job_status", "like_animal", "like_watching")

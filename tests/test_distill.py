@@ -3,7 +3,7 @@ import sys
 import types
 
 import pytest
-from conftest import needs_smollm
+from conftest import needs_embedded, needs_smollm
 
 from hotmem.distill import (
     STUDENT_SYSTEM_PROMPT,
@@ -145,3 +145,33 @@ def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):
 
     with pytest.raises(StudentNotFoundError, match="hotmem distill"):
         GraphExtractor(backend=str(tmp_path))
+
+
+@pytest.mark.integration
+@needs_embedded
+def test_merged_student_gguf_is_quantized_and_answers_like_its_base(tmp_path):
+    """The real export path: base dequantized from the embedded GGUF, LoRA merged, written and quantized by
+    llama.cpp. A fresh LoRA is the identity (B = 0), so the merged GGUF must decode what the base GGUF decodes."""
+    for module in ("torch", "peft", "gguf", "transformers"):
+        pytest.importorskip(module)
+    import gguf
+    from llama_cpp import Llama
+    from peft import get_peft_model
+
+    from hotmem.distill import DistillConfig, load_base, write_merged_gguf
+    from hotmem.lm import model_path
+
+    model, _tokenizer, peft_config, source = load_base(DistillConfig(base_model=str(tmp_path / "no-such-model")), "trl")
+    assert source == "qwen2.5-coder-0.5b"
+    merged = get_peft_model(model, peft_config).merge_and_unload()
+    out = write_merged_gguf(merged.state_dict(), model_path(source), tmp_path / "student.gguf")
+    assert not list(tmp_path.glob("*.tmp"))
+    reader = gguf.GGUFReader(str(out))
+    assert {t.tensor_type.name for t in reader.tensors} >= {"Q4_K", "F32"}
+    assert out.stat().st_size < 1.2 * model_path(source).stat().st_size
+
+    def greedy(path):
+        llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+        return llm("The capital of France is", max_tokens=6, temperature=0)["choices"][0]["text"]
+
+    assert greedy(out) == greedy(model_path(source))

@@ -68,7 +68,7 @@ def test_tiny_gepa_run_writes_every_artifact_and_resumes(tmp_path):
     records = [r for r in load_gold(split="train") if len(r.text) < 70][:4]
     lm = make_lm("embedded/smollm2-135m", max_tokens=256)
     config = OptimizeConfig(budget=12, log_dir=str(tmp_path / "log"), out_dir=str(tmp_path / "out"),
-                            reflection_minibatch_size=1)
+                            reflection_minibatch_size=1, demos=1, demo_candidates=2)
     result = optimize(config, records[:2], records[2:], task_lm=lm, reflection_lm=lm)
     out = result.out_dir
     for name in ("program.json", "manifest.json", "candidates.json", "pareto.json", "instructions.md"):
@@ -116,3 +116,36 @@ def test_rule_proposer_keeps_the_instruction_and_bounds_learned_rules():
     third = proposer.add_rule(second, "Use the name as written.")
     assert third.count("\n- ") == 2 and "possessor" not in third  # the oldest learned rule goes first
     assert proposer.add_rule(third, "Never list a pronoun.") == third
+
+
+def test_gold_demos_answer_with_gold_for_statements_that_mention_it():
+    from hotmem.optimize import add_gold_demos
+    from hotmem.schema import Entity, Graph, Record, Relation, Turn
+
+    def record(id_, text, entities, relations):
+        return Record(id=id_, turns=[Turn(text=text)], graph=Graph(
+            entities=[Entity(name=n, type=t) for n, t in entities],
+            relations=[Relation(subject=s, predicate=p, object=o) for s, p, o in relations]))
+
+    records = [
+        record("a", "My sister Ana lives in Oslo.", [("Ana", "PERSON"), ("Oslo", "LOCATION")],
+               [("Ana", "lives_in", "Oslo")]),
+        record("b", "I work at Equinor.", [("speaker", "PERSON"), ("Equinor", "ORGANIZATION")],
+               [("speaker", "works_at", "Equinor")]),
+        record("c", "hi there", [], []),  # nothing to demonstrate: no LM call
+    ]
+    # first-person texts: coref is skipped, one decompose call per record with relations, in shuffled order
+    lm = dspy.utils.DummyLM({"My sister Ana": {"statements": ["Ana lives in Oslo.", "Ana is speaker's sister."]},
+                             "I work at Equinor": {"statements": ["The speaker is happy."]}},
+                            adapter=dspy.JSONAdapter())
+    program = Teacher()
+    seeds = len(program.relations.demos)
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        add_gold_demos(program, records, k=4, progress=False)
+    assert len(lm.history) == 2
+    # b's statements never mention Equinor, so only a qualifies; the seed demos stay first
+    assert len(program.relations.demos) == seeds + 1
+    demo = program.relations.demos[-1]
+    assert demo.statements == ["Ana lives in Oslo.", "Ana is speaker's sister."]
+    assert demo.relations == [{"subject": "Ana", "predicate": "lives_in", "object": "Oslo"}]
+    assert program.entities.demos[-1].entities == [{"name": "Ana", "type": "PERSON"}, {"name": "Oslo", "type": "LOCATION"}]

@@ -91,6 +91,14 @@ def test_chit_chat_stops_after_decompose():
     assert len(lm.history) == 2
 
 
+def test_repeated_statements_reach_the_later_steps_once():
+    lm = scripted({"statements": ["I live in Oslo.", "I live in Oslo.", " ", "I live in Oslo."]},
+                  {"entities": [{"name": "Oslo", "type": "LOCATION"}]}, {"relations": []})
+    pred = run(Teacher(), lm, "I live in Oslo.")  # first person only: no coref call
+    assert pred.statements == ["I live in Oslo."]
+    assert lm.history[1]["messages"][-1]["content"].count("I live in Oslo.") == 1
+
+
 def test_closed_extraction_constrains_predicates_and_types():
     sigs = signatures_for(CONVERSATION_SCHEMA, closed=True)
     schema = sigs.relations.output_fields["relations"].annotation.__args__[0].model_json_schema()
