@@ -11,12 +11,12 @@ from pathlib import Path
 from hotmem.schema import HotmemError
 
 
-def _add_lm(parser: argparse.ArgumentParser) -> None:
+def _add_lm(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument(
         "--lm",
-        default=None,
-        help="'embedded' (default), 'embedded/<name>', a .gguf path, or a LiteLLM model string "
-        "such as ollama_chat/qwen2.5:7b or openai/gpt-4o-mini",
+        default=default,
+        help=f"'embedded' (the 0.5B), 'embedded/<name>', a .gguf path, or a LiteLLM model string "
+        f"such as ollama_chat/qwen2.5:7b or openai/gpt-4o-mini (default: {default or 'embedded'})",
     )
     parser.add_argument("--api-base", default=None, help="OpenAI-compatible server URL for --lm")
     parser.add_argument("--enforces-schema", action="store_true",
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lm(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
+    from hotmem.lm import LABELLING_LM
+
     label = sub.add_parser("label", help="label a corpus with the teacher into a datasets.Dataset (resumable)")
     label.add_argument("source", help="a .txt (one utterance per line) or .jsonl file, or 'convai2' / 'dialogre'")
     label.add_argument("--path", default=None, help="for convai2/dialogre: the data file (default: ../shared/data)")
@@ -192,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--limit", type=int, default=None, help="first N utterances of the corpus")
     label.add_argument("--threads", type=int, default=1, help="concurrent requests (for a served LM)")
     label.add_argument("--min-confidence", type=float, default=0.7, help="drop labels with a weaker relation")
-    _add_lm(label)
+    _add_lm(label, default=LABELLING_LM)
     label.set_defaults(func=_label)
 
     dist = sub.add_parser("distill", help="train the student LoRA on labels from `hotmem label` and export it")

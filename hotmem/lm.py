@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 #: The model `GraphExtractor()` uses when nothing is configured.
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+#: The teacher's LM for labelling: on gold dev (24) the 1.5B scored relation F1 0.182 against the 0.5B's 0.044, at
+#: about twice the time per utterance; labels are made once, so quality wins there.
+LABELLING_LM = "embedded/qwen2.5-coder-1.5b"
 #: Hub id of the student's base model (used where a hub is reachable).
 STUDENT_BASE_HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 #: Grammar guard: an array with no `maxItems` could let constrained decoding loop until max_tokens.
