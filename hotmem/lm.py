@@ -158,14 +158,11 @@ def _bound_arrays(schema: Any, max_items: int) -> Any:
     return schema
 
 
-def repeated_array_item(text: str) -> bool:
-    """True when the JSON text so far has just completed an array item equal to an earlier item of that array.
-
-    Small models decoding greedily under a grammar tend to repeat a list item until `maxItems`; when this returns
-    True the engine only lets the array close. Scans the (short) output from the start each time.
-    """
-    stack: list[list] = []  # per open container: [kind, item_start, completed items]
-    in_string = escaped = False
+def _scan_json(text: str) -> tuple[list[list], bool, bool]:
+    """Open containers (each `[kind, start of the current item, completed items]`), whether a string is open, and
+    whether the text ends just after completing an array item equal to an earlier item of that array."""
+    stack: list[list] = []
+    in_string = escaped = repeated = False
     for i, char in enumerate(text):
         completed = False
         if in_string:
@@ -192,19 +189,57 @@ def repeated_array_item(text: str) -> bool:
         if completed and stack[-1][1] is not None:
             item = text[stack[-1][1] : i + 1]
             if item in stack[-1][2]:
-                if not text[i + 1 :].strip(" \n\t"):
-                    return True
+                repeated = not text[i + 1 :].strip(" \n\t")
             else:
                 stack[-1][2].append(item)
-    return False
+    return stack, in_string, repeated
+
+
+def repeated_array_item(text: str) -> bool:
+    """True when the JSON text so far has just completed an array item equal to an earlier item of that array.
+
+    Small models decoding greedily under a grammar tend to repeat a list item until `maxItems`; when this returns
+    True the engine only lets the array close. Scans the (short) output from the start each time.
+    """
+    return _scan_json(text)[2]
+
+
+#: What closes an array item from inside it: a string item, the last string of an object item, an object item.
+ITEM_CLOSERS = ('"', '"}', "}")
+
+
+def closing_repeats(text: str) -> str | None:
+    """The closer (one of `ITEM_CLOSERS`) that would complete an array item equal to an earlier one, if any.
+
+    Qwen's vocabulary merges a closer with the comma after it (`","`, `"},{"`): by the time the item is complete the
+    next one has begun, too late to close the array. So the engine bans closer-then-comma tokens one step earlier.
+    """
+    stack, in_string, _ = _scan_json(text)
+    if in_string and stack and stack[-1][0] == "[" and stack[-1][1] is not None:
+        closer, array = '"', stack[-1]
+    elif len(stack) >= 2 and stack[-1][0] == "{" and stack[-2][0] == "[" and stack[-2][1] is not None:
+        closer, array = ('"}' if in_string else "}"), stack[-2]
+    else:
+        return None
+    candidate = text[array[1] :] if in_string else text[array[1] :].rstrip(" \n\t")
+    return closer if candidate + closer in array[2] else None
+
+
+def closer_then_comma(piece: str, closer: str) -> bool:
+    """Whether a token's text closes an item with `closer` and goes on with a comma (a next item)."""
+    if closer == "}":
+        piece = piece.lstrip(" \n\t")
+    return piece.startswith(closer) and piece[len(closer) :].lstrip(" \n\t").startswith(",")
 
 
 class _CloseRepeatedArrays:
-    """llama.cpp logits processor: after a repeated array item, only tokens that close the array may follow."""
+    """llama.cpp logits processor against repeated array items: a closer-then-comma token may not complete a
+    repeated item, and after a repeated item only tokens that close the array may follow."""
 
-    def __init__(self, llama, closing_tokens):
+    def __init__(self, llama, closing_tokens, comma_tokens: dict[str, list[int]]):
         self.llama = llama
         self.closing_tokens = closing_tokens
+        self.comma_tokens = comma_tokens
         self.prompt_len: int | None = None
 
     def __call__(self, input_ids, scores):
@@ -212,12 +247,16 @@ class _CloseRepeatedArrays:
             self.prompt_len = len(input_ids)
             return scores
         generated = self.llama.detokenize(list(input_ids[self.prompt_len :])).decode("utf-8", "ignore")
-        if repeated_array_item(generated):
-            import numpy as np
+        import numpy as np
 
+        if repeated_array_item(generated):
             masked = np.full_like(scores, -np.inf)
             masked[self.closing_tokens] = scores[self.closing_tokens]
             return masked
+        closer = closing_repeats(generated)
+        if closer:
+            scores = scores.copy()
+            scores[self.comma_tokens[closer]] = -np.inf
         return scores
 
 
@@ -282,7 +321,8 @@ class LlamaCppEngine:
         self.chat_format = chat_format
         self.close_repeated_items = close_repeated_items
         self._llama = None
-        self._closing_tokens = None
+        self._closing_tokens: list[int] = []
+        self._comma_tokens: dict[str, list[int]] = {}
         self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.stats = {"calls": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0}
@@ -316,12 +356,12 @@ class LlamaCppEngine:
                 verbose=False,
             )
             self._llama.set_cache(prefix_cache(self.kv_cache_bytes))
-            # tokens that can close an array: "]" possibly after whitespace, possibly followed by more closers
-            vocab = range(self._llama.n_vocab())
-            self._closing_tokens = [
-                t for t in vocab
-                if (piece := self._llama.detokenize([t]).decode("utf-8", "ignore").lstrip(" \n\t")).startswith("]")
-            ]
+            # tokens that can close an array ("]" possibly after whitespace, possibly followed by more closers), and
+            # tokens that close an item and start the next one (see closing_repeats)
+            pieces = [self._llama.detokenize([t]).decode("utf-8", "ignore") for t in range(self._llama.n_vocab())]
+            self._closing_tokens = [t for t, piece in enumerate(pieces) if piece.lstrip(" \n\t").startswith("]")]
+            self._comma_tokens = {closer: [t for t, piece in enumerate(pieces) if closer_then_comma(piece, closer)]
+                                  for closer in ITEM_CLOSERS}
             logger.info("loaded %s in %.1fs", path.name, time.perf_counter() - started)
         return self._llama
 
@@ -372,7 +412,7 @@ class LlamaCppEngine:
                 from llama_cpp import LogitsProcessorList
 
                 kwargs["logits_processor"] = LogitsProcessorList(
-                    [_CloseRepeatedArrays(self.llama, self._closing_tokens)]
+                    [_CloseRepeatedArrays(self.llama, self._closing_tokens, self._comma_tokens)]
                 )
         elif fmt:
             kwargs["response_format"] = {"type": "json_object"}

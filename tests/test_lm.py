@@ -30,3 +30,30 @@ def test_a_served_model_that_enforces_schemas_gets_them():
     assert isinstance(served, SchemaEnforcingLM) and served.supports_response_schema
     assert "response_format" in served.supported_params
     assert served.kwargs["api_base"] == "http://127.0.0.1:8000/v1"
+
+
+@pytest.mark.parametrize(
+    "text, closer",
+    [
+        ('{"s": ["Anna", "Tom", "Anna', '"'),                      # closing this string repeats "Anna"
+        ('{"s": ["Anna", "Tom", "Ann', None),                       # "Ann" is new
+        ('{"s": ["Anna", "Tom", "Anna is', None),                  # a longer item may go on
+        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "X', '"}'),  # the object would repeat
+        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "X"', "}"),
+        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "Y', None),
+        ('{"n": "a", "m": "a', None),                              # not an array item
+    ],
+)
+def test_closing_repeats_names_the_closer_one_token_early(text, closer):
+    from hotmem.lm import closing_repeats
+
+    assert closing_repeats(text) == closer
+
+
+def test_closer_then_comma_tokens_are_the_merged_ones():
+    from hotmem.lm import closer_then_comma
+
+    assert closer_then_comma('","', '"') and closer_then_comma('", ', '"')
+    assert closer_then_comma('"},{"', '"}') and closer_then_comma(" },", "}")
+    assert not closer_then_comma('"]', '"') and not closer_then_comma('"', '"') and not closer_then_comma('"]}', '"')
+    assert not closer_then_comma(' ",', '"')  # inside a string a leading space is content
