@@ -9,6 +9,9 @@ the systems, so this launcher rewrites each chat request before llama-cpp-python
   "schema": ...}`, so the schema is enforced by a grammar for every client alike.
 - Its default repeat penalty of 1.1 (OpenAI's API has none) garbles repeated JSON keys; a request that does not set
   one gets 1.0.
+Every answer under a JSON response format also gets hotmem's repeated-array-item guard (`hotmem.lm.repeat_guard`,
+which the in-process engine uses): without it a small model repeats one list item until the token limit (measured:
+2,561 output tokens per PersonaExt utterance). It applies to every client alike.
 """
 
 from __future__ import annotations
@@ -59,6 +62,20 @@ class OpenAICompat:
         await self.app({**scope, "headers": headers}, replay, send)
 
 
+def guard_json_answers(llama) -> None:
+    """Give `llama.create_chat_completion` the repeated-item guard whenever a request asks for JSON."""
+    from hotmem.lm import repeat_guard
+
+    new_guard, create = repeat_guard(llama), llama.create_chat_completion
+
+    def create_chat_completion(*args, **kwargs):
+        if kwargs.get("response_format") and not kwargs.get("logits_processor"):
+            kwargs["logits_processor"] = new_guard()
+        return create(*args, **kwargs)
+
+    llama.create_chat_completion = create_chat_completion
+
+
 def main() -> None:
     import uvicorn
     from llama_cpp.server import app as server_app
@@ -82,7 +99,9 @@ def main() -> None:
     )
     # Reuse the KV state of prompt prefixes (instructions, demos) across requests, for every client. Not the
     # server's own `cache=True`: its RAM cache does not count the logits each state carries and grew past 15 GB.
-    server_app._llama_proxy._current_model.set_cache(prefix_cache(args.cache_bytes))
+    model = server_app._llama_proxy._current_model
+    model.set_cache(prefix_cache(args.cache_bytes))
+    guard_json_answers(model)
     uvicorn.run(OpenAICompat(app), host=args.host, port=args.port, log_level="warning")
 
 

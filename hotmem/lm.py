@@ -260,6 +260,19 @@ class _CloseRepeatedArrays:
         return scores
 
 
+def repeat_guard(llama):
+    """For one loaded `llama_cpp.Llama`: a factory of per-call logits processors against repeated array items
+    (`_CloseRepeatedArrays`). Building it reads the whole vocabulary once."""
+    from llama_cpp import LogitsProcessorList
+
+    pieces = [llama.detokenize([t]).decode("utf-8", "ignore") for t in range(llama.n_vocab())]
+    # tokens that can close an array ("]" possibly after whitespace, possibly followed by more closers), and
+    # tokens that close an item and start the next one (see closing_repeats)
+    closing = [t for t, piece in enumerate(pieces) if piece.lstrip(" \n\t").startswith("]")]
+    comma = {closer: [t for t, piece in enumerate(pieces) if closer_then_comma(piece, closer)] for closer in ITEM_CLOSERS}
+    return lambda: LogitsProcessorList([_CloseRepeatedArrays(llama, closing, comma)])
+
+
 def prefix_cache(capacity_bytes: int):
     """llama-cpp-python's RAM prompt cache, made to hold what it counts.
 
@@ -321,8 +334,7 @@ class LlamaCppEngine:
         self.chat_format = chat_format
         self.close_repeated_items = close_repeated_items
         self._llama = None
-        self._closing_tokens: list[int] = []
-        self._comma_tokens: dict[str, list[int]] = {}
+        self._repeat_guard = None
         self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.stats = {"calls": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0}
@@ -356,14 +368,13 @@ class LlamaCppEngine:
                 verbose=False,
             )
             self._llama.set_cache(prefix_cache(self.kv_cache_bytes))
-            # tokens that can close an array ("]" possibly after whitespace, possibly followed by more closers), and
-            # tokens that close an item and start the next one (see closing_repeats)
-            pieces = [self._llama.detokenize([t]).decode("utf-8", "ignore") for t in range(self._llama.n_vocab())]
-            self._closing_tokens = [t for t, piece in enumerate(pieces) if piece.lstrip(" \n\t").startswith("]")]
-            self._comma_tokens = {closer: [t for t, piece in enumerate(pieces) if closer_then_comma(piece, closer)]
-                                  for closer in ITEM_CLOSERS}
             logger.info("loaded %s in %.1fs", path.name, time.perf_counter() - started)
         return self._llama
+
+    def _new_repeat_guard(self):
+        if self._repeat_guard is None:
+            self._repeat_guard = repeat_guard(self.llama)
+        return self._repeat_guard()
 
     def _grammar(self, schema: dict):
         """The schema as a llama.cpp grammar, built once per schema.
@@ -409,11 +420,7 @@ class LlamaCppEngine:
         if fmt and fmt.get("type") == "json_schema":
             kwargs["grammar"] = self._grammar(fmt["schema"])
             if self.close_repeated_items:
-                from llama_cpp import LogitsProcessorList
-
-                kwargs["logits_processor"] = LogitsProcessorList(
-                    [_CloseRepeatedArrays(self.llama, self._closing_tokens, self._comma_tokens)]
-                )
+                kwargs["logits_processor"] = self._new_repeat_guard()
         elif fmt:
             kwargs["response_format"] = {"type": "json_object"}
         messages = self._messages(request)
