@@ -30,7 +30,7 @@ from hotmem.schema import (
     speakers_of,
 )
 from hotmem.signatures import CompactJSONAdapter
-from hotmem.teacher import Teacher, to_example
+from hotmem.teacher import Teacher, step_demos, to_example
 
 logger = logging.getLogger(__name__)
 
@@ -268,15 +268,11 @@ def gold_demos(
         qualified.remove(best)
         chosen.append(best)
         covered |= {r.predicate for r in best[0].graph.relations}
-    return {
-        "entities": [dspy.Example(statements=statements,
-                                  entities=[{"name": e.name, "type": e.type} for e in record.graph.entities])
-                     for record, statements in chosen],
-        "relations": [dspy.Example(statements=statements, entities=[e.name for e in record.graph.entities],
-                                   relations=[{"subject": r.subject, "predicate": r.predicate, "object": r.object}
-                                              for r in record.graph.relations])
-                      for record, statements in chosen],
-    }
+    demos = [step_demos(statements, [{"name": e.name, "type": e.type} for e in record.graph.entities],
+                        [{"subject": r.subject, "predicate": r.predicate, "object": r.object}
+                         for r in record.graph.relations])
+             for record, statements in chosen]
+    return {step: [demo[step] for demo in demos] for step in ("entities", "relations")}
 
 
 def add_gold_demos(program: Teacher, records: list[Record], k: int = 4, **kwargs: Any) -> Teacher:

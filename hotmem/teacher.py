@@ -84,6 +84,15 @@ def first_person_references(turns: Sequence[Turn]) -> list[Reference] | None:
     return list(references.values())
 
 
+def step_demos(statements: list[str], entities: list[dict], relations: list[dict]) -> dict[str, dspy.Example]:
+    """One demonstration each for the entities and relations steps, answered as the LM writes answers
+    (`entities`: `{"name", "type"}` dicts; `relations`: `{"subject", "predicate", "object"}` dicts)."""
+    return {
+        "entities": dspy.Example(statements=statements, entities=entities),
+        "relations": dspy.Example(statements=statements, entities=[e["name"] for e in entities], relations=relations),
+    }
+
+
 def _seed_demos(schema: RelationSchema) -> dict[str, list[dspy.Example]]:
     demos: dict[str, list[dspy.Example]] = {"coref": [], "decompose": [], "entities": [], "relations": []}
     for seed in SEED_DEMOS:
@@ -93,12 +102,11 @@ def _seed_demos(schema: RelationSchema) -> dict[str, list[dspy.Example]]:
             continue  # the later steps never see a fact-free conversation: the teacher stops before them
         demos["coref"].append(dspy.Example(conversation=seed["conversation"], speakers=seed["speakers"],
                                            references=seed["references"]))
+        later = step_demos(seed["statements"], seed["entities"], seed["relations"])
         if all(e["type"] in schema.entity_types for e in seed["entities"]):
-            demos["entities"].append(dspy.Example(statements=seed["statements"], entities=seed["entities"]))
+            demos["entities"].append(later["entities"])
         if all(r["predicate"] in schema.predicates for r in seed["relations"]):
-            demos["relations"].append(dspy.Example(statements=seed["statements"],
-                                                   entities=[e["name"] for e in seed["entities"]],
-                                                   relations=seed["relations"]))
+            demos["relations"].append(later["relations"])
     return demos
 
 
