@@ -62,15 +62,27 @@ _PROGRAM_HELP = (
 )
 
 
+def _student(spec: str, schema, closed: bool):
+    """A distilled student for `--program student` (the shipped one) or a folder `hotmem distill` exported, else None."""
+    from hotmem.student import STUDENT_FILE, Student
+
+    if spec != "student" and not (Path(spec) / STUDENT_FILE).is_file():
+        return None
+    return Student(None if spec == "student" else spec, schema=schema, closed=closed)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from hotmem.data import load_dataset
     from hotmem.evaluate import evaluate_program
     from hotmem.lm import make_lm
 
     records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
-    lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache,
-                 enforces_schema=args.enforces_schema)
-    program = _program(args.program, schema, closed=not args.open)
+    student = _student(args.program, schema, closed=not args.open)
+    if student is not None:  # one llama.cpp call per example: the student's engine is the LM that counts
+        program, lm = student, student.engine
+    else:
+        lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache, enforces_schema=args.enforces_schema)
+        program = _program(args.program, schema, closed=not args.open)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
     meta = {"command": " ".join(sys.argv), "lm": getattr(lm, "model", str(lm)), "schema": schema.name}
@@ -134,7 +146,8 @@ def _label(args: argparse.Namespace) -> int:
     from hotmem.lm import make_lm
     from hotmem.schema import CONVERSATION_SCHEMA
 
-    config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit)
+    config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
+                         clean_items=not args.drop_whole)
     lm = make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema)
     program = _program(args.program, CONVERSATION_SCHEMA, closed=True)
     report = label_corpus(program, _corpus(args.source, args.path), lm=lm, config=config)
@@ -175,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default="gold", help="gold, personaext, dialogre, convai2 or conll04")
     evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
     evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
-    evaluate.add_argument("--program", default="default", help=_PROGRAM_HELP)
+    evaluate.add_argument("--program", default="default",
+                          help=_PROGRAM_HELP + "; or 'student' (the shipped student) or a folder `hotmem distill` exported")
     evaluate.add_argument("--limit", type=int, default=None, help="first N examples only")
     evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
     evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")
@@ -193,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--program", default="default", help=_PROGRAM_HELP)
     label.add_argument("--limit", type=int, default=None, help="first N utterances of the corpus")
     label.add_argument("--threads", type=int, default=1, help="concurrent requests (for a served LM)")
-    label.add_argument("--min-confidence", type=float, default=0.7, help="drop labels with a weaker relation")
+    label.add_argument("--min-confidence", type=float, default=0.7, help="remove relations with a lower confidence")
+    label.add_argument("--drop-whole", action="store_true",
+                       help="drop a label with any problem instead of removing just its bad entities and relations")
     _add_lm(label, default=LABELLING_LM)
     label.set_defaults(func=_label)
 

@@ -176,3 +176,12 @@ def test_merged_student_gguf_is_quantized_and_answers_like_its_base(tmp_path):
                 for prompt in ("The capital of France is", "def add(a, b):\n    return", "1, 2, 3, 4,")]
 
     assert greedy(out) == greedy(model_path(source))
+
+
+def test_evaluating_the_student_without_one_says_how_to_get_one(monkeypatch, capsys):
+    import hotmem.student
+    from hotmem.cli import main
+
+    monkeypatch.setattr(hotmem.student, "shipped_student_dir", lambda: None)
+    assert main(["evaluate", "--program", "student", "--dataset", "gold", "--split", "dev", "--limit", "1"]) == 2
+    assert "hotmem distill" in capsys.readouterr().err

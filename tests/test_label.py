@@ -86,7 +86,7 @@ def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_pat
     texts = {"I live in Oslo.": GOOD, "Oslo lives in me.": INVALID, "I live in Oslo!": UNGROUNDED,
              "Hi!": Graph(), "boom": RuntimeError("model died")}
     program = CannedProgram(texts)
-    config = LabelConfig(out_dir=str(tmp_path / "labels"))
+    config = LabelConfig(out_dir=str(tmp_path / "labels"), clean_items=False)
     lm = dspy.utils.DummyLM([])
     report = label_corpus(program, list(texts), lm=lm, config=config, progress=False)
     assert (report.labelled, report.failed, report.kept) == (5, 1, 2)
@@ -98,6 +98,21 @@ def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_pat
     texts["Hello again"] = Graph()
     again = label_corpus(CannedProgram(texts), list(texts), lm=lm, config=config, progress=False)
     assert (again.labelled_this_run, again.labelled, again.kept) == (1, 6, 3)
+
+
+def test_cleaning_keeps_what_is_right_in_a_label_and_counts_what_it_takes_out(tmp_path):
+    texts = {"I live in Oslo.": GOOD, "Oslo lives in me.": INVALID, "I live in Oslo!": UNGROUNDED,
+             "boom": RuntimeError("model died")}
+    report = label_corpus(CannedProgram(texts), list(texts), lm=dspy.utils.DummyLM([]),
+                          config=LabelConfig(out_dir=str(tmp_path)), progress=False)
+    assert (report.labelled, report.kept, report.kept_with_relations) == (4, 3, 1)
+    assert report.dropped == {"failed": 1}
+    assert report.removed == {"schema_invalid_relation": 1, "ungrounded_entity": 1, "dangling_relation": 1}
+    graphs = {row["text"]: Graph.from_json(row["graph"]) for row in load_labels(tmp_path)}
+    assert graphs["I live in Oslo."] == GOOD
+    assert not graphs["Oslo lives in me."].relations and len(graphs["Oslo lives in me."].entities) == 2
+    assert [e.name for e in graphs["I live in Oslo!"].entities] == ["speaker"]  # Paris is not in the text
+    assert not graphs["I live in Oslo!"].relations
 
 def test_teacher_labels_chit_chat_as_an_empty_graph(tmp_path):
     lm = dspy.utils.DummyLM([{"statements": []}], adapter=dspy.JSONAdapter())
