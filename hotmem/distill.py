@@ -341,7 +341,8 @@ def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, arc
         target = names.get_name(match.group(1)) if match else None
         if target is None:
             raise DistillError(f"unexpected adapter tensor {name}: cannot map it to llama.cpp")
-        array = tensor.detach().float().cpu().numpy().astype(np.float32)
+        # F16 as llama.cpp's own LoRA converter writes: half the size of F32 (18 MB at rank 16 on the 0.5B)
+        array = tensor.detach().float().cpu().numpy().astype(np.float16)
         writer.add_tensor(f"{target}.weight.lora_{match.group(3).lower()}", array)
         count += 1
     writer.write_header_to_file()

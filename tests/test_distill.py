@@ -131,7 +131,7 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     names = {t.name for t in reader.tensors}
     assert len(names) == 2 * 2 * 7  # layers x (A, B) x projections
     a = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight.lora_a")
-    assert list(a.shape) == [32, 4]  # ggml order: (in, r)
+    assert list(a.shape) == [32, 4] and a.tensor_type == gguf.GGMLQuantizationType.F16  # ggml order: (in, r)
     # a second run with a larger budget continues from the last checkpoint
     model = Qwen2ForCausalLM(model.config)
     again = distill(DistillConfig(**{**config.__dict__, "max_steps": 3}), dataset,
