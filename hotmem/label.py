@@ -151,22 +151,18 @@ class LabelReport:
         return {**asdict(self), "utterances_per_minute": round(self.utterances_per_minute, 2)}
 
 
+#: The item-level reasons `clean_label` counts, as the label-level problems `label_problems` names (a dangling
+#: relation is explained by the ungrounded entity it lost).
+_PROBLEMS = {"schema_invalid_relation": "schema_invalid", "ungrounded_entity": "ungrounded",
+             "low_confidence_relation": "low_confidence"}
+
+
 def label_problems(
     graph: Graph, turns: Sequence[Turn], schema: RelationSchema, config: LabelConfig
 ) -> list[str]:
-    """Why a label should not teach the student (empty when it is fine). An empty graph is a valid label."""
-    problems = []
-    text, speakers = render_turns(turns), speakers_of(turns)
-    types = {e.name: e.type for e in graph.entities}
-    if config.require_schema_valid and any(
-        not schema.allows(r, types.get(r.subject), types.get(r.object)) for r in graph.relations
-    ):
-        problems.append("schema_invalid")
-    if config.require_grounded and any(not is_grounded(e.name, text, speakers) for e in graph.entities):
-        problems.append("ungrounded")
-    if any(r.confidence < config.min_confidence for r in graph.relations):
-        problems.append("low_confidence")
-    return problems
+    """Why a label should not teach the student as it is (empty when it is fine). An empty graph is a valid label."""
+    _, removed = clean_label(graph, turns, schema, config)
+    return [problem for reason, problem in _PROBLEMS.items() if removed[reason]]
 
 
 def clean_label(
