@@ -163,8 +163,9 @@ def _distill(args: argparse.Namespace) -> int:
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r, max_seq_length=args.max_seq_length, save_steps=args.save_steps,
+        gold_repeats=args.gold_repeats,
     )
-    result = distill(config, sft_dataset(load_labels(args.labels)))
+    result = distill(config, sft_dataset(load_labels(args.labels), gold_repeats=config.gold_repeats))
     m = result.manifest
     print(f"{m['backend']}: {m['global_step']} steps, loss {m['train_loss']:.3f}, {m['seconds_per_step']} s/step, "
           f"{m['tokens_per_second']} tokens/s, peak {m['peak_rss_gb']} GB; exported to {result.out_dir}")
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha is twice the rank)")
     dist.add_argument("--max-seq-length", type=int, default=256)
     dist.add_argument("--save-steps", type=int, default=25)
+    dist.add_argument("--gold-repeats", type=int, default=0,
+                      help="mix our gold train split into the labels this many times (dev and test stay held out)")
     dist.set_defaults(func=_distill)
 
     opt = sub.add_parser("optimize", help="optimize the teacher with GEPA and save it")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotmem.data import load_gold
 from hotmem.evaluate import write_atomic
 from hotmem.lm import EMBEDDED_MODELS, STUDENT_BASE_HUB_ID, model_path
 from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns
@@ -83,15 +84,25 @@ def sft_example(turns: Sequence[Turn], graph: Graph) -> dict[str, Any]:
     return {"prompt": student_messages(turns), "completion": [{"role": "assistant", "content": graph_to_target(graph)}]}
 
 
-def sft_dataset(labels: Iterable[dict[str, Any]]):
-    """Chat-format SFT examples from labelled rows (`turns` and `graph` as `hotmem label` saves them)."""
+def sft_dataset(labels: Iterable[dict[str, Any]], *, gold_repeats: int = 0):
+    """Chat-format SFT examples from labelled rows (`turns` and `graph` as `hotmem label` saves them).
+
+    `gold_repeats` > 0 mixes in our hand-annotated train split that many times: the teacher's labels are noisy and
+    rarely carry relations, and the gold examples are the few complete graphs the student can copy. The dev and test
+    splits are never used, so evaluation stays held out.
+    """
     from datasets import Dataset
 
+    if gold_repeats < 0:
+        raise DistillError(f"gold_repeats must be 0 or more, got {gold_repeats}")
     rows = []
     for row in labels:
         turns = [Turn(**t) for t in row["turns"]]
         graph = row["graph"] if isinstance(row["graph"], Graph) else Graph.from_json(row["graph"])
         rows.append({"id": row["id"], **sft_example(turns, graph)})
+    gold = load_gold("train") if gold_repeats else []
+    for repeat in range(gold_repeats):
+        rows.extend({"id": f"{record.id}#{repeat}", **sft_example(record.turns, record.graph)} for record in gold)
     if not rows:
         raise DistillError("no labelled examples to train on: run `hotmem label` first")
     return Dataset.from_list(rows)
@@ -123,6 +134,8 @@ class DistillConfig:
     logging_steps: int = 5
     save_steps: int = 25
     seed: int = 0
+    #: copies of the gold train split mixed into the labels (see `sft_dataset`); recorded here for the manifest
+    gold_repeats: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -12,6 +12,7 @@ from hotmem.distill import (
     choose_backend,
     graph_to_target,
     lora_kwargs,
+    sft_dataset,
     sft_example,
     student_json_schema,
 )
@@ -49,6 +50,24 @@ def test_sft_example_is_prompt_completion_with_the_fixed_system_prompt():
     assert example["prompt"][0] == {"role": "system", "content": STUDENT_SYSTEM_PROMPT}
     assert example["prompt"][1]["content"] == TEXT
     assert example["completion"] == [{"role": "assistant", "content": graph_to_target(GRAPH)}]
+
+
+def test_gold_train_split_is_mixed_in_on_request_and_dev_and_test_stay_out():
+    from hotmem.data import load_gold
+
+    label = {"id": "convai2-0001", "turns": [{"text": TEXT}], "graph": GRAPH.to_json()}
+    only_labels = sft_dataset([label])
+    mixed = sft_dataset([label], gold_repeats=2)
+    train_ids = {r.id for r in load_gold("train")}
+    held_out = {r.id for r in load_gold("dev") + load_gold("test")}
+    assert len(only_labels) == 1 and len(mixed) == 1 + 2 * len(train_ids)
+    mixed_ids = [row["id"] for row in mixed]
+    assert len(set(mixed_ids)) == len(mixed_ids)  # every copy keeps an id of its own
+    assert {i.split("#")[0] for i in mixed_ids[1:]} == train_ids and not held_out & {i.split("#")[0] for i in mixed_ids}
+    with pytest.raises(DistillError, match="gold_repeats"):
+        sft_dataset([label], gold_repeats=-1)
+    with pytest.raises(DistillError, match="hotmem label"):
+        sft_dataset([])
 
 
 def test_student_schema_enumerates_types_and_predicates():
