@@ -377,11 +377,7 @@ def write_merged_gguf(state_dict: dict[str, Any], base_gguf: Path, path: Path,
 
     `state_dict` holds Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, ...). Written atomically.
     """
-    import ctypes
-    import os
-
     import gguf
-    import numpy as np
 
     reader = gguf.GGUFReader(str(base_gguf))
     architecture = str(reader.fields["general.architecture"].contents())
@@ -390,9 +386,47 @@ def write_merged_gguf(state_dict: dict[str, Any], base_gguf: Path, path: Path,
     for hf_name, tensor in state_dict.items():
         target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if target is not None:
-            weights[target] = tensor
-    path = Path(path)
-    f16 = path.with_name(path.name + ".f16.tmp")
+            weights[target] = tensor.detach().float().cpu().numpy()
+    return _write_like_base(reader, weights, Path(base_gguf).name, Path(path), quantization)
+
+
+def merge_lora_gguf(base_gguf: Path, lora_gguf: Path, path: Path,
+                    quantization: str | None = MERGED_QUANTIZATION) -> Path:
+    """The base GGUF with a LoRA GGUF folded into its weights (W + alpha/r * B A), from the two GGUFs alone: gguf and
+    numpy, no torch. A student ships as its small adapter, and this builds the fast single GGUF where it runs."""
+    import gguf
+    import numpy as np
+
+    base, lora = gguf.GGUFReader(str(base_gguf)), gguf.GGUFReader(str(lora_gguf))
+    if "adapter.lora.alpha" not in lora.fields:
+        raise DistillError(f"{lora_gguf} is not a llama.cpp LoRA adapter (no adapter.lora.alpha)")
+    alpha = float(lora.fields["adapter.lora.alpha"].contents())
+    pairs = {t.name: t for t in lora.tensors}
+    weights = {}
+    for info in base.tensors:
+        weight = gguf.quants.dequantize(info.data, info.tensor_type).astype(np.float32)
+        a, b = pairs.pop(f"{info.name}.lora_a", None), pairs.pop(f"{info.name}.lora_b", None)
+        if a is not None and b is not None:
+            a, b = np.asarray(a.data, np.float32), np.asarray(b.data, np.float32)  # (r, in), (out, r)
+            weight = weight + (alpha / a.shape[0]) * (b @ a)
+        weights[info.name] = weight
+    if pairs:
+        raise DistillError(f"{lora_gguf.name} does not fit {base_gguf.name}: no base tensor for {sorted(pairs)[:3]}")
+    return _write_like_base(base, weights, Path(base_gguf).name, Path(path), quantization)
+
+
+def _write_like_base(reader, weights: dict[str, Any], base_name: str, path: Path, quantization: str | None) -> Path:
+    """`weights` (llama.cpp names, numpy arrays) under the metadata of the GGUF `reader` read, quantized. Atomic."""
+    import ctypes
+    import os
+    import uuid
+
+    import gguf
+    import numpy as np
+
+    architecture = str(reader.fields["general.architecture"].contents())
+    unique = uuid.uuid4().hex[:8]  # two processes building the same file do not share temporaries
+    f16 = path.with_name(f"{path.name}.{unique}.f16.tmp")
     writer = gguf.GGUFWriter(str(f16), architecture)
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name == "general.file_type":
@@ -403,8 +437,8 @@ def write_merged_gguf(state_dict: dict[str, Any], base_gguf: Path, path: Path,
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     for info in reader.tensors:
         if info.name not in weights:
-            raise DistillError(f"the merged model has no tensor for {info.name} of {base_gguf.name}")
-        array = weights[info.name].detach().float().cpu().numpy()
+            raise DistillError(f"the merged model has no tensor for {info.name} of {base_name}")
+        array = weights[info.name]
         expected = tuple(int(d) for d in reversed(info.shape))
         if array.shape != expected:
             raise DistillError(f"{info.name}: merged shape {array.shape}, base GGUF {expected}")
@@ -422,7 +456,7 @@ def write_merged_gguf(state_dict: dict[str, Any], base_gguf: Path, path: Path,
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quantization}")
     params.nthread = os.cpu_count() or 1
-    partial = path.with_name(path.name + ".tmp")
+    partial = path.with_name(f"{path.name}.{unique}.tmp")
     try:
         if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
             raise DistillError(f"llama.cpp could not quantize {f16} to {quantization}")

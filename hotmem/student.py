@@ -1,13 +1,15 @@
 """Stage 6: the distilled student as a backend: one constrained llama.cpp call per utterance -> `Graph`.
 
-The student runs as the merged, quantized GGUF `hotmem distill` exports (or, where there is none, its base GGUF plus
-the LoRA GGUF), in process through the same llama.cpp engine as the teacher (grammar-constrained, prefix KV cache:
+The student runs as the merged, quantized GGUF `hotmem distill` exports. A shipped student is only its small LoRA GGUF
+and the name of its base GGUF: the first use on a machine folds one into the other (about 30 s) and caches the result,
+because llama.cpp decodes about twice as slowly with a LoRA applied at run time. It runs in process through the same llama.cpp engine as the teacher (grammar-constrained, prefix KV cache:
 the fixed system prompt is processed once).
 Its raw output goes through the teacher's graph assembly, so both backends clean and score graphs the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -15,8 +17,8 @@ from pathlib import Path
 
 from dspy import lm15
 
-from hotmem.distill import STUDENT_SYSTEM_PROMPT, student_json_schema, student_messages
-from hotmem.lm import LlamaCppEngine
+from hotmem.distill import STUDENT_SYSTEM_PROMPT, merge_lora_gguf, student_json_schema, student_messages
+from hotmem.lm import LlamaCppEngine, cache_dir, model_path
 from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns, speakers_of
 from hotmem.signatures import ExtractedEntity, ExtractedRelation
 from hotmem.teacher import assemble_graph
@@ -38,6 +40,18 @@ def shipped_student_dir() -> Path | None:
     return candidate if (candidate / STUDENT_FILE).is_file() else None
 
 
+def merged_student_gguf(base_gguf: Path, lora_gguf: Path) -> Path:
+    """The LoRA folded into its base GGUF, built once per machine and cached under `cache_dir()/students`."""
+    digest = hashlib.sha256(lora_gguf.read_bytes())
+    digest.update(f"{base_gguf.name}:{base_gguf.stat().st_size}".encode())
+    target = cache_dir() / "students" / f"{base_gguf.stem}-{digest.hexdigest()[:16]}.gguf"
+    if not target.is_file():
+        logger.info("folding %s into %s once for full-speed decoding: %s", lora_gguf.name, base_gguf.name, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        merge_lora_gguf(base_gguf, lora_gguf, target)
+    return target
+
+
 def parse_student_output(text: str, turns: Sequence[Turn], schema: RelationSchema, closed: bool = True) -> Graph:
     """The compact `{"e": [[name, TYPE]], "r": [[s, p, o]]}` answer as a clean `Graph`."""
     data = json.loads(text)
@@ -51,7 +65,8 @@ class Student:
     """The exported student (`hotmem distill`'s output folder) as a callable: turns -> Graph."""
 
     def __init__(self, path: str | Path | None = None, *, schema: RelationSchema = CONVERSATION_SCHEMA,
-                 closed: bool = True, max_tokens: int = 384, n_threads: int | None = None):
+                 closed: bool = True, max_tokens: int = 384, n_threads: int | None = None, merge: bool = True):
+        """`merge`: fold a LoRA-only student into its base once (cached) rather than apply the LoRA at every step."""
         folder = Path(path) if path else shipped_student_dir()
         if folder is None or not (folder / STUDENT_FILE).is_file():
             raise StudentNotFoundError(
@@ -64,7 +79,11 @@ class Student:
             model, lora = str(folder / spec["merged_gguf"]), None  # one quantized GGUF: the fast path
         elif "base_gguf" in spec:
             # base_gguf: an embedded model's name (resolved on this machine) or a GGUF path
-            model, lora = spec["base_gguf"], str(folder / spec["lora_gguf"])
+            base, lora_gguf = model_path(spec["base_gguf"]), folder / spec["lora_gguf"]
+            if merge:
+                model, lora = str(merged_student_gguf(base, lora_gguf)), None
+            else:
+                model, lora = str(base), str(lora_gguf)
         else:
             raise StudentNotFoundError(f"{folder}: the student has no GGUF to run on llama.cpp")
         self.schema, self.closed, self.max_tokens = schema, closed, max_tokens

@@ -197,6 +197,53 @@ def test_merged_student_gguf_is_quantized_and_answers_like_its_base(tmp_path):
     assert greedy(out) == greedy(model_path(source))
 
 
+@needs_smollm
+def test_lora_folded_into_its_base_gguf_decodes_like_the_lora_applied_at_run_time(tmp_path):
+    """What a shipped student does on first use: base GGUF + LoRA GGUF -> one GGUF (gguf and numpy, no training
+    stack). The folded weights are W + alpha/r * B A, and llama.cpp must decode them as it decodes the live LoRA."""
+    torch = pytest.importorskip("torch")
+    import gguf
+    import numpy as np
+    from llama_cpp import Llama
+
+    from hotmem.distill import merge_lora_gguf, write_lora_gguf
+    from hotmem.lm import model_path
+
+    base = model_path("smollm2-135m")
+    generator = torch.Generator().manual_seed(0)
+    rank, alpha, width = 4, 8.0, 576
+    adapter = {}
+    for layer in range(3):
+        for projection in ("q_proj", "o_proj"):
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{projection}"
+            adapter[f"{prefix}.lora_A.weight"] = torch.randn(rank, width, generator=generator) * 0.2
+            adapter[f"{prefix}.lora_B.weight"] = torch.randn(width, rank, generator=generator) * 0.2
+    lora = tmp_path / "adapter.gguf"
+    write_lora_gguf(adapter, lora, alpha=alpha, architecture="llama")
+    merged = merge_lora_gguf(base, lora, tmp_path / "merged.gguf", quantization=None)
+    assert not list(tmp_path.glob("*.tmp"))
+
+    folded = next(t for t in gguf.GGUFReader(str(merged)).tensors if t.name == "blk.1.attn_q.weight")
+    original = next(t for t in gguf.GGUFReader(str(base)).tensors if t.name == "blk.1.attn_q.weight")
+    a = adapter["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].half().float().numpy()
+    b = adapter["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"].half().float().numpy()
+    expected = gguf.quants.dequantize(original.data, original.tensor_type) + alpha / rank * (b @ a)
+    np.testing.assert_allclose(np.asarray(folded.data, np.float32), expected, rtol=1e-2, atol=2e-3)
+
+    def next_tokens(model, lora_path=None):  # the first token: later ones drift apart on near-ties
+        llm = Llama(model_path=str(model), lora_path=lora_path, n_ctx=256, n_threads=2, verbose=False)
+        return [llm(prompt, max_tokens=1, temperature=0)["choices"][0]["text"]
+                for prompt in ("The capital of France is", "My sister lives in", "1, 2, 3, 4,")]
+
+    folded_tokens = next_tokens(merged)
+    assert folded_tokens == next_tokens(base, str(lora)) and folded_tokens != next_tokens(base)  # the LoRA matters
+    stray = tmp_path / "stray.gguf"  # an adapter for a deeper model than this base
+    write_lora_gguf({k.replace("layers.0.", "layers.99."): v for k, v in adapter.items() if "layers.0." in k},
+                    stray, alpha=alpha, architecture="llama")
+    with pytest.raises(DistillError, match="does not fit"):
+        merge_lora_gguf(base, stray, tmp_path / "stray-merged.gguf")
+
+
 def test_evaluating_the_student_without_one_says_how_to_get_one(monkeypatch, capsys):
     import hotmem.student
     from hotmem.cli import main

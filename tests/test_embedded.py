@@ -71,8 +71,11 @@ def test_constrained_decoding_always_parses_and_respects_bounds():
 @needs_embedded
 def test_graph_extractor_on_the_embedded_default():
     from hotmem import GraphExtractor
+    from hotmem.student import shipped_student_dir
 
-    graph = GraphExtractor()("My sister Anna moved to Berlin and works at Siemens.")
+    extract = GraphExtractor()
+    assert extract.backend == ("student" if shipped_student_dir() else "teacher")  # a shipped student is the default
+    graph = extract("My sister Anna moved to Berlin and works at Siemens.")
     names = {e.name for e in graph.entities}
     assert "Berlin" in names and "Siemens" in names
     for relation in graph.relations:  # endpoints are extracted entities, predicates from the schema
