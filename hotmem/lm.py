@@ -273,6 +273,56 @@ def repeat_guard(llama):
     return lambda: LogitsProcessorList([_CloseRepeatedArrays(llama, closing, comma)])
 
 
+class CheckedGrammar:
+    """A llama.cpp grammar applied as llama.cpp's own sampler applies it: the model's preferred token is checked
+    first, and the grammar runs over the whole vocabulary only when it rejects that token.
+
+    llama-cpp-python runs the grammar over all ~152k candidates at every step, which made constrained decoding 2.1x
+    slower than free decoding (25.6 against 55.5 tokens/s, the student on 2 cores). For greedy decoding the chosen
+    token is the same either way: the best token, if the grammar allows it, is also the best allowed one. One
+    instance per generation (it advances with the tokens); a logits processor, last in the list.
+    """
+
+    def __init__(self, pristine, n_vocab: int):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.sampler = llama_cpp.llama_sampler_clone(pristine)
+        self.n_vocab = n_vocab
+        self.prompt_len: int | None = None
+        self.full_passes = 0
+
+    def allows(self, token: int, logit: float) -> bool:
+        lib = self._llama_cpp
+        one = (lib.llama_token_data * 1)(lib.llama_token_data(token, logit, 0.0))
+        lib.llama_sampler_apply(self.sampler, lib.llama_token_data_array(one, 1, -1, False))
+        return one[0].logit != float("-inf")
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+
+        lib = self._llama_cpp
+        if self.prompt_len is None:
+            self.prompt_len = len(input_ids)
+        else:  # the token chosen at the previous step
+            lib.llama_sampler_accept(self.sampler, int(input_ids[-1]))
+        best = int(np.argmax(scores))
+        if np.isfinite(scores[best]) and self.allows(best, float(scores[best])):
+            return scores
+        self.full_passes += 1
+        candidates = np.empty(len(scores), dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)],
+                                                          align=True))
+        candidates["id"] = np.arange(len(scores))
+        candidates["logit"] = scores
+        array = lib.llama_token_data_array(candidates.ctypes.data_as(lib.llama_token_data_p), len(scores), -1, False)
+        lib.llama_sampler_apply(self.sampler, array)
+        return candidates["logit"].copy()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self._llama_cpp.llama_sampler_free(self.sampler)
+
+
 def prefix_cache(capacity_bytes: int):
     """llama-cpp-python's RAM prompt cache, made to hold what it counts.
 
@@ -301,7 +351,8 @@ def _text_of(parts) -> str:
 class LlamaCppEngine:
     """A DSPy engine (`complete(Request) -> Response`) running a GGUF in process through llama-cpp-python.
 
-    - `response_format` JSON schemas become llama.cpp grammars, so outputs always parse.
+    - `response_format` JSON schemas become llama.cpp grammars, so outputs always parse. Greedy decoding checks the
+      grammar against the preferred token first (`CheckedGrammar`): the same output at the model's free speed.
     - A repeated list item ends its list (small models otherwise repeat items until `maxItems`).
     - The KV state of earlier prompts is kept in a RAM cache keyed by token prefix: a predictor's long fixed prefix
       (instructions, schema) is processed once, later calls only pay for the new tokens.
@@ -323,6 +374,7 @@ class LlamaCppEngine:
         max_items: int = DEFAULT_MAX_ITEMS,
         chat_format: str | None = None,
         close_repeated_items: bool = True,
+        check_grammar_first: bool = True,
         lora_path: str | None = None,
     ):
         self.model = model
@@ -333,6 +385,7 @@ class LlamaCppEngine:
         self.max_items = max_items
         self.chat_format = chat_format
         self.close_repeated_items = close_repeated_items
+        self.check_grammar_first = check_grammar_first
         self._llama = None
         self._repeat_guard = None
         self._grammars: dict[str, Any] = {}
@@ -377,7 +430,7 @@ class LlamaCppEngine:
         return self._repeat_guard()
 
     def _grammar(self, schema: dict):
-        """The schema as a llama.cpp grammar, built once per schema.
+        """The schema as a llama.cpp grammar (a parsed grammar sampler, cloned per call), built once per schema.
 
         llama-cpp-python's converter allows only a single space between JSON tokens; a model that wants to indent
         (as most do) is then pushed off its distribution and answers with empty lists. Allow newlines and indents.
@@ -390,7 +443,11 @@ class LlamaCppEngine:
         if key not in self._grammars:
             gbnf = json_schema_to_gbnf(json.dumps(_bound_arrays(schema, self.max_items)))
             gbnf = re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.M)
-            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
+            grammar = LlamaGrammar.from_string(gbnf, verbose=False)  # validates, and says where a rule is wrong
+            import llama_cpp
+
+            self._grammars[key] = (grammar, llama_cpp.llama_sampler_init_grammar(
+                self.llama._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")))
         return self._grammars[key]
 
     def _messages(self, request: lm15.Request) -> list[dict[str, str]]:
@@ -418,9 +475,16 @@ class LlamaCppEngine:
             kwargs["seed"] = config.seed
         fmt = config.response_format
         if fmt and fmt.get("type") == "json_schema":
-            kwargs["grammar"] = self._grammar(fmt["schema"])
-            if self.close_repeated_items:
-                kwargs["logits_processor"] = self._new_repeat_guard()
+            grammar, pristine = self._grammar(fmt["schema"])
+            from llama_cpp import LogitsProcessorList
+
+            processors = LogitsProcessorList(self._new_repeat_guard() if self.close_repeated_items else [])
+            if kwargs["temperature"] == 0.0 and self.check_grammar_first:
+                processors.append(CheckedGrammar(pristine, self.llama.n_vocab()))
+            else:  # sampling draws from every allowed token: the grammar must see them all
+                kwargs["grammar"] = grammar
+            if processors:
+                kwargs["logits_processor"] = processors
         elif fmt:
             kwargs["response_format"] = {"type": "json_object"}
         messages = self._messages(request)

@@ -68,6 +68,34 @@ def test_constrained_decoding_always_parses_and_respects_bounds():
     assert response.usage.output_tokens > 0
 
 
+@needs_smollm
+def test_checking_the_grammar_first_decodes_exactly_what_the_full_grammar_decodes():
+    """The fast path (check the preferred token, run the grammar over the vocabulary only on a rejection) must not
+    change a greedy answer, including where the grammar overrules the model (an enum it would not pick)."""
+    from hotmem.signatures import ExtractedEntity
+
+    schema = {"type": "object", "properties": {
+        "people": {"type": "array", "items": {"type": "string"}},
+        "mood": {"type": "string", "enum": ["zebra-happy", "quokka-sad"]},
+        "entities": {"type": "array", "items": ExtractedEntity.model_json_schema()}},
+        "required": ["people", "mood", "entities"]}
+    prompts = ["My sister Anna moved to Berlin and works at Siemens. Answer in JSON.",
+               "Tom and his dog Rex went to Oslo last summer; Tom loved it. JSON please."]
+
+    def answers(check_first: bool):
+        engine = LlamaCppEngine("smollm2-135m", n_ctx=1024, max_items=4, check_grammar_first=check_first)
+        out = []
+        for prompt in prompts:
+            request = lm15.Request(model="local/smollm2", messages=(lm15.Message.user(prompt),), config=lm15.Config(
+                max_tokens=120, temperature=0.0, response_format={"type": "json_schema", "schema": schema}))
+            out.append(engine.complete(request).text)
+        return out
+
+    checked = answers(True)
+    assert checked == answers(False)
+    assert all(json.loads(text)["mood"] in ("zebra-happy", "quokka-sad") for text in checked)
+
+
 @needs_embedded
 def test_graph_extractor_on_the_embedded_default():
     from hotmem import GraphExtractor
