@@ -17,7 +17,13 @@ from pathlib import Path
 
 from dspy import lm15
 
-from hotmem.distill import STUDENT_SYSTEM_PROMPT, merge_lora_gguf, student_json_schema, student_messages
+from hotmem.distill import (
+    MERGED_QUANTIZATION,
+    STUDENT_SYSTEM_PROMPT,
+    merge_lora_gguf,
+    student_json_schema,
+    student_messages,
+)
 from hotmem.lm import LlamaCppEngine, cache_dir, model_path
 from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns, speakers_of
 from hotmem.signatures import ExtractedEntity, ExtractedRelation
@@ -44,7 +50,7 @@ def merged_student_gguf(base_gguf: Path, lora_gguf: Path) -> Path:
     """The LoRA folded into its base GGUF, built once per machine and cached under `cache_dir()/students`."""
     digest = hashlib.sha256(lora_gguf.read_bytes())
     digest.update(f"{base_gguf.name}:{base_gguf.stat().st_size}".encode())
-    target = cache_dir() / "students" / f"{base_gguf.stem}-{digest.hexdigest()[:16]}.gguf"
+    target = cache_dir() / "students" / f"{base_gguf.stem}-{digest.hexdigest()[:16]}-{MERGED_QUANTIZATION}.gguf"
     if not target.is_file():
         logger.info("folding %s into %s once for full-speed decoding: %s", lora_gguf.name, base_gguf.name, target)
         target.parent.mkdir(parents=True, exist_ok=True)

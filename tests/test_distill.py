@@ -186,7 +186,7 @@ def test_merged_student_gguf_is_quantized_and_answers_like_its_base(tmp_path):
     out = write_merged_gguf(merged.state_dict(), model_path(source), tmp_path / "student.gguf")
     assert not list(tmp_path.glob("*.tmp"))
     reader = gguf.GGUFReader(str(out))
-    assert {t.tensor_type.name for t in reader.tensors} >= {"Q4_K", "F32"}
+    assert {t.tensor_type.name for t in reader.tensors} >= {"Q4_0", "F32"}
     assert out.stat().st_size < 1.2 * model_path(source).stat().st_size
 
     def greedy(path):  # requantizing adds noise: compare next tokens, where a wrong layout shows at once
