@@ -9,9 +9,11 @@ the systems, so this launcher rewrites each chat request before llama-cpp-python
   "schema": ...}`, so the schema is enforced by a grammar for every client alike.
 - Its default repeat penalty of 1.1 (OpenAI's API has none) garbles repeated JSON keys; a request that does not set
   one gets 1.0.
-Every answer under a JSON response format also gets hotmem's repeated-array-item guard (`hotmem.lm.repeat_guard`,
-which the in-process engine uses): without it a small model repeats one list item until the token limit (measured:
-2,561 output tokens per PersonaExt utterance). It applies to every client alike.
+Every answer under a JSON response format also gets what hotmem's in-process engine does, for every client alike:
+- the repeated-array-item guard (`hotmem.lm.repeat_guard`): without it a small model repeats one list item until the
+  token limit (measured: 2,561 output tokens per PersonaExt utterance);
+- at temperature 0, the server's own grammar checked against the preferred token first (`hotmem.lm.CheckedGrammar`):
+  the same answer as llama-cpp-python's full-vocabulary grammar pass at every step, at up to twice the speed.
 """
 
 from __future__ import annotations
@@ -62,15 +64,29 @@ class OpenAICompat:
         await self.app({**scope, "headers": headers}, replay, send)
 
 
-def guard_json_answers(llama) -> None:
-    """Give `llama.create_chat_completion` the repeated-item guard whenever a request asks for JSON."""
-    from hotmem.lm import repeat_guard
+def constrain_json_answers(llama) -> None:
+    """Give `llama.create_chat_completion` the repeated-item guard and the checked grammar whenever a request asks
+    for JSON."""
+    from llama_cpp.llama_chat_format import _grammar_for_response_format
+
+    from hotmem.lm import CheckedGrammar, grammar_sampler, repeat_guard
 
     new_guard, create = repeat_guard(llama), llama.create_chat_completion
+    samplers: dict[str, object] = {}  # response format -> parsed grammar, as the server would build it
 
     def create_chat_completion(*args, **kwargs):
-        if kwargs.get("response_format") and not kwargs.get("logits_processor"):
-            kwargs["logits_processor"] = new_guard()
+        response_format = kwargs.get("response_format")
+        if response_format and not kwargs.get("logits_processor"):
+            processors = new_guard()
+            if kwargs.get("temperature") == 0 and kwargs.get("grammar") is None:
+                key = json.dumps(response_format, sort_keys=True)
+                if key not in samplers:
+                    grammar = _grammar_for_response_format(response_format)
+                    samplers[key] = grammar and grammar_sampler(llama, grammar)
+                if samplers[key] is not None:
+                    processors.append(CheckedGrammar(samplers[key], llama.n_vocab()))
+                    kwargs["response_format"] = None  # the checked grammar replaces the server's full pass
+            kwargs["logits_processor"] = processors
         return create(*args, **kwargs)
 
     llama.create_chat_completion = create_chat_completion
@@ -101,7 +117,7 @@ def main() -> None:
     # server's own `cache=True`: its RAM cache does not count the logits each state carries and grew past 15 GB.
     model = server_app._llama_proxy._current_model
     model.set_cache(prefix_cache(args.cache_bytes))
-    guard_json_answers(model)
+    constrain_json_answers(model)
     uvicorn.run(OpenAICompat(app), host=args.host, port=args.port, log_level="warning")
 
 

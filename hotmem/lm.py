@@ -273,6 +273,15 @@ def repeat_guard(llama):
     return lambda: LogitsProcessorList([_CloseRepeatedArrays(llama, closing, comma)])
 
 
+def grammar_sampler(llama, grammar):
+    """A llama.cpp grammar sampler parsed once from `grammar` (a `LlamaGrammar`) for `llama`'s vocabulary: the
+    pristine state each `CheckedGrammar` clones."""
+    import llama_cpp
+
+    return llama_cpp.llama_sampler_init_grammar(llama._model.vocab, grammar._grammar.encode("utf-8"),
+                                                grammar._root.encode("utf-8"))
+
+
 class CheckedGrammar:
     """A llama.cpp grammar applied as llama.cpp's own sampler applies it: the model's preferred token is checked
     first, and the grammar runs over the whole vocabulary only when it rejects that token.
@@ -444,10 +453,7 @@ class LlamaCppEngine:
             gbnf = json_schema_to_gbnf(json.dumps(_bound_arrays(schema, self.max_items)))
             gbnf = re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.M)
             grammar = LlamaGrammar.from_string(gbnf, verbose=False)  # validates, and says where a rule is wrong
-            import llama_cpp
-
-            self._grammars[key] = (grammar, llama_cpp.llama_sampler_init_grammar(
-                self.llama._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")))
+            self._grammars[key] = (grammar, grammar_sampler(self.llama, grammar))
         return self._grammars[key]
 
     def _messages(self, request: lm15.Request) -> list[dict[str, str]]:

@@ -5,8 +5,8 @@ import pytest
 
 from hotmem.extractor import ExtractionError, GraphExtractor, chunk_turns
 from hotmem.schema import CONVERSATION_SCHEMA, InvalidInputError, Turn, as_turns
-from hotmem.signatures import signatures_for
-from hotmem.teacher import Teacher, assemble_graph
+from hotmem.signatures import ExtractedEntity, ExtractedRelation, signatures_for
+from hotmem.teacher import TYPE_MISMATCH_FACTOR, Teacher, assemble_graph
 
 
 def scripted(*answers):
@@ -55,7 +55,8 @@ def test_names_outside_the_schema_are_dropped_not_fatal():
     )
     graph = run(Teacher(), lm, "My brother Tom lives in Oslo.").graph
     assert sorted(r.triple for r in graph.relations) == [("Tom", "lives_in", "Oslo")]
-    assert {e.name: e.type for e in graph.entities}["Oslo"] == "MISC"
+    # CITY is not a schema type; the one type lives_in allows for its object is
+    assert {e.name: e.type for e in graph.entities}["Oslo"] == "LOCATION"
     # the decoding grammar still gets the schema's names
     from pydantic import TypeAdapter
 
@@ -97,6 +98,23 @@ def test_repeated_statements_reach_the_later_steps_once():
     pred = run(Teacher(), lm, "I live in Oslo.")  # first person only: no coref call
     assert pred.statements == ["I live in Oslo."]
     assert lm.history[1]["messages"][-1]["content"].count("I live in Oslo.") == 1
+
+
+def test_closed_extraction_drops_relations_the_endpoint_types_forbid_and_open_keeps_them_less_sure():
+    entities = [ExtractedEntity(name="Tom", type="PERSON"), ExtractedEntity(name="Oslo", type="DATE"),
+                ExtractedEntity(name="Anna", type="PERSON"), ExtractedEntity(name="Berlin", type="LOCATION")]
+    relations = [ExtractedRelation(subject="Tom", predicate="lives_in", object="Oslo"),
+                 ExtractedRelation(subject="Anna", predicate="lives_in", object="Berlin")]
+    text = "Tom lives in Oslo and Anna in Berlin."
+
+    def assembled(closed: bool):
+        graph = assemble_graph(entities, relations, text=text, speakers=["speaker"], schema=CONVERSATION_SCHEMA,
+                               closed=closed)
+        return {r.triple: r.confidence for r in graph.relations}
+
+    assert assembled(closed=True) == {("Anna", "lives_in", "Berlin"): 1.0}
+    assert assembled(closed=False) == {("Anna", "lives_in", "Berlin"): 1.0,
+                                       ("Tom", "lives_in", "Oslo"): TYPE_MISMATCH_FACTOR}
 
 
 def test_closed_extraction_constrains_predicates_and_types():
