@@ -260,6 +260,32 @@ def relation_feedback(result: GraphScore) -> list[str]:
     return lines
 
 
+def forbidden_relation_feedback(pred, graph: Graph, schema: RelationSchema, speakers: Sequence[str]) -> list[str]:
+    """Relations the relations step wrote that the inventory forbids and closed extraction dropped before scoring
+    (so they are neither spurious nor invalid in the score): unknown predicates and wrong endpoint types."""
+    key = lambda name: normalize_name(name, speakers)  # noqa: E731
+    types = {key(e.name): e.type for e in getattr(pred, "extracted_entities", None) or []}
+    kept = {(key(r.subject), r.predicate, key(r.object)) for r in graph.relations}
+    unknown, mistyped = [], []
+    for raw in getattr(pred, "extracted_relations", None) or []:
+        predicate = schema.canonical(raw.predicate)
+        if predicate is None:
+            unknown.append(f"({raw.subject}, {raw.predicate}, {raw.object})")
+            continue
+        spec, head, tail = schema.get(predicate), types.get(key(raw.subject)), types.get(key(raw.object))
+        relation = Relation(subject=raw.subject, predicate=predicate, object=raw.object)
+        if (key(raw.subject), predicate, key(raw.object)) in kept or schema.allows(relation, head, tail):
+            continue
+        mistyped.append(f"({raw.subject} [{head}], {predicate}, {raw.object} [{tail}]) but {predicate} links "
+                        f"{'/'.join(spec.head_types)} to {'/'.join(spec.tail_types)}")
+    lines = []
+    if unknown:
+        lines.append(f"Dropped, predicate not in the inventory: {_listing(unknown)}.")
+    if mistyped:
+        lines.append(f"Dropped, endpoint types the predicate does not allow: {_listing(mistyped)}.")
+    return lines
+
+
 def coref_feedback(result: GraphScore, statements: Sequence[str], speakers: Sequence[str]) -> list[str]:
     lines = []
     left = sorted({w for s in statements for w in _WORD.findall(s) if w.casefold() in PRONOUNS | {"i", "me", "my"}})
@@ -335,7 +361,8 @@ class GraphMetric:
         if name == "entities":
             lines = entity_feedback(result)
         elif name == "relations":
-            lines = relation_feedback(result)
+            graph = getattr(pred, "graph", None) or Graph()
+            lines = relation_feedback(result) + forbidden_relation_feedback(pred, graph, self.schema, speakers)
         elif name == "coref":
             lines = coref_feedback(result, statements, speakers)
         elif name == "decompose":

@@ -256,7 +256,9 @@ class Teacher(dspy.Module):
             closed=self.closed,
             references=references,
         )
-        return dspy.Prediction(graph=graph, references=references, statements=statements)
+        # the raw step outputs too: the metric tells the relations step what assembly had to drop
+        return dspy.Prediction(graph=graph, references=references, statements=statements,
+                               extracted_entities=entities, extracted_relations=relations)
 
 
 def to_example(record) -> dspy.Example:

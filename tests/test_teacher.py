@@ -199,3 +199,28 @@ def test_one_configuration_entry_point_for_every_backend(monkeypatch):
     assert make_lm("embedded/smollm2-135m").engine.model == "smollm2-135m"
     configured = hotmem.configure("openai/gpt-4o-mini")
     assert default_lm() is configured
+
+
+def test_the_relations_step_is_told_what_closed_extraction_dropped_before_scoring():
+    from hotmem.metric import GraphMetric
+    from hotmem.schema import Graph, Record, Relation
+    from hotmem.teacher import to_example
+
+    lm = scripted(
+        {"statements": ["Tom lives in Oslo.", "Tom is a friend of the speaker."]},
+        {"entities": [{"name": "Tom", "type": "PERSON"}, {"name": "Oslo", "type": "DATE"},
+                      {"name": "speaker", "type": "PERSON"}]},
+        {"relations": [{"subject": "Tom", "predicate": "lives_in", "object": "Oslo"},
+                       {"subject": "Tom", "predicate": "admires_hats_of", "object": "speaker"},
+                       {"subject": "speaker", "predicate": "friends_with", "object": "Tom"}]},
+    )
+    text = "My friend Tom lives in Oslo."
+    pred = run(Teacher(), lm, text)
+    assert [r.triple for r in pred.graph.relations] == [("speaker", "friends_with", "Tom")]
+    gold = Graph(relations=[Relation(subject="Tom", predicate="lives_in", object="Oslo"),
+                            Relation(subject="speaker", predicate="friends_with", object="Tom")])
+    record = Record(id="x", turns=as_turns(text), graph=gold)
+    feedback = GraphMetric()(to_example(record), pred, None, "relations", None).feedback
+    assert "Dropped, predicate not in the inventory: (Tom, admires_hats_of, speaker)." in feedback
+    assert "(Tom [PERSON], lives_in, Oslo [DATE]) but lives_in links PERSON" in feedback
+    assert "friends_with" not in feedback.split("Dropped")[1]  # what was kept is not reported as dropped
