@@ -9,6 +9,9 @@ the systems, so this launcher rewrites each chat request before llama-cpp-python
   "schema": ...}`, so the schema is enforced by a grammar for every client alike.
 - Its default repeat penalty of 1.1 (OpenAI's API has none) garbles repeated JSON keys; a request that does not set
   one gets 1.0.
+- It reads only `max_tokens`, while LiteLLM (so DSPy) sends OpenAI's current `max_completion_tokens`: the limit was
+  ignored and a looping answer ran to the end of the context (7,522 output tokens, 440 s for one PersonaExt
+  utterance). `max_completion_tokens` becomes `max_tokens`.
 Every answer under a JSON response format also gets what hotmem's in-process engine does, for every client alike:
 - the repeated-array-item guard (`hotmem.lm.repeat_guard`): without it a small model repeats one list item until the
   token limit (measured: 2,561 output tokens per PersonaExt utterance);
@@ -36,6 +39,8 @@ class OpenAICompat:
             schema = (response_format.get("json_schema") or {}).get("schema") or {}
             data["response_format"] = {"type": "json_object", "schema": schema}
         data.setdefault("repeat_penalty", 1.0)
+        if "max_completion_tokens" in data:
+            data.setdefault("max_tokens", data.pop("max_completion_tokens"))
         return data
 
     async def __call__(self, scope, receive, send):
