@@ -208,11 +208,13 @@ def repeated_array_item(text: str) -> bool:
 ITEM_CLOSERS = ('"', '"}', "}")
 
 
-def closing_repeats(text: str) -> str | None:
-    """The closer (one of `ITEM_CLOSERS`) that would complete an array item equal to an earlier one, if any.
+def closing_repeats(text: str) -> list[str]:
+    """The endings (the rest of the current item and its closer, one of `ITEM_CLOSERS`) that would complete an array
+    item equal to an earlier one.
 
-    Qwen's vocabulary merges a closer with the comma after it (`","`, `"},{"`): by the time the item is complete the
-    next one has begun, too late to close the array. So the engine bans closer-then-comma tokens one step earlier.
+    Qwen's vocabulary merges a closer with the comma after it (`","`, `"},{"`), and often with the end of the string
+    before it too (`.","`): by the time the item is complete the next one has begun, too late to close the array. So
+    the engine bans the tokens that would write such an ending and go on with a comma.
     """
     stack, in_string, _ = _scan_json(text)
     if in_string and stack and stack[-1][0] == "[" and stack[-1][1] is not None:
@@ -220,16 +222,27 @@ def closing_repeats(text: str) -> str | None:
     elif len(stack) >= 2 and stack[-1][0] == "{" and stack[-2][0] == "[" and stack[-2][1] is not None:
         closer, array = ('"}' if in_string else "}"), stack[-2]
     else:
-        return None
+        return []
     candidate = text[array[1] :] if in_string else text[array[1] :].rstrip(" \n\t")
-    return closer if candidate + closer in array[2] else None
+    if not in_string:
+        return [closer] if candidate + closer in array[2] else []
+    return sorted({
+        item[len(candidate) :] for item in array[2]
+        if item.startswith(candidate) and item.endswith(closer) and '"' not in item[len(candidate) : -len(closer)]
+    })
 
 
-def closer_then_comma(piece: str, closer: str) -> bool:
-    """Whether a token's text closes an item with `closer` and goes on with a comma (a next item)."""
-    if closer == "}":
-        piece = piece.lstrip(" \n\t")
-    return piece.startswith(closer) and piece[len(closer) :].lstrip(" \n\t").startswith(",")
+def item_ending_then_comma(piece: str) -> str | None:
+    """When a token's text ends an array item and goes on with a comma (a next item): the part that ends the item
+    (`'"'` in `'","'`, `'."'` in `'.","'`, `'"}'` in `'"},{"'`, `"}"` in `" },"`); otherwise None."""
+    quote = piece.find('"')
+    if quote >= 0:
+        for closer in ('"}', '"'):
+            if piece.startswith(closer, quote) and piece[quote + len(closer) :].lstrip(" \n\t").startswith(","):
+                return piece[:quote] + closer
+        return None
+    stripped = piece.lstrip(" \n\t")
+    return "}" if stripped.startswith("}") and stripped[1:].lstrip(" \n\t").startswith(",") else None
 
 
 class _CloseRepeatedArrays:
@@ -237,6 +250,7 @@ class _CloseRepeatedArrays:
     repeated item, and after a repeated item only tokens that close the array may follow."""
 
     def __init__(self, llama, closing_tokens, comma_tokens: dict[str, list[int]]):
+        """`comma_tokens`: by item ending (`item_ending_then_comma`), the tokens that write it and go on with a comma."""
         self.llama = llama
         self.closing_tokens = closing_tokens
         self.comma_tokens = comma_tokens
@@ -253,10 +267,10 @@ class _CloseRepeatedArrays:
             masked = np.full_like(scores, -np.inf)
             masked[self.closing_tokens] = scores[self.closing_tokens]
             return masked
-        closer = closing_repeats(generated)
-        if closer:
+        banned = [t for ending in closing_repeats(generated) for t in self.comma_tokens.get(ending, ())]
+        if banned:
             scores = scores.copy()
-            scores[self.comma_tokens[closer]] = -np.inf
+            scores[banned] = -np.inf
         return scores
 
 
@@ -267,9 +281,13 @@ def repeat_guard(llama):
 
     pieces = [llama.detokenize([t]).decode("utf-8", "ignore") for t in range(llama.n_vocab())]
     # tokens that can close an array ("]" possibly after whitespace, possibly followed by more closers), and
-    # tokens that close an item and start the next one (see closing_repeats)
+    # tokens that end an item and start the next one, by the ending they write (see closing_repeats)
     closing = [t for t, piece in enumerate(pieces) if piece.lstrip(" \n\t").startswith("]")]
-    comma = {closer: [t for t, piece in enumerate(pieces) if closer_then_comma(piece, closer)] for closer in ITEM_CLOSERS}
+    comma: dict[str, list[int]] = {}
+    for t, piece in enumerate(pieces):
+        ending = item_ending_then_comma(piece)
+        if ending is not None:
+            comma.setdefault(ending, []).append(t)
     return lambda: LogitsProcessorList([_CloseRepeatedArrays(llama, closing, comma)])
 
 

@@ -33,27 +33,31 @@ def test_a_served_model_that_enforces_schemas_gets_them():
 
 
 @pytest.mark.parametrize(
-    "text, closer",
+    "text, endings",
     [
-        ('{"s": ["Anna", "Tom", "Anna', '"'),                      # closing this string repeats "Anna"
-        ('{"s": ["Anna", "Tom", "Ann', None),                       # "Ann" is new
-        ('{"s": ["Anna", "Tom", "Anna is', None),                  # a longer item may go on
-        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "X', '"}'),  # the object would repeat
-        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "X"', "}"),
-        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "Y', None),
-        ('{"n": "a", "m": "a', None),                              # not an array item
+        ('{"s": ["Anna", "Tom", "Anna', ['"']),                     # closing this string repeats "Anna"
+        ('{"s": ["Anna", "Tom", "Ann', ['a"']),                     # ... and so does writing 'a"'
+        ('{"s": ["Kids are in school.", "Kids are in school', ['."']),  # Qwen writes '.","' as one token
+        ('{"s": ["Anna", "Tom", "Anna is', []),                    # a longer item may go on
+        ('{"s": ["Anna", "Tom", "B', []),                          # nothing written so far repeats
+        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "X', ['"}']),  # the object would repeat
+        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "X"', ["}"]),
+        ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "Y', []),
+        ('{"n": "a", "m": "a', []),                                # not an array item
     ],
 )
-def test_closing_repeats_names_the_closer_one_token_early(text, closer):
+def test_closing_repeats_names_the_endings_that_would_repeat_an_item(text, endings):
     from hotmem.lm import closing_repeats
 
-    assert closing_repeats(text) == closer
+    assert closing_repeats(text) == endings
 
 
-def test_closer_then_comma_tokens_are_the_merged_ones():
-    from hotmem.lm import closer_then_comma
+def test_item_endings_are_read_off_the_merged_tokens():
+    from hotmem.lm import item_ending_then_comma
 
-    assert closer_then_comma('","', '"') and closer_then_comma('", ', '"')
-    assert closer_then_comma('"},{"', '"}') and closer_then_comma(" },", "}")
-    assert not closer_then_comma('"]', '"') and not closer_then_comma('"', '"') and not closer_then_comma('"]}', '"')
-    assert not closer_then_comma(' ",', '"')  # inside a string a leading space is content
+    assert item_ending_then_comma('","') == '"' and item_ending_then_comma('", ') == '"'
+    assert item_ending_then_comma('.","') == '."'
+    assert item_ending_then_comma('"},{"') == '"}' and item_ending_then_comma(" },") == "}"
+    assert item_ending_then_comma(' ",') == ' "'  # inside a string a leading space is content
+    for piece in ('"]', '"', '"]}', "school", ","):
+        assert item_ending_then_comma(piece) is None
