@@ -367,7 +367,8 @@ def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, arc
 
 #: llama.cpp quantization of the merged student. Q4_0, not the base's Q4_K_M mix: llama.cpp repacks Q4_0 for its
 #: fastest CPU kernels (measured on 2 cores: prompt 212 against 144 tok/s, 50 free tokens in 0.73 against 1.27 s),
-#: and the shipped student scored no worse with it (gold test relation F1 0.204 against 0.182, p50 1.34 against 1.46 s, same engine).
+#: and the shipped student scored no worse with it (gold test relation F1 0.204 against 0.182, p50 1.34 against
+#: 1.46 s, same engine).
 MERGED_QUANTIZATION = "Q4_0"
 
 

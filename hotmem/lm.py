@@ -250,7 +250,7 @@ class _CloseRepeatedArrays:
     repeated item, and after a repeated item only tokens that close the array may follow."""
 
     def __init__(self, llama, closing_tokens, comma_tokens: dict[str, list[int]]):
-        """`comma_tokens`: by item ending (`item_ending_then_comma`), the tokens that write it and go on with a comma."""
+        """`comma_tokens`: by item ending (`item_ending_then_comma`), the tokens that write it and then a comma."""
         self.llama = llama
         self.closing_tokens = closing_tokens
         self.comma_tokens = comma_tokens

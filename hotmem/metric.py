@@ -321,6 +321,12 @@ def decompose_feedback(gold: Graph, statements: Sequence[str], speakers: Sequenc
     return lines
 
 
+def predicted_graph(pred) -> Graph:
+    """The graph a program predicted; an empty one when the prediction is missing or broken (it then scores zero)."""
+    graph = getattr(pred, "graph", None) if pred is not None else None
+    return graph if isinstance(graph, Graph) else Graph()
+
+
 class GraphMetric:
     """Callable with GEPA's signature `(gold, pred, trace, pred_name, pred_trace)`.
 
@@ -335,9 +341,7 @@ class GraphMetric:
         turns: list[Turn] = gold.turns
         text = render_turns(turns)
         speakers = speakers_of(turns)
-        graph = getattr(pred, "graph", None) if pred is not None else None
-        if not isinstance(graph, Graph):
-            graph = Graph()
+        graph = predicted_graph(pred)
         result = score_graph(gold.graph, graph, text=text, speakers=speakers, schema=self.schema,
                              scored_pairs=getattr(gold, "scored_pairs", None))
         return result, text
@@ -361,8 +365,8 @@ class GraphMetric:
         if name == "entities":
             lines = entity_feedback(result)
         elif name == "relations":
-            graph = getattr(pred, "graph", None) or Graph()
-            lines = relation_feedback(result) + forbidden_relation_feedback(pred, graph, self.schema, speakers)
+            lines = relation_feedback(result) + forbidden_relation_feedback(pred, predicted_graph(pred), self.schema,
+                                                                            speakers)
         elif name == "coref":
             lines = coref_feedback(result, statements, speakers)
         elif name == "decompose":

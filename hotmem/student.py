@@ -2,8 +2,8 @@
 
 The student runs as the merged, quantized GGUF `hotmem distill` exports. A shipped student is only its small LoRA GGUF
 and the name of its base GGUF: the first use on a machine folds one into the other (about 30 s) and caches the result,
-because llama.cpp decodes about twice as slowly with a LoRA applied at run time. It runs in process through the same llama.cpp engine as the teacher (grammar-constrained, prefix KV cache:
-the fixed system prompt is processed once).
+because llama.cpp decodes about twice as slowly with a LoRA applied at run time. It runs in process through the same
+llama.cpp engine as the teacher (grammar-constrained, prefix KV cache: the fixed system prompt is processed once).
 Its raw output goes through the teacher's graph assembly, so both backends clean and score graphs the same way.
 """
 
