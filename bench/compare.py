@@ -41,11 +41,12 @@ import dspy  # noqa: E402
 
 from hotmem.data import load_dataset  # noqa: E402
 from hotmem.evaluate import Report, evaluate_program, write_atomic  # noqa: E402
+from hotmem.extractor import GraphExtractor  # noqa: E402
 from hotmem.lm import make_lm, model_path  # noqa: E402
 from hotmem.optimize import load_instructions, shipped_teacher_dir  # noqa: E402
 from hotmem.schema import Graph, Record, RelationSchema, Turn, render_turns, speakers_of  # noqa: E402
 from hotmem.signatures import ExtractedEntity, ExtractedRelation  # noqa: E402
-from hotmem.student import Student, shipped_student_dir  # noqa: E402
+from hotmem.student import shipped_student_dir  # noqa: E402
 from hotmem.teacher import Teacher, assemble_graph  # noqa: E402
 
 logger = logging.getLogger("bench.compare")
@@ -125,8 +126,6 @@ class Program:
 
 
 def hotmem_program(program: dspy.Module, base: str, model: str) -> Program:
-    from hotmem.extractor import GraphExtractor
-
     lm = make_lm(f"openai/{model}", api_base=base, api_key="local", cache=False, enforces_schema=True, **SAMPLING)
     extractor = GraphExtractor(lm, schema=program.schema, program=program, max_chars=100_000)
     return Program(lambda turns: extractor(turns), lm)
@@ -184,8 +183,9 @@ def langchain_program(base: str, model: str, schema: RelationSchema) -> Program:
 def student_program(folder: str | None, schema: RelationSchema) -> Program:
     if folder is None and shipped_student_dir() is None:
         raise SystemUnavailable("no trained student: none ships in optimized/student and --student was not given")
-    student = Student(folder, schema=schema, closed=True)
-    return Program(lambda turns: student(turns), student.engine)
+    # through GraphExtractor, so a dialogue is chunked for the student as it is for the teacher
+    extractor = GraphExtractor(backend=folder or "student", schema=schema, max_chars=100_000)
+    return Program(lambda turns: extractor(turns), extractor.student.engine)
 
 
 def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: str) -> Program:
