@@ -115,7 +115,8 @@ def _optimize(args: argparse.Namespace) -> int:
     )
     result = optimize(config, trainset, valset, schema)
     m = result.manifest
-    print(f"best validation score {m['best_val_score']:.3f} (unoptimized {m['seed_val_score']:.3f}) "
+    seed = f"the teacher with {args.demos} gold demos" if args.demos else "the unoptimized teacher"
+    print(f"best validation score {m['best_val_score']:.3f} (GEPA's seed, {seed}: {m['seed_val_score']:.3f}) "
           f"after {m['total_metric_calls']} metric calls; saved to {result.out_dir}")
     return 0
 

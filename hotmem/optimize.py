@@ -125,6 +125,8 @@ def load_program(
             "or pass the matching schema."
         )
     program.load_state(json.loads(program_path.read_text()))
+    # Instructions and demos are tuned to the task LM: say which one, so a run on another LM is a visible choice.
+    logger.info("loaded the program saved in %s (optimized on %s)", folder, manifest.get("task_lm", "an unrecorded LM"))
     return program
 
 

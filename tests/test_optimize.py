@@ -149,3 +149,30 @@ def test_gold_demos_answer_with_gold_for_statements_that_mention_it():
     assert demo.statements == ["Ana lives in Oslo.", "Ana is speaker's sister."]
     assert demo.relations == [{"subject": "Ana", "predicate": "lives_in", "object": "Oslo"}]
     assert program.entities.demos[-1].entities == [{"name": "Ana", "type": "PERSON"}, {"name": "Oslo", "type": "LOCATION"}]
+
+
+def test_graph_extractor_runs_the_shipped_optimized_teacher_where_it_fits(tmp_path, monkeypatch):
+    import hotmem.extractor
+    from hotmem.extractor import GraphExtractor
+
+    teacher = Teacher()
+    teacher.relations.signature = teacher.relations.signature.with_instructions("Only extract lives_in.")
+    save_program(teacher, tmp_path)
+    monkeypatch.setattr(hotmem.extractor, "shipped_teacher_dir", lambda: tmp_path)
+    extract = GraphExtractor(backend="teacher")
+    assert extract.program.relations.signature.instructions == "Only extract lives_in."
+    # another schema or open extraction gets the unoptimized teacher: the saved demos name this schema's predicates
+    assert GraphExtractor(backend="teacher", schema=CONLL04_SCHEMA).program.relations.signature.instructions \
+        == Teacher(CONLL04_SCHEMA).relations.signature.instructions
+    assert GraphExtractor(backend="teacher", closed=False).program.relations.signature.instructions \
+        != "Only extract lives_in."
+
+
+def test_the_shipped_optimized_teacher_fits_the_current_schema():
+    """A schema change that the shipped state was not made for fails here, not in a user's GraphExtractor()."""
+    from hotmem.optimize import shipped_teacher_dir
+
+    shipped = shipped_teacher_dir()
+    if shipped is None:
+        pytest.skip("no optimized teacher ships")
+    assert isinstance(load_program(shipped), Teacher)
