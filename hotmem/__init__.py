@@ -47,6 +47,10 @@ def __getattr__(name: str):
         from hotmem.metric import GraphMetric
 
         return GraphMetric
+    if name == "load_program":
+        from hotmem.optimize import load_program
+
+        return load_program
     raise AttributeError(f"module 'hotmem' has no attribute {name!r}")
 
 
@@ -70,5 +74,6 @@ __all__ = [
     "Teacher",
     "Turn",
     "configure",
+    "load_program",
     "make_lm",
 ]

@@ -37,9 +37,9 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _program(spec: str, schema, closed: bool):
-    """'default' (shipped optimized teacher when it fits), 'teacher' (unoptimized) or a saved program folder
-    (for another schema than it was made for: its instructions only)."""
+def _program(spec: str, schema, closed: bool, lm):
+    """'default' (shipped optimized teacher when it fits the schema and `lm`), 'teacher' (unoptimized) or a saved
+    program folder (for another schema than it was made for: its instructions only)."""
     from hotmem.extractor import default_program
     from hotmem.optimize import load_instructions, load_program
     from hotmem.schema import SchemaMismatchError
@@ -48,7 +48,7 @@ def _program(spec: str, schema, closed: bool):
     if spec == "teacher":
         return Teacher(schema, closed=closed)
     if spec == "default":
-        return default_program(schema, closed=closed)
+        return default_program(schema, closed=closed, lm=lm)
     try:
         return load_program(spec, schema, closed=closed)
     except SchemaMismatchError as exc:
@@ -57,7 +57,7 @@ def _program(spec: str, schema, closed: bool):
 
 
 _PROGRAM_HELP = (
-    "'default' (the shipped optimized teacher when it fits the schema, else the unoptimized one), "
+    "'default' (the shipped optimized teacher when it was made for this schema and LM, else the unoptimized one), "
     "'teacher' (unoptimized), or a folder saved by `hotmem optimize`"
 )
 
@@ -82,7 +82,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         program, lm = student, student.engine
     else:
         lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache, enforces_schema=args.enforces_schema)
-        program = _program(args.program, schema, closed=not args.open)
+        program = _program(args.program, schema, closed=not args.open, lm=lm)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
     meta = {"command": " ".join(sys.argv), "lm": getattr(lm, "model", str(lm)), "schema": schema.name}
@@ -150,7 +150,7 @@ def _label(args: argparse.Namespace) -> int:
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
                          clean_items=not args.drop_whole)
     lm = make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema)
-    program = _program(args.program, CONVERSATION_SCHEMA, closed=True)
+    program = _program(args.program, CONVERSATION_SCHEMA, closed=True, lm=lm)
     report = label_corpus(program, _corpus(args.source, args.path), lm=lm, config=config)
     print(json.dumps(report.to_dict(), indent=1))
     return 0

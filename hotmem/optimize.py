@@ -53,6 +53,12 @@ def shipped_teacher_dir() -> Path | None:
     return candidate if (candidate / MANIFEST_FILE).is_file() else None
 
 
+def saved_task_lm(path: str | Path) -> str | None:
+    """The task LM a saved program was optimized on, as its manifest records it (`dspy.LM.model`)."""
+    manifest = Path(path) / MANIFEST_FILE
+    return json.loads(manifest.read_text()).get("task_lm") if manifest.is_file() else None
+
+
 @dataclass
 class OptimizeConfig:
     """Everything a GEPA run depends on; recorded in the manifest."""

@@ -157,15 +157,22 @@ def test_graph_extractor_runs_the_shipped_optimized_teacher_where_it_fits(tmp_pa
 
     teacher = Teacher()
     teacher.relations.signature = teacher.relations.signature.with_instructions("Only extract lives_in.")
-    save_program(teacher, tmp_path)
+    save_program(teacher, tmp_path, {"task_lm": "local/tuned-on"})
     monkeypatch.setattr(hotmem.extractor, "shipped_teacher_dir", lambda: tmp_path)
-    extract = GraphExtractor(backend="teacher")
-    assert extract.program.relations.signature.instructions == "Only extract lives_in."
-    # another schema or open extraction gets the unoptimized teacher: the saved demos name this schema's predicates
-    assert GraphExtractor(backend="teacher", schema=CONLL04_SCHEMA).program.relations.signature.instructions \
-        == Teacher(CONLL04_SCHEMA).relations.signature.instructions
-    assert GraphExtractor(backend="teacher", closed=False).program.relations.signature.instructions \
-        != "Only extract lives_in."
+    tuned_on, other = dspy.utils.DummyLM([]), dspy.utils.DummyLM([])
+    tuned_on.model, other.model = "local/tuned-on", "local/other"
+    unoptimized = Teacher().relations.signature.instructions
+
+    def relations_instruction(**kwargs) -> str:
+        return GraphExtractor(backend="teacher", **kwargs).program.relations.signature.instructions
+
+    assert relations_instruction(lm=tuned_on) == "Only extract lives_in."
+    # on another LM, another schema or open extraction: the unoptimized teacher (its demos and instructions were
+    # tuned to one LM, and the demos name this schema's predicates)
+    assert relations_instruction(lm=other) == unoptimized
+    conll04_instruction = Teacher(CONLL04_SCHEMA).relations.signature.instructions
+    assert relations_instruction(lm=tuned_on, schema=CONLL04_SCHEMA) == conll04_instruction
+    assert relations_instruction(lm=tuned_on, closed=False) != "Only extract lives_in."
 
 
 def test_the_shipped_optimized_teacher_fits_the_current_schema():
