@@ -43,7 +43,7 @@ from hotmem.data import load_dataset  # noqa: E402
 from hotmem.evaluate import Report, evaluate_program, write_atomic  # noqa: E402
 from hotmem.extractor import GraphExtractor  # noqa: E402
 from hotmem.lm import make_lm, model_path  # noqa: E402
-from hotmem.optimize import load_instructions, shipped_teacher_dir  # noqa: E402
+from hotmem.optimize import load_for_schema, shipped_teacher_dir  # noqa: E402
 from hotmem.schema import Graph, Record, RelationSchema, Turn, render_turns, speakers_of  # noqa: E402
 from hotmem.signatures import ExtractedEntity, ExtractedRelation  # noqa: E402
 from hotmem.student import shipped_student_dir  # noqa: E402
@@ -196,7 +196,7 @@ def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: s
         if folder is None:
             raise SystemUnavailable("no optimized teacher: none ships in optimized/teacher and --optimized was not given")
         # made for hotmem's conversation schema: other data sets get its instructions with their own inventory
-        return hotmem_program(load_instructions(folder, schema), base, args.model)
+        return hotmem_program(load_for_schema(folder, schema), base, args.model)
     if system == "hotmem-student":
         return student_program(args.student, schema)
     if system == "kggen":

@@ -41,19 +41,14 @@ def _program(spec: str, schema, closed: bool, lm):
     """'default' (shipped optimized teacher when it fits the schema and `lm`), 'teacher' (unoptimized) or a saved
     program folder (for another schema than it was made for: its instructions only)."""
     from hotmem.extractor import default_program
-    from hotmem.optimize import load_instructions, load_program
-    from hotmem.schema import SchemaMismatchError
+    from hotmem.optimize import load_for_schema
     from hotmem.teacher import Teacher
 
     if spec == "teacher":
         return Teacher(schema, closed=closed)
     if spec == "default":
         return default_program(schema, closed=closed, lm=lm)
-    try:
-        return load_program(spec, schema, closed=closed)
-    except SchemaMismatchError as exc:
-        logging.getLogger("hotmem").warning("%s; using its instructions only", exc)
-        return load_instructions(spec, schema, closed=closed)
+    return load_for_schema(spec, schema, closed=closed)
 
 
 _PROGRAM_HELP = (

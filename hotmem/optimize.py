@@ -247,6 +247,19 @@ def load_instructions(
     return program
 
 
+def load_for_schema(
+    path: str | Path, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True
+) -> Teacher:
+    """The program saved in `path` when it was made for `schema`; for another schema, its instructions only."""
+    try:
+        return load_program(path, schema, closed)
+    except SchemaMismatchError as exc:
+        if not (Path(path) / PROGRAM_FILE).is_file():
+            raise
+        logger.warning("%s; using its instructions only", exc)
+        return load_instructions(path, schema, closed)
+
+
 def gold_demos(
     program: Teacher, records: list[Record], k: int = 4, candidates: int = 24, seed: int = 0, progress: bool = True
 ) -> dict[str, list[dspy.Example]]:

@@ -51,6 +51,22 @@ def test_instructions_carry_over_to_another_schema_without_its_inventory(tmp_pat
         load_instructions(tmp_path / "nowhere")
 
 
+def test_load_for_schema_restores_the_whole_program_only_for_its_own_schema(tmp_path):
+    from hotmem.optimize import load_for_schema
+
+    teacher = Teacher()
+    teacher.entities.signature = teacher.entities.signature.with_instructions("Name every person.")
+    teacher.relations.demos = teacher.relations.demos[:1]
+    save_program(teacher, tmp_path)
+    same = load_for_schema(tmp_path)
+    assert same.entities.signature.instructions == "Name every person." and len(same.relations.demos) == 1
+    other = load_for_schema(tmp_path, CONLL04_SCHEMA)
+    assert other.entities.signature.instructions == "Name every person."
+    assert other.relations.demos == Teacher(CONLL04_SCHEMA).relations.demos  # demos name the saved schema's predicates
+    with pytest.raises(SchemaMismatchError, match="no saved program"):
+        load_for_schema(tmp_path / "nowhere")
+
+
 def test_best_score_curve_is_monotone():
     candidates = [
         {"discovered_at_metric_calls": 0, "val_score": 0.3},
