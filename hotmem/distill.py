@@ -23,7 +23,7 @@ from hotmem.data import load_gold
 from hotmem.evaluate import write_atomic
 from hotmem.lm import EMBEDDED_MODELS, STUDENT_BASE_HUB_ID, model_path
 from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns
-from hotmem.signatures import MAX_ENTITIES
+from hotmem.signatures import MAX_ENTITIES, MAX_NAME_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +58,18 @@ def student_json_schema(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bo
                         max_items: int = MAX_ENTITIES) -> dict[str, Any]:
     """JSON schema of the compact format, for constrained decoding (types and, closed, predicates enumerated).
 
-    The teacher's list bounds apply, so a complete answer always fits the student's `max_tokens`."""
+    The teacher's list bounds and a bound on names apply: where a small model would loop inside a list or a name
+    until `max_tokens` cut the JSON, the grammar closes it."""
     predicate: dict[str, Any] = {"type": "string", "enum": list(schema.predicates)} if closed else {"type": "string"}
+    name = {"type": "string", "maxLength": MAX_NAME_CHARS}
     return {
         "type": "object",
         "properties": {
             "e": {"type": "array", "maxItems": max_items, "items": {
-                "type": "array", "prefixItems": [{"type": "string"}, {"type": "string", "enum": list(schema.entity_types)}],
+                "type": "array", "prefixItems": [name, {"type": "string", "enum": list(schema.entity_types)}],
                 "minItems": 2, "maxItems": 2}},
             "r": {"type": "array", "maxItems": max_items, "items": {
-                "type": "array", "prefixItems": [{"type": "string"}, predicate, {"type": "string"}],
+                "type": "array", "prefixItems": [name, predicate, name],
                 "minItems": 3, "maxItems": 3}},
         },
         "required": ["e", "r"],

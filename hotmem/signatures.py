@@ -23,6 +23,8 @@ MAX_REFERENCES = 8
 MAX_STATEMENTS = 10
 MAX_ENTITIES = 12
 MAX_RELATIONS = 12
+#: Bound on a name in the student's grammar: a small model can loop inside a string, and the grammar then closes it.
+MAX_NAME_CHARS = 80
 
 
 class Reference(BaseModel):

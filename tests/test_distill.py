@@ -17,6 +17,7 @@ from hotmem.distill import (
     student_json_schema,
 )
 from hotmem.schema import CONVERSATION_SCHEMA, Entity, Graph, Relation, as_turns
+from hotmem.signatures import MAX_NAME_CHARS
 from hotmem.student import parse_student_output
 
 GRAPH = Graph(
@@ -74,6 +75,9 @@ def test_student_schema_enumerates_types_and_predicates():
     schema = student_json_schema(CONVERSATION_SCHEMA, closed=True)
     relation = schema["properties"]["r"]["items"]["prefixItems"][1]
     assert set(relation["enum"]) == set(CONVERSATION_SCHEMA.predicates)
+    entity_items, relation_items = (schema["properties"][key]["items"]["prefixItems"] for key in ("e", "r"))
+    names = [entity_items[0], relation_items[0], relation_items[2]]
+    assert all(name["maxLength"] == MAX_NAME_CHARS for name in names)  # a name loop is closed, not cut at max_tokens
     assert student_json_schema(CONVERSATION_SCHEMA, closed=False)["properties"]["r"]["items"]["prefixItems"][1] == {
         "type": "string"}
 
