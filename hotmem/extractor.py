@@ -10,7 +10,7 @@ from typing import Any
 import dspy
 
 from hotmem.lm import default_lm, make_lm
-from hotmem.optimize import load_program, saved_task_lm, shipped_teacher_dir
+from hotmem.optimize import shipped_teacher
 from hotmem.schema import (
     CONVERSATION_SCHEMA,
     Graph,
@@ -73,21 +73,10 @@ def chunk_turns(turns: Sequence[Turn], max_chars: int = CHUNK_CHARS) -> list[lis
 def default_program(
     schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True, lm: dspy.BaseLM | None = None
 ) -> dspy.Module:
-    """The optimized teacher shipped in `optimized/` when it was made for this schema and for `lm` (default: the
-    configured LM), else the unoptimized teacher.
-
-    An optimized program's demos and instructions are tuned to the LM it was optimized on: the shipped one (made on
-    the 1.5B) took gold test relation F1 from 0.202 to 0.274 there, but from 0.067 to 0.040 on the 0.5B.
-    """
-    shipped = shipped_teacher_dir()
-    if shipped is None or schema.fingerprint() != CONVERSATION_SCHEMA.fingerprint() or not closed:
-        return Teacher(schema, closed=closed)
-    made_for, running = saved_task_lm(shipped), getattr(lm or default_lm(), "model", None)
-    if made_for != running:
-        logger.info("the optimized teacher in %s was made for %s, not %s: running the unoptimized teacher "
-                    "(pass program=hotmem.load_program(...) to use it anyway)", shipped, made_for, running)
-        return Teacher(schema, closed=closed)
-    return load_program(shipped, schema, closed)
+    """The optimized teacher shipped in `optimized/` where it was made for this schema and for `lm` (default: the
+    configured LM), else the unoptimized teacher."""
+    shipped = shipped_teacher(schema, closed, getattr(lm or default_lm(), "model", None))
+    return shipped if shipped is not None else Teacher(schema, closed=closed)
 
 
 class GraphExtractor:

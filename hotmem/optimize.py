@@ -53,12 +53,6 @@ def shipped_teacher_dir() -> Path | None:
     return candidate if (candidate / MANIFEST_FILE).is_file() else None
 
 
-def saved_task_lm(path: str | Path) -> str | None:
-    """The task LM a saved program was optimized on, as its manifest records it (`dspy.LM.model`)."""
-    manifest = Path(path) / MANIFEST_FILE
-    return json.loads(manifest.read_text()).get("task_lm") if manifest.is_file() else None
-
-
 @dataclass
 class OptimizeConfig:
     """Everything a GEPA run depends on; recorded in the manifest."""
@@ -134,6 +128,26 @@ def load_program(
     # Instructions and demos are tuned to the task LM: say which one, so a run on another LM is a visible choice.
     logger.info("loaded the program saved in %s (optimized on %s)", folder, manifest.get("task_lm", "an unrecorded LM"))
     return program
+
+
+def shipped_teacher(schema: RelationSchema, closed: bool, lm_model: str | None) -> Teacher | None:
+    """The shipped optimized teacher when its manifest says it was made for this schema, setting and task LM.
+
+    An optimized program's demos and instructions are tuned to the LM it was optimized on (the shipped one scores
+    below the unoptimized teacher on another LM: `optimized/teacher/report.md`), so elsewhere this returns None.
+    """
+    folder = shipped_teacher_dir()
+    if folder is None:
+        return None
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    made_for = (manifest.get("schema_fingerprint"), manifest.get("closed"), manifest.get("task_lm"))
+    if made_for != (schema.fingerprint(), closed, lm_model):
+        logger.info("the optimized teacher in %s was made for schema %s (closed=%s) on %s, not %s (closed=%s) on %s: "
+                    "running the unoptimized teacher (hotmem.load_program loads it anyway)",
+                    folder, manifest.get("schema"), manifest.get("closed"), manifest.get("task_lm"),
+                    schema.name, closed, lm_model)
+        return None
+    return load_program(folder, schema, closed)
 
 
 class ProposeRule(dspy.Signature):

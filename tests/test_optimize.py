@@ -168,13 +168,13 @@ def test_gold_demos_answer_with_gold_for_statements_that_mention_it():
 
 
 def test_graph_extractor_runs_the_shipped_optimized_teacher_where_it_fits(tmp_path, monkeypatch):
-    import hotmem.extractor
+    import hotmem.optimize
     from hotmem.extractor import GraphExtractor
 
     teacher = Teacher()
     teacher.relations.signature = teacher.relations.signature.with_instructions("Only extract lives_in.")
     save_program(teacher, tmp_path, {"task_lm": "local/tuned-on"})
-    monkeypatch.setattr(hotmem.extractor, "shipped_teacher_dir", lambda: tmp_path)
+    monkeypatch.setattr(hotmem.optimize, "shipped_teacher_dir", lambda: tmp_path)
     tuned_on, other = dspy.utils.DummyLM([]), dspy.utils.DummyLM([])
     tuned_on.model, other.model = "local/tuned-on", "local/other"
     unoptimized = Teacher().relations.signature.instructions
