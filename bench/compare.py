@@ -16,8 +16,9 @@ and the schema's entity types and predicates as `allowed_nodes` / `allowed_relat
 the same cleaning as hotmem's (`assemble_graph`, open predicates kept) and the same metric.
 
 Each (data set, system) pair is a `hotmem.evaluate` run that appends every finished example to its rows.jsonl:
-the same command after an interruption continues where it stopped. A system that cannot run keeps its row, with
-every example counted as a failure.
+the same command after an interruption continues where it stopped. Each pair also records the code versions
+(`git describe`) whose runs added rows to it, and the table names them, so a table resumed across code changes says
+so. A system that cannot run keeps its row, with every example counted as a failure.
 """
 
 from __future__ import annotations
@@ -209,6 +210,28 @@ def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: s
 # --------------------------------------------------------------------------- running and reporting
 
 
+def code_version() -> str:
+    """The checkout's commit, with `-dirty` when tracked files have uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"], cwd=root, capture_output=True,
+            text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record_version(pair_dir: Path, version: str) -> list[str]:
+    """Add `version` to the code versions that ran this (data set, system) pair; all of them, oldest first."""
+    path = pair_dir / "versions.json"
+    versions = json.loads(path.read_text()) if path.exists() else []
+    if version not in versions:
+        versions.append(version)
+        write_atomic(path, json.dumps(versions))
+    return versions
+
+
 def failed_report(name: str, records: Sequence[Record], reason: str) -> dict:
     summary = Report(name, []).summary()
     return {**summary, "examples": len(records), "failures": len(records), "unavailable": reason}
@@ -224,6 +247,8 @@ def run(args: argparse.Namespace) -> dict:
         process, base = start_server(gguf, args.model, out / "server.log")
         logger.info("llama.cpp server for %s at %s", gguf.name, base)
     results: dict[str, dict[str, dict]] = {}
+    version = code_version()
+    logger.info("code version %s", version)
     try:
         for dataset in args.datasets:
             split, default_limit = DATASETS[dataset]
@@ -237,11 +262,12 @@ def run(args: argparse.Namespace) -> dict:
                     logger.warning("%s: %s", name, exc)
                     results[dataset][system] = failed_report(name, records, str(exc))
                     continue
+                versions = record_version(out / dataset / system, version)
                 report = evaluate_program(
                     program, records, schema=schema, lm=program.lm, adapter=program.adapter, name=name,
-                    out_dir=out / dataset / system, meta={"system": system, "schema": schema.name},
+                    out_dir=out / dataset / system, meta={"system": system, "schema": schema.name, "code": versions},
                 )
-                results[dataset][system] = report.summary()
+                results[dataset][system] = {**report.summary(), "code": versions}
                 write_results(out, results, args)  # after every pair: an interrupted run keeps its table
     finally:
         if process is not None:
@@ -251,15 +277,15 @@ def run(args: argparse.Namespace) -> dict:
 
 
 COLUMNS = ("relation F1", "triple F1", "entity F1", "schema-valid", "p50 / p95 s", "LM calls", "output tok",
-           "failures")
+           "failures", "code")
 
 
 def _cells(s: dict) -> list[str]:
     if "unavailable" in s:
-        return ["-", "-", "-", "-", "-", "-", "-", f"{s['failures']}/{s['examples']} ({s['unavailable']})"]
+        return ["-", "-", "-", "-", "-", "-", "-", f"{s['failures']}/{s['examples']} ({s['unavailable']})", "-"]
     return [f"{s['relation_f1']:.3f}", f"{s['triple_f1']:.3f}", f"{s['entity_f1']:.3f}", f"{s['schema_valid_rate']:.3f}",
             f"{s['latency_p50_s']:.2f} / {s['latency_p95_s']:.2f}", f"{s['lm_calls_per_example']:.2f}",
-            f"{s['output_tokens_per_example']:.0f}", f"{s['failures']}/{s['examples']}"]
+            f"{s['output_tokens_per_example']:.0f}", f"{s['failures']}/{s['examples']}", ", ".join(s.get("code", []))]
 
 
 def write_results(out: Path, results: dict, args: argparse.Namespace) -> None:
@@ -273,8 +299,10 @@ def write_results(out: Path, results: dict, args: argparse.Namespace) -> None:
         lines += [f"## {dataset}", "", "| system | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
         lines += [f"| {system} | " + " | ".join(_cells(s)) + " |" for system, s in systems.items()]
         lines.append("")
-    write_atomic(out / "results.md", "\n".join(lines))
-    payload = {"command": command, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    versions = sorted({v for systems in results.values() for s in systems.values() for v in s.get("code", [])})
+    lines.append(f"Code: {', '.join(versions)}" + (" (rows from more than one version)" if len(versions) > 1 else ""))
+    write_atomic(out / "results.md", "\n".join(lines) + "\n")
+    payload = {"command": command, "code": versions, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "model": args.model, "gguf": args.gguf, "api_base": args.api_base, "results": results}
     write_atomic(out / "results.json", json.dumps(payload, indent=1))
 
