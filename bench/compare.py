@@ -16,9 +16,9 @@ and the schema's entity types and predicates as `allowed_nodes` / `allowed_relat
 the same cleaning as hotmem's (`assemble_graph`, open predicates kept) and the same metric.
 
 Each (data set, system) pair is a `hotmem.evaluate` run that appends every finished example to its rows.jsonl:
-the same command after an interruption continues where it stopped. Each pair also records the code versions
-(`git describe`) whose runs added rows to it, and the table names them, so a table resumed across code changes says
-so. A system that cannot run keeps its row, with every example counted as a failure.
+the same command after an interruption continues where it stopped. Each pair also records the code versions whose
+runs added rows to it (the last commit that changed hotmem, the bench's code or the shipped programs), and the table
+names them, so a table resumed across code changes says so. A system that cannot run keeps its row, with every example counted as a failure.
 """
 
 from __future__ import annotations
@@ -210,16 +210,23 @@ def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: s
 # --------------------------------------------------------------------------- running and reporting
 
 
+#: What a system's output depends on: the version names the last commit that changed these.
+CODE_PATHS = ("hotmem", "bench/*.py", "optimized", "pyproject.toml")
+
+
 def code_version() -> str:
-    """The checkout's commit, with `-dirty` when tracked files have uncommitted changes."""
+    """The last commit that changed `CODE_PATHS`, with `-dirty` when they have uncommitted changes."""
     root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"], cwd=root, capture_output=True,
-            text=True, check=True,
-        ).stdout.strip()
+        commit = git("log", "-1", "--format=%h", "--abbrev=7", "--", *CODE_PATHS)
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return commit + ("-dirty" if dirty else "")
 
 
 def record_version(pair_dir: Path, version: str) -> list[str]:
