@@ -211,7 +211,7 @@ def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: s
 
 
 #: What a system's output depends on: the version names the last commit that changed these.
-CODE_PATHS = ("hotmem", "bench/*.py", "optimized", "pyproject.toml")
+CODE_PATHS = ("hotmem", "bench/compare.py", "bench/serve.py", "optimized", "pyproject.toml")
 
 
 def code_version() -> str:
