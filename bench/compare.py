@@ -16,7 +16,10 @@ and the schema's entity types and predicates as `allowed_nodes` / `allowed_relat
 the same cleaning as hotmem's (`assemble_graph`, open predicates kept) and the same metric.
 
 Each (data set, system) pair is a `hotmem.evaluate` run that appends every finished example to its rows.jsonl:
-the same command after an interruption continues where it stopped. Each pair also records the code versions whose
+the same command after an interruption continues where it stopped. Systems and data sets take turns, a block of
+examples each (`--block`, default 10): on a shared machine whose speed drifts by the hour, or a run resumed on
+another machine, every system meets the same conditions, and a table cut short covers every system on the same
+examples. Each pair also records the code versions whose
 runs added rows to it (the last commit that changed hotmem, the bench's code or the shipped programs), and the table
 names them, so a table resumed across code changes says so. A system that cannot run keeps its row, with every example counted as a failure.
 """
@@ -35,6 +38,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled model table
 
@@ -245,6 +250,7 @@ def failed_report(name: str, records: Sequence[Record], reason: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Every system on every data set, a block of examples at a time (see `--block`), resuming from the rows."""
     out = Path(args.out)
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)  # every call reaches the server
     process = None
@@ -253,30 +259,47 @@ def run(args: argparse.Namespace) -> dict:
         gguf = model_path(args.gguf)
         process, base = start_server(gguf, args.model, out / "server.log")
         logger.info("llama.cpp server for %s at %s", gguf.name, base)
-    results: dict[str, dict[str, dict]] = {}
     version = code_version()
     logger.info("code version %s", version)
+    data = {}
+    for dataset in args.datasets:
+        split, default_limit = DATASETS[dataset]
+        data[dataset] = (split, *load_dataset(dataset, split=split, limit=args.limit or default_limit))
+    results: dict[str, dict[str, dict]] = {dataset: {} for dataset in data}
+    programs: dict[tuple[str, str], Program] = {}
+    block = args.block or max(len(records) for _, records, _ in data.values())
+    progress = tqdm(total=sum(len(records) for _, records, _ in data.values()) * len(args.systems), unit="ex",
+                    desc="compare")
     try:
-        for dataset in args.datasets:
-            split, default_limit = DATASETS[dataset]
-            records, schema = load_dataset(dataset, split=split, limit=args.limit or default_limit)
-            results[dataset] = {}
-            for system in args.systems:
-                name = f"{system} on {dataset}/{split} ({len(records)})"
-                try:
-                    program = build(system, schema, args, base)
-                except SystemUnavailable as exc:
-                    logger.warning("%s: %s", name, exc)
-                    results[dataset][system] = failed_report(name, records, str(exc))
+        for upto in range(block, max(len(records) for _, records, _ in data.values()) + block, block):
+            for dataset, (split, records, schema) in data.items():
+                if upto - block >= len(records):
                     continue
-                versions = record_version(out / dataset / system, version)
-                report = evaluate_program(
-                    program, records, schema=schema, lm=program.lm, adapter=program.adapter, name=name,
-                    out_dir=out / dataset / system, meta={"system": system, "schema": schema.name, "code": versions},
-                )
-                results[dataset][system] = {**report.summary(), "code": versions}
-                write_results(out, results, args)  # after every pair: an interrupted run keeps its table
+                for system in args.systems:
+                    name = f"{system} on {dataset}/{split} ({len(records)})"
+                    if "unavailable" in results[dataset].get(system, {}):
+                        continue
+                    if (dataset, system) not in programs:
+                        try:
+                            programs[dataset, system] = build(system, schema, args, base)
+                        except SystemUnavailable as exc:
+                            logger.warning("%s: %s", name, exc)
+                            results[dataset][system] = failed_report(name, records, str(exc))
+                            progress.update(len(records))
+                            continue
+                    program, versions = programs[dataset, system], record_version(out / dataset / system, version)
+                    before = results[dataset].get(system, {}).get("examples", 0)
+                    report = evaluate_program(
+                        program, records[:upto], schema=schema, lm=program.lm, adapter=program.adapter, name=name,
+                        out_dir=out / dataset / system, progress=False,
+                        meta={"system": system, "schema": schema.name, "code": versions},
+                    )
+                    results[dataset][system] = {**report.summary(), "code": versions}
+                    progress.update(results[dataset][system]["examples"] - before)
+                    progress.set_postfix_str(f"{dataset} {system} {results[dataset][system]['examples']}")
+                    write_results(out, results, args)  # after every block: an interrupted run keeps its table
     finally:
+        progress.close()
         if process is not None:
             process.terminate()
             process.wait(timeout=30)
@@ -326,6 +349,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model name the server answers to")
     parser.add_argument("--optimized", default=None, help="optimized teacher folder (default: optimized/teacher)")
     parser.add_argument("--student", default=None, help="student folder (default: optimized/student)")
+    parser.add_argument("--block", type=int, default=10,
+                        help="examples each system runs before the next system and data set take their turn "
+                             "(0: a whole data set at a time)")
     args = parser.parse_args(argv)
     for name in args.systems:
         if name not in SYSTEMS:
@@ -338,7 +364,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("LiteLLM", "httpx", "openai"):
+    # hotmem.evaluate: every block resumes its pair, and the run's own bar says where it is
+    for chatty in ("LiteLLM", "httpx", "httpx2", "openai", "hotmem.evaluate"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     arguments = parse_args()
     run(arguments)
