@@ -13,13 +13,12 @@ student's.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
+from rows import ROWS, read_rows  # bench/rows.py: run as `python bench/paired.py`
 
-ROWS = "rows.jsonl"
 #: (system, reference): the differences reported, system minus reference.
 COMPARISONS = (
     ("hotmem-optimized", "kggen"),
@@ -28,17 +27,6 @@ COMPARISONS = (
     ("hotmem-student", "hotmem-optimized"),
 )
 TEACHERS, STUDENT = ("hotmem-teacher", "hotmem-optimized"), "hotmem-student"
-
-
-def read_rows(path: Path) -> dict[str, dict]:
-    rows = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        rows[row["id"]] = row
-    return rows
 
 
 def f1(counts: np.ndarray) -> np.ndarray:

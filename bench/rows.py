@@ -27,7 +27,8 @@ def strip_row(row: dict) -> dict:
     return kept
 
 
-def _read_rows(path: Path) -> dict[str, dict]:
+def read_rows(path: Path) -> dict[str, dict]:
+    """A rows.jsonl by example id; {} when there is none."""
     rows = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -45,7 +46,7 @@ def export(run: Path, dest: Path) -> int:
     for rows_file in sorted(run.glob(f"*/*/{ROWS}")):
         pair = rows_file.parent.relative_to(run)
         (dest / pair).mkdir(parents=True, exist_ok=True)
-        rows = [strip_row(row) for row in _read_rows(rows_file).values()]
+        rows = [strip_row(row) for row in read_rows(rows_file).values()]
         (dest / pair / ROWS).write_text("".join(json.dumps(row) + "\n" for row in rows))
         if (rows_file.parent / VERSIONS).exists():
             shutil.copyfile(rows_file.parent / VERSIONS, dest / pair / VERSIONS)
@@ -60,8 +61,8 @@ def restore(source: Path, run: Path) -> int:
         pair = rows_file.parent.relative_to(source)
         target = run / pair
         target.mkdir(parents=True, exist_ok=True)
-        have = _read_rows(target / ROWS)
-        new = [row for row_id, row in _read_rows(rows_file).items() if row_id not in have]
+        have = read_rows(target / ROWS)
+        new = [row for row_id, row in read_rows(rows_file).items() if row_id not in have]
         with open(target / ROWS, "a") as sink:
             sink.writelines(json.dumps(row) + "\n" for row in new)
         added += len(new)
