@@ -19,9 +19,9 @@ Each (data set, system) pair is a `hotmem.evaluate` run that appends every finis
 the same command after an interruption continues where it stopped. Systems and data sets take turns, a block of
 examples each (`--block`, default 10): on a shared machine whose speed drifts by the hour, or a run resumed on
 another machine, every system meets the same conditions, and a table cut short covers every system on the same
-examples. Each pair also records the code versions whose
-runs added rows to it (the last commit that changed hotmem, the bench's code or the shipped programs), and the table
-names them, so a table resumed across code changes says so. A system that cannot run keeps its row, with every example counted as a failure.
+examples. Each pair also records the code versions whose runs added rows to it (the last commit that changed
+hotmem, the bench's code or the shipped programs), and the table names them, so a table resumed across code changes
+says so. A system that cannot run keeps its row, with every example counted as a failure.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from hotmem.schema import Graph, Record, RelationSchema, Turn, render_turns, spe
 from hotmem.signatures import ExtractedEntity, ExtractedRelation  # noqa: E402
 from hotmem.student import shipped_student_dir  # noqa: E402
 from hotmem.teacher import Teacher, assemble_graph  # noqa: E402
+from rows import VERSIONS  # noqa: E402  (bench/rows.py, beside this script)
 
 logger = logging.getLogger("bench.compare")
 
@@ -236,7 +237,7 @@ def code_version() -> str:
 
 def record_version(pair_dir: Path, version: str) -> list[str]:
     """Add `version` to the code versions that ran this (data set, system) pair; all of them, oldest first."""
-    path = pair_dir / "versions.json"
+    path = pair_dir / VERSIONS
     versions = json.loads(path.read_text()) if path.exists() else []
     if version not in versions:
         versions.append(version)
@@ -267,11 +268,12 @@ def run(args: argparse.Namespace) -> dict:
         data[dataset] = (split, *load_dataset(dataset, split=split, limit=args.limit or default_limit))
     results: dict[str, dict[str, dict]] = {dataset: {} for dataset in data}
     programs: dict[tuple[str, str], Program] = {}
-    block = args.block or max(len(records) for _, records, _ in data.values())
+    longest = max(len(records) for _, records, _ in data.values())
+    block = args.block or longest
     progress = tqdm(total=sum(len(records) for _, records, _ in data.values()) * len(args.systems), unit="ex",
                     desc="compare")
     try:
-        for upto in range(block, max(len(records) for _, records, _ in data.values()) + block, block):
+        for upto in range(block, longest + block, block):
             for dataset, (split, records, schema) in data.items():
                 if upto - block >= len(records):
                     continue
