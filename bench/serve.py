@@ -13,6 +13,8 @@ the systems, so this launcher rewrites each chat request before llama-cpp-python
   ignored and a looping answer ran to the end of the context (7,522 output tokens, 440 s for one PersonaExt
   utterance). `max_completion_tokens` becomes `max_tokens`.
 Every answer under a JSON response format also gets what hotmem's in-process engine does, for every client alike:
+- a `maxItems` on every array of its schema that has none (`hotmem.lm.bound_arrays`): a grammar without one lets a
+  small model list items until the token limit;
 - the repeated-array-item guard (`hotmem.lm.repeat_guard`): without it a small model repeats one list item until the
   token limit (measured: 2,561 output tokens per PersonaExt utterance);
 - at temperature 0, the server's own grammar checked against the preferred token first (`hotmem.lm.CheckedGrammar`):
@@ -70,17 +72,20 @@ class OpenAICompat:
 
 
 def constrain_json_answers(llama) -> None:
-    """Give `llama.create_chat_completion` the repeated-item guard and the checked grammar whenever a request asks
-    for JSON."""
+    """Give `llama.create_chat_completion` array bounds, the repeated-item guard and the checked grammar whenever a
+    request asks for JSON."""
     from llama_cpp.llama_chat_format import _grammar_for_response_format
 
-    from hotmem.lm import CheckedGrammar, grammar_sampler, repeat_guard
+    from hotmem.lm import DEFAULT_MAX_ITEMS, CheckedGrammar, bound_arrays, grammar_sampler, repeat_guard
 
     new_guard, create = repeat_guard(llama), llama.create_chat_completion
     samplers: dict[str, object] = {}  # response format -> parsed grammar, as the server would build it
 
     def create_chat_completion(*args, **kwargs):
         response_format = kwargs.get("response_format")
+        if response_format and response_format.get("schema"):
+            response_format = kwargs["response_format"] = {
+                **response_format, "schema": bound_arrays(response_format["schema"], DEFAULT_MAX_ITEMS)}
         if response_format and not kwargs.get("logits_processor"):
             processors = new_guard()
             if kwargs.get("temperature") == 0 and kwargs.get("grammar") is None:

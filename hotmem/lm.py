@@ -146,15 +146,15 @@ def model_path(name: str = DEFAULT_MODEL) -> Path:
 # --------------------------------------------------------------------------- llama.cpp engine
 
 
-def _bound_arrays(schema: Any, max_items: int) -> Any:
+def bound_arrays(schema: Any, max_items: int) -> Any:
     """Give every array in a JSON schema a `maxItems` (the grammar then cannot repeat items forever)."""
     if isinstance(schema, dict):
-        bounded = {k: _bound_arrays(v, max_items) for k, v in schema.items()}
+        bounded = {k: bound_arrays(v, max_items) for k, v in schema.items()}
         if bounded.get("type") == "array" and "maxItems" not in bounded:
             bounded["maxItems"] = max_items
         return bounded
     if isinstance(schema, list):
-        return [_bound_arrays(v, max_items) for v in schema]
+        return [bound_arrays(v, max_items) for v in schema]
     return schema
 
 
@@ -468,7 +468,7 @@ class LlamaCppEngine:
 
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
-            gbnf = json_schema_to_gbnf(json.dumps(_bound_arrays(schema, self.max_items)))
+            gbnf = json_schema_to_gbnf(json.dumps(bound_arrays(schema, self.max_items)))
             gbnf = re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.M)
             grammar = LlamaGrammar.from_string(gbnf, verbose=False)  # validates, and says where a rule is wrong
             self._grammars[key] = (grammar, grammar_sampler(self.llama, grammar))

@@ -9,7 +9,7 @@ from conftest import needs_embedded, needs_smollm
 from dspy import lm15
 
 from hotmem import lm as hotmem_lm
-from hotmem.lm import EmbeddedModel, LlamaCppEngine, ModelNotAvailableError, _bound_arrays, model_path
+from hotmem.lm import EmbeddedModel, LlamaCppEngine, ModelNotAvailableError, bound_arrays, model_path
 from hotmem.schema import CONVERSATION_SCHEMA, Graph
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def test_missing_model_packages_give_an_install_hint(monkeypatch):
 def test_every_array_gets_a_bound():
     schema = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "array"}},
                                                "b": {"type": "array", "maxItems": 2}}}
-    bounded = _bound_arrays(schema, 5)
+    bounded = bound_arrays(schema, 5)
     assert bounded["properties"]["a"]["maxItems"] == 5
     assert bounded["properties"]["a"]["items"]["maxItems"] == 5
     assert bounded["properties"]["b"]["maxItems"] == 2

@@ -224,3 +224,38 @@ def test_the_relations_step_is_told_what_closed_extraction_dropped_before_scorin
     assert "Dropped, predicate not in the inventory: (Tom, admires_hats_of, speaker)." in feedback
     assert "(Tom [PERSON], lives_in, Oslo [DATE]) but lives_in links PERSON" in feedback
     assert "friends_with" not in feedback.split("Dropped")[1]  # what was kept is not reported as dropped
+
+
+class RecordingEngine:
+    """An in-process engine for `dspy.LM("local/...")` that answers from a script and keeps each request's
+    response format: what a served model's grammar would be built from."""
+
+    supported_params = ("response_format", "max_tokens", "temperature")
+    supports_response_schema = True
+
+    def __init__(self, *answers: dict):
+        self.answers, self.formats = [json.dumps(answer) for answer in answers], []
+
+    def complete(self, request):
+        from dspy import lm15
+
+        self.formats.append(request.config.response_format)
+        return lm15.Response(id="r", model=request.model, message=lm15.Message.assistant(self.answers.pop(0)),
+                             finish_reason="stop", usage=lm15.Usage(input_tokens=1, output_tokens=1))
+
+
+def test_list_bounds_reach_the_output_schema_a_server_enforces():
+    from hotmem.signatures import MAX_ENTITIES, MAX_RELATIONS, CompactJSONAdapter
+
+    signatures = signatures_for(CONVERSATION_SCHEMA)
+    engine = RecordingEngine({"entities": [{"name": "Anna", "type": "PERSON"}]}, {"relations": []},
+                             {"entities": []})
+    with dspy.context(lm=dspy.LM("local/recorder", engine=engine, cache=False), adapter=CompactJSONAdapter()):
+        found = dspy.Predict(signatures.entities)(statements=["Anna runs."])
+        dspy.Predict(signatures.relations)(statements=["Anna runs."], entities=["Anna"])
+    with dspy.context(lm=dspy.LM("local/recorder", engine=engine, cache=False), adapter=dspy.JSONAdapter()):
+        dspy.Predict(signatures.entities)(statements=["Anna runs."])
+    entities, relations, plain = (fmt["schema"]["properties"] for fmt in engine.formats)
+    assert [entity.model_dump() for entity in found.entities] == [{"name": "Anna", "type": "PERSON"}]
+    assert entities["entities"]["maxItems"] == MAX_ENTITIES and relations["relations"]["maxItems"] == MAX_RELATIONS
+    assert "maxItems" not in plain["entities"]  # what DSPy's own adapter sends: no bound for the grammar
