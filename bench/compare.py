@@ -15,7 +15,7 @@ and `api_base` (open predicates: it takes no relation inventory); LLMGraphTransf
 and the schema's entity types and predicates as `allowed_nodes` / `allowed_relationships`. Their graphs go through
 the same cleaning as hotmem's (`assemble_graph`, open predicates kept) and the same metric.
 
-Each (data set, system) pair is a `hotmem.evaluate` run that appends every finished example to its rows.jsonl:
+Each (data set, system) pair is a `hotmem.pipeline.evaluate` run that appends every finished example to its rows.jsonl:
 the same command after an interruption continues where it stopped. Systems and data sets take turns, a block of
 examples each (`--block`, default 10): on a shared machine whose speed drifts by the hour, or a run resumed on
 another machine, every system meets the same conditions, and a table cut short covers every system on the same
@@ -44,17 +44,20 @@ from tqdm.auto import tqdm
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled model table
 
 import dspy  # noqa: E402
-
-from hotmem.data import load_dataset  # noqa: E402
-from hotmem.evaluate import Report, evaluate_program, write_atomic  # noqa: E402
-from hotmem.extractor import GraphExtractor  # noqa: E402
-from hotmem.lm import make_lm, model_path  # noqa: E402
-from hotmem.optimize import load_for_schema, shipped_teacher_dir  # noqa: E402
-from hotmem.schema import Graph, Record, RelationSchema, Turn, render_turns, speakers_of  # noqa: E402
-from hotmem.signatures import ExtractedEntity, ExtractedRelation  # noqa: E402
-from hotmem.student import shipped_student_dir  # noqa: E402
-from hotmem.teacher import Teacher, assemble_graph  # noqa: E402
 from rows import VERSIONS  # noqa: E402  (bench/rows.py, beside this script)
+
+from hotmem.assemble import ExtractedEntity, ExtractedRelation, assemble_graph  # noqa: E402
+from hotmem.data import load_dataset  # noqa: E402
+from hotmem.extractor import GraphExtractor  # noqa: E402
+from hotmem.io import write_atomic  # noqa: E402
+from hotmem.llama.models import model_path  # noqa: E402
+from hotmem.lm import lm_usage, make_lm  # noqa: E402
+from hotmem.pipeline.evaluate import Report, evaluate_program  # noqa: E402
+from hotmem.schema import RelationSchema  # noqa: E402
+from hotmem.students.lora import shipped_student_dir  # noqa: E402
+from hotmem.teacher import Teacher, load_for_schema  # noqa: E402
+from hotmem.teacher.saved import shipped_teacher_dir  # noqa: E402
+from hotmem.types import Graph, Record, Turn, render_turns, speakers_of  # noqa: E402
 
 logger = logging.getLogger("bench.compare")
 
@@ -102,7 +105,7 @@ def start_server(gguf: Path, alias: str, log_file: Path, n_ctx: int = 8192) -> t
 
 
 class CallLog:
-    """LM calls and their token usage, in the shape `hotmem.evaluate` counts (`history` of `{"usage": ...}`)."""
+    """LM calls and their token usage, in the shape `hotmem.lm.lm_usage` counts (`history` of `{"usage": ...}`)."""
 
     def __init__(self) -> None:
         self.history: list[dict] = []
@@ -122,23 +125,25 @@ def peer_graph(entities: Sequence[tuple[str, str]], triples: Sequence[tuple[str,
     )
 
 
-class Program:
-    """What `evaluate_program` runs: `program(turns=...) -> Graph`, with the LM (or call log) it counts."""
+class Peer:
+    """A peer system as a hotmem `Backend`: its extraction, and the LM (or call log) whose history counts its calls."""
 
-    def __init__(self, extract: Callable[[list[Turn]], Graph], lm, adapter: dspy.Adapter | None = None):
-        self.extract, self.lm, self.adapter = extract, lm, adapter
+    def __init__(self, name: str, model: str, extract: Callable[[list[Turn]], Graph], calls):
+        self.name, self.model, self.extract, self.calls = name, model, extract, calls
 
-    def __call__(self, turns: list[Turn]) -> Graph:
-        return self.extract(turns)
+    def __call__(self, turns: Sequence[Turn]) -> Graph:
+        return self.extract(list(turns))
+
+    def usage(self) -> dict[str, int]:
+        return lm_usage(self.calls)
 
 
-def hotmem_program(program: dspy.Module, base: str, model: str) -> Program:
+def hotmem_program(program: dspy.Module, base: str, model: str) -> GraphExtractor:
     lm = make_lm(f"openai/{model}", api_base=base, api_key="local", cache=False, enforces_schema=True, **SAMPLING)
-    extractor = GraphExtractor(lm, schema=program.schema, program=program, max_chars=100_000)
-    return Program(lambda turns: extractor(turns), lm)
+    return GraphExtractor(lm, schema=program.schema, program=program, max_chars=100_000)
 
 
-def kggen_program(base: str, model: str, schema: RelationSchema) -> Program:
+def kggen_program(base: str, model: str, schema: RelationSchema) -> GraphExtractor:
     try:
         from kg_gen import KGGen
     except ImportError as exc:
@@ -150,11 +155,11 @@ def kggen_program(base: str, model: str, schema: RelationSchema) -> Program:
         graph = kg.generate(input_data=render_turns(turns))
         return peer_graph([(e, "MISC") for e in graph.entities], list(graph.relations), turns, schema)
 
-    # KGGen runs its predictors with DSPy's default adapter: keep it.
-    return Program(extract, kg.lm, adapter=dspy.ChatAdapter())
+    # KGGen runs its predictors with DSPy's default adapter (hotmem's runs only inside its own backends)
+    return GraphExtractor(backend=Peer("kggen", model, extract, kg.lm), max_chars=100_000)
 
 
-def langchain_program(base: str, model: str, schema: RelationSchema) -> Program:
+def langchain_program(base: str, model: str, schema: RelationSchema) -> GraphExtractor:
     try:
         from langchain_core.callbacks import BaseCallbackHandler
         from langchain_core.documents import Document
@@ -184,18 +189,16 @@ def langchain_program(base: str, model: str, schema: RelationSchema) -> Program:
         triples = [(str(r.source.id), str(r.type), str(r.target.id)) for r in document.relationships]
         return peer_graph(entities, triples, turns, schema)
 
-    return Program(extract, calls)
+    return GraphExtractor(backend=Peer("langchain", model, extract, calls), max_chars=100_000)
 
 
-def student_program(folder: str | None, schema: RelationSchema) -> Program:
+def student_program(folder: str | None, schema: RelationSchema) -> GraphExtractor:
     if folder is None and shipped_student_dir() is None:
         raise SystemUnavailable("no trained student: none ships in optimized/student and --student was not given")
-    # through GraphExtractor, so a dialogue is chunked for the student as it is for the teacher
-    extractor = GraphExtractor(backend=folder or "student", schema=schema, max_chars=100_000)
-    return Program(lambda turns: extractor(turns), extractor.student.engine)
+    return GraphExtractor(backend=folder or "student", schema=schema, max_chars=100_000)
 
 
-def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: str) -> Program:
+def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: str) -> GraphExtractor:
     if system == "hotmem-teacher":
         return hotmem_program(Teacher(schema), base, args.model)
     if system == "hotmem-optimized":
@@ -267,7 +270,7 @@ def run(args: argparse.Namespace) -> dict:
         split, default_limit = DATASETS[dataset]
         data[dataset] = (split, *load_dataset(dataset, split=split, limit=args.limit or default_limit))
     results: dict[str, dict[str, dict]] = {dataset: {} for dataset in data}
-    programs: dict[tuple[str, str], Program] = {}
+    programs: dict[tuple[str, str], GraphExtractor] = {}
     longest = max(len(records) for _, records, _ in data.values())
     block = args.block or longest
     progress = tqdm(total=sum(len(records) for _, records, _ in data.values()) * len(args.systems), unit="ex",
@@ -292,7 +295,7 @@ def run(args: argparse.Namespace) -> dict:
                     program, versions = programs[dataset, system], record_version(out / dataset / system, version)
                     before = results[dataset].get(system, {}).get("examples", 0)
                     report = evaluate_program(
-                        program, records[:upto], schema=schema, lm=program.lm, adapter=program.adapter, name=name,
+                        program, records[:upto], schema=schema, name=name,
                         out_dir=out / dataset / system, progress=False,
                         meta={"system": system, "schema": schema.name, "code": versions},
                     )
@@ -366,8 +369,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # hotmem.evaluate: every block resumes its pair, and the run's own bar says where it is
-    for chatty in ("LiteLLM", "httpx", "httpx2", "openai", "hotmem.evaluate"):
+    # hotmem.pipeline.evaluate: every block resumes its pair, and the run's own bar says where it is
+    for chatty in ("LiteLLM", "httpx", "httpx2", "openai", "hotmem.pipeline.evaluate"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     arguments = parse_args()
     run(arguments)

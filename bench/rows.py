@@ -16,6 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
+from hotmem.io import JsonlLog
+
 ROWS, VERSIONS = "rows.jsonl", "versions.json"
 
 
@@ -28,16 +30,8 @@ def strip_row(row: dict) -> dict:
 
 
 def read_rows(path: Path) -> dict[str, dict]:
-    """A rows.jsonl by example id; {} when there is none."""
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            rows[row["id"]] = row
-    return rows
+    """A rows.jsonl by example id ({} when there is none), read as evaluation reads it (`hotmem.io.JsonlLog`)."""
+    return {row["id"]: row for row in JsonlLog(path)}
 
 
 def export(run: Path, dest: Path) -> int:

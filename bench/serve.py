@@ -13,12 +13,14 @@ the systems, so this launcher rewrites each chat request before llama-cpp-python
   ignored and a looping answer ran to the end of the context (7,522 output tokens, 440 s for one PersonaExt
   utterance). `max_completion_tokens` becomes `max_tokens`.
 Every answer under a JSON response format also gets what hotmem's in-process engine does, for every client alike:
-- a `maxItems` on every array of its schema that has none (`hotmem.lm.bound_arrays`): a grammar without one lets a
-  small model list items until the token limit;
-- the repeated-array-item guard (`hotmem.lm.repeat_guard`): without it a small model repeats one list item until the
-  token limit (measured: 2,561 output tokens per PersonaExt utterance);
-- at temperature 0, the server's own grammar checked against the preferred token first (`hotmem.lm.CheckedGrammar`):
-  the same answer as llama-cpp-python's full-vocabulary grammar pass at every step, at up to twice the speed.
+hotmem's decoding policy (`hotmem.llama.constrain.JsonConstraint`, the same object the in-process engine uses):
+- a `maxItems` on every array of its schema that has none: a grammar without one lets a small model list items until
+  the token limit;
+- the repeated-array-item guard: without it a small model repeats one list item until the token limit (measured:
+  2,561 output tokens per PersonaExt utterance);
+- at temperature 0, the grammar checked against the preferred token first: the same answer as llama-cpp-python's
+  full-vocabulary grammar pass at every step, at up to twice the speed;
+- a grammar that lets the model indent (llama-cpp-python's converter allows one space only).
 """
 
 from __future__ import annotations
@@ -72,31 +74,18 @@ class OpenAICompat:
 
 
 def constrain_json_answers(llama) -> None:
-    """Give `llama.create_chat_completion` array bounds, the repeated-item guard and the checked grammar whenever a
-    request asks for JSON."""
-    from llama_cpp.llama_chat_format import _grammar_for_response_format
+    """Answer every request with a JSON schema under hotmem's decoding policy (`hotmem.llama.constrain`: bounded
+    arrays, the repeated-item guard, the checked grammar at temperature 0), as the in-process engine does."""
+    from hotmem.llama.constrain import JsonConstraint
 
-    from hotmem.lm import DEFAULT_MAX_ITEMS, CheckedGrammar, bound_arrays, grammar_sampler, repeat_guard
-
-    new_guard, create = repeat_guard(llama), llama.create_chat_completion
-    samplers: dict[str, object] = {}  # response format -> parsed grammar, as the server would build it
+    constraint, create = JsonConstraint(llama), llama.create_chat_completion
 
     def create_chat_completion(*args, **kwargs):
-        response_format = kwargs.get("response_format")
-        if response_format and response_format.get("schema"):
-            response_format = kwargs["response_format"] = {
-                **response_format, "schema": bound_arrays(response_format["schema"], DEFAULT_MAX_ITEMS)}
-        if response_format and not kwargs.get("logits_processor"):
-            processors = new_guard()
-            if kwargs.get("temperature") == 0 and kwargs.get("grammar") is None:
-                key = json.dumps(response_format, sort_keys=True)
-                if key not in samplers:
-                    grammar = _grammar_for_response_format(response_format)
-                    samplers[key] = grammar and grammar_sampler(llama, grammar)
-                if samplers[key] is not None:
-                    processors.append(CheckedGrammar(samplers[key], llama.n_vocab()))
-                    kwargs["response_format"] = None  # the checked grammar replaces the server's full pass
-            kwargs["logits_processor"] = processors
+        response_format = kwargs.get("response_format") or {}
+        if response_format.get("schema") and not kwargs.get("logits_processor") and kwargs.get("grammar") is None:
+            temperature = kwargs.get("temperature")
+            kwargs.update(constraint.kwargs(response_format["schema"], 0.0 if temperature is None else temperature))
+            kwargs["response_format"] = None  # the policy's grammar replaces the server's own
         return create(*args, **kwargs)
 
     llama.create_chat_completion = create_chat_completion
@@ -107,7 +96,7 @@ def main() -> None:
     from llama_cpp.server import app as server_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from hotmem.lm import prefix_cache
+    from hotmem.llama.engine import prefix_cache
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="GGUF file")

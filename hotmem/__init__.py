@@ -3,54 +3,45 @@
 >>> from hotmem import GraphExtractor
 >>> GraphExtractor()("Did I tell you that Potola is five years old? She's my cat.")
 
-Pipeline, one module per stage, each importing only earlier ones:
-schema -> signatures -> teacher -> metric -> evaluate -> optimize -> label -> extractor
-(distill and student follow).
+The runtime (this package's top level, `hotmem.teacher`, `hotmem.students`, `hotmem.llama`, `hotmem.memory`) never
+imports the pipeline that trains it (`hotmem.pipeline`, `hotmem.data`).
 """
 
 import logging
 
-from hotmem.lm import configure, make_lm
-from hotmem.schema import (
-    CATEGORIES,
-    CONVERSATION_SCHEMA,
-    ENTITY_TYPES,
-    SPEAKER,
-    Entity,
-    Graph,
+from hotmem.errors import (
+    ConfigurationError,
+    ExtractionError,
     HotmemError,
     InvalidInputError,
-    Record,
-    Relation,
-    RelationSchema,
-    RelationType,
+    ModelNotAvailableError,
     SchemaMismatchError,
-    Turn,
+    StudentNotFoundError,
 )
+from hotmem.names import SPEAKER
+from hotmem.schema import CATEGORIES, CONVERSATION_SCHEMA, ENTITY_TYPES, RelationSchema, RelationType
+from hotmem.types import Entity, Graph, Record, Relation, Turn
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# Loaded on first use, so `import hotmem` stays light (pydantic only) and an app pays only for what it runs.
+_LAZY = {
+    "GraphExtractor": "hotmem.extractor",
+    "Memory": "hotmem.memory",
+    "Teacher": "hotmem.teacher",
+    "configure": "hotmem.lm",
+    "load_program": "hotmem.teacher",
+    "make_lm": "hotmem.lm",
+}
+
 
 def __getattr__(name: str):
-    # Heavier stages load on first use, so `import hotmem` stays fast.
-    if name in {"GraphExtractor", "ExtractionError"}:
-        from hotmem import extractor
+    if name in _LAZY:
+        import importlib
 
-        return getattr(extractor, name)
-    if name == "Teacher":
-        from hotmem.teacher import Teacher
-
-        return Teacher
-    if name == "GraphMetric":
-        from hotmem.metric import GraphMetric
-
-        return GraphMetric
-    if name == "load_program":
-        from hotmem.optimize import load_program
-
-        return load_program
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'hotmem' has no attribute {name!r}")
 
 
@@ -59,18 +50,21 @@ __all__ = [
     "CONVERSATION_SCHEMA",
     "ENTITY_TYPES",
     "SPEAKER",
+    "ConfigurationError",
     "Entity",
     "ExtractionError",
     "Graph",
     "GraphExtractor",
-    "GraphMetric",
     "HotmemError",
     "InvalidInputError",
+    "Memory",
+    "ModelNotAvailableError",
     "Record",
     "Relation",
     "RelationSchema",
     "RelationType",
     "SchemaMismatchError",
+    "StudentNotFoundError",
     "Teacher",
     "Turn",
     "configure",

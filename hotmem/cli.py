@@ -8,47 +8,51 @@ import logging
 import sys
 from pathlib import Path
 
-from hotmem.schema import HotmemError
+from hotmem.errors import HotmemError
 
 
-def _add_lm(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+def _add_lm(parser: argparse.ArgumentParser, fallback: str = "the configured LM (HOTMEM_LM), else hotmem's default") -> None:
     parser.add_argument(
         "--lm",
-        default=default,
-        help=f"'embedded' (the 0.5B), 'embedded/<name>', a .gguf path, or a LiteLLM model string "
-        f"such as ollama_chat/qwen2.5:7b or openai/gpt-4o-mini (default: {default or 'embedded'})",
+        default=None,
+        help="'embedded' (the 0.5B), 'embedded/<name>', a .gguf path, or a LiteLLM model string such as "
+        f"ollama_chat/qwen2.5:7b or openai/gpt-4o-mini (default: {fallback})",
     )
     parser.add_argument("--api-base", default=None, help="OpenAI-compatible server URL for --lm")
     parser.add_argument("--enforces-schema", action="store_true",
                         help="the --api-base server enforces JSON schemas (vLLM, llama.cpp, Ollama): send them")
 
 
+def _lm(args: argparse.Namespace, **kwargs):
+    """The LM the command line names, or None (then `configure` / HOTMEM_LM / the defaults decide)."""
+    if not (args.lm or args.api_base):
+        return None
+    from hotmem.lm import make_lm
+
+    return make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema, **kwargs)
+
+
+def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int | None = None):
+    """A `GraphExtractor` for `--program SPEC`: 'auto', 'student' or a student folder pick that backend; anything
+    else is a teacher program ('default', 'teacher' or a folder saved by `hotmem optimize`)."""
+    from hotmem.extractor import DEFAULT_MAX_CHARS, GraphExtractor
+    from hotmem.students.lora import STUDENT_FILE
+
+    if spec in {"auto", "student"} or (Path(spec) / STUDENT_FILE).is_file():
+        backend, program = spec, None
+    else:
+        backend, program = "teacher", spec
+    return GraphExtractor(lm, schema=schema, closed=not args.open, backend=backend, program=program,
+                          max_chars=max_chars or DEFAULT_MAX_CHARS)
+
+
 def _extract(args: argparse.Namespace) -> int:
     from hotmem.extractor import GraphExtractor
 
     text = " ".join(args.text) if args.text != ["-"] else sys.stdin.read()
-    lm = None
-    if args.lm or args.api_base:
-        from hotmem.lm import make_lm
-
-        lm = make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema)
-    graph = GraphExtractor(lm, closed=not args.open)(text, speaker=args.speaker)
+    graph = GraphExtractor(_lm(args), closed=not args.open)(text, speaker=args.speaker)
     print(graph.to_json(indent=2) if args.json else str(graph))
     return 0
-
-
-def _program(spec: str, schema, closed: bool, lm):
-    """'default' (shipped optimized teacher when it fits the schema and `lm`), 'teacher' (unoptimized) or a saved
-    program folder (for another schema than it was made for: its instructions only)."""
-    from hotmem.extractor import default_program
-    from hotmem.optimize import load_for_schema
-    from hotmem.teacher import Teacher
-
-    if spec == "teacher":
-        return Teacher(schema, closed=closed)
-    if spec == "default":
-        return default_program(schema, closed=closed, lm=lm)
-    return load_for_schema(spec, schema, closed=closed)
 
 
 _PROGRAM_HELP = (
@@ -57,31 +61,17 @@ _PROGRAM_HELP = (
 )
 
 
-def _student(spec: str, schema, closed: bool):
-    """A distilled student for `--program student` (the shipped one) or a folder `hotmem distill` exported, else None."""
-    from hotmem.student import STUDENT_FILE, Student
-
-    if spec != "student" and not (Path(spec) / STUDENT_FILE).is_file():
-        return None
-    return Student(None if spec == "student" else spec, schema=schema, closed=closed)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from hotmem.data import load_dataset
-    from hotmem.evaluate import evaluate_program
-    from hotmem.lm import make_lm
+    from hotmem.pipeline.evaluate import evaluate_program
 
     records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
-    student = _student(args.program, schema, closed=not args.open)
-    if student is not None:  # one llama.cpp call per example: the student's engine is the LM that counts
-        program, lm = student, student.engine
-    else:
-        lm = make_lm(args.lm, api_base=args.api_base, cache=args.cache, enforces_schema=args.enforces_schema)
-        program = _program(args.program, schema, closed=not args.open, lm=lm)
+    extractor = _extractor(args, args.program, schema, _lm(args, cache=args.cache), max_chars=10**9)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
-    meta = {"command": " ".join(sys.argv), "lm": getattr(lm, "model", str(lm)), "schema": schema.name}
-    report = evaluate_program(program, records, schema=schema, lm=lm, name=name, out_dir=out, meta=meta)
+    meta = {"command": " ".join(sys.argv), "backend": extractor.backend.name, "lm": extractor.backend.model,
+            "schema": schema.name}
+    report = evaluate_program(extractor, records, schema=schema, name=name, out_dir=out, meta=meta)
     print(report.markdown())
     if args.json:
         print(json.dumps(report.summary(), indent=1))
@@ -96,12 +86,13 @@ def _records(name: str, path: str | None, split: str | None, skip: int, limit: i
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from hotmem.optimize import OptimizeConfig, optimize
+    from hotmem.errors import SchemaMismatchError
+    from hotmem.pipeline.optimize import OptimizeConfig, optimize
 
     trainset, schema = _records(args.train, args.train_path, args.train_split, args.train_skip, args.train_limit)
     valset, val_schema = _records(args.val, args.val_path, args.val_split, args.val_skip, args.val_limit)
     if val_schema.fingerprint() != schema.fingerprint():
-        raise SystemExit("hotmem: error: train and validation sets use different relation schemas")
+        raise SchemaMismatchError("train and validation sets use different relation schemas")
     config = OptimizeConfig(
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
@@ -118,9 +109,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
 def _corpus(source: str, path: str | None):
     """A corpus by file or by name: the utterances of ConvAI2 or DialogRE from ../shared/data (or --path)."""
-    from hotmem.label import Utterance, read_corpus
-
     from hotmem.data import dataset_file
+    from hotmem.pipeline.label import Utterance, read_corpus
 
     if source == "convai2":
         from hotmem.data import iter_convai2_utterances
@@ -138,22 +128,22 @@ def _corpus(source: str, path: str | None):
 
 
 def _label(args: argparse.Namespace) -> int:
-    from hotmem.label import LabelConfig, label_corpus
-    from hotmem.lm import make_lm
+    from hotmem.lm import LABELLING_LM, configured_lm, make_lm
+    from hotmem.pipeline.label import LabelConfig, label_corpus
     from hotmem.schema import CONVERSATION_SCHEMA
 
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
                          clean_items=not args.drop_whole)
-    lm = make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema)
-    program = _program(args.program, CONVERSATION_SCHEMA, closed=True, lm=lm)
-    report = label_corpus(program, _corpus(args.source, args.path), lm=lm, config=config)
+    lm = _lm(args) or configured_lm() or make_lm(LABELLING_LM)
+    extractor = _extractor(args, args.program, CONVERSATION_SCHEMA, lm)
+    report = label_corpus(extractor, _corpus(args.source, args.path), config=config)
     print(json.dumps(report.to_dict(), indent=1))
     return 0
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from hotmem.distill import DistillConfig, distill, sft_dataset
-    from hotmem.label import load_labels
+    from hotmem.pipeline.distill import DistillConfig, distill, sft_dataset
+    from hotmem.pipeline.label import load_labels
 
     config = DistillConfig(
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
@@ -186,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
     evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
     evaluate.add_argument("--program", default="default",
-                          help=_PROGRAM_HELP + "; or 'student' (the shipped student) or a folder `hotmem distill` exported")
+                          help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` exported; 'auto' (what GraphExtractor() runs)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N examples only")
     evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
     evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")
@@ -207,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--min-confidence", type=float, default=0.7, help="remove relations with a lower confidence")
     label.add_argument("--drop-whole", action="store_true",
                        help="drop a label with any problem instead of removing just its bad entities and relations")
-    _add_lm(label, default=LABELLING_LM)
+    _add_lm(label, fallback=f"HOTMEM_LM, else {LABELLING_LM}")
     label.set_defaults(func=_label)
 
     dist = sub.add_parser("distill", help="train the student LoRA on labels from `hotmem label` and export it")
@@ -251,19 +241,37 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--open", action="store_true", help="open extraction")
     _add_lm(opt)
     opt.set_defaults(func=_optimize)
+
+    from hotmem.memory.cli import add_parser as add_memory_parser
+
+    add_memory_parser(sub)
     return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    """hotmem's own progress lines at INFO ("hotmem: ..."), everything else (LiteLLM, DSPy, llama.cpp's native
+    log) at WARNING; `-v` shows all of it."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "hotmem: %(message)s"))
+    own = logging.getLogger("hotmem")
+    own.setLevel(logging.DEBUG if verbose else logging.INFO)
+    own.addHandler(handler)
+    own.propagate = False
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    _setup_logging(args.verbose)
     try:
         return args.func(args)
     except HotmemError as exc:
         print(f"hotmem: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("hotmem: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hotmem import data
+from hotmem.data import conll04
 from hotmem.data import (
     CONLL04_SCHEMA,
     DATASETS,
@@ -31,7 +32,10 @@ from hotmem.data import (
     load_personaext,
     personaext_schema,
 )
-from hotmem.schema import CATEGORIES, CONVERSATION_SCHEMA, SPEAKER, HotmemError, InvalidInputError, Record
+from hotmem.errors import HotmemError, InvalidInputError
+from hotmem.names import SPEAKER
+from hotmem.schema import CATEGORIES, CONVERSATION_SCHEMA
+from hotmem.types import Record
 
 DATA_ROOT = data.find_data_root()
 
@@ -395,12 +399,12 @@ def test_dialogre_schema_inverses_and_symmetry():
 
 
 def test_detokenize_ptb_tokens():
-    text, spans = data._detokenize(
+    text, spans = conll04._detokenize(
         ["`", "`", "He", "was", "n't", "here", ",", "''", "said", "Kevin", "O", "'Brien", "(", "AP", ")", "."]
     )
     assert text == '"He wasn\'t here," said Kevin O\'Brien (AP).'
     assert text[spans[9][0] : spans[11][1]] == "Kevin O'Brien"
-    text, _ = data._detokenize(["Newspaper", "`", "Explains", "'", "U.S.", "It", "'s", '"', "JFK", '"', "-LRB-", "x"])
+    text, _ = conll04._detokenize(["Newspaper", "`", "Explains", "'", "U.S.", "It", "'s", '"', "JFK", '"', "-LRB-", "x"])
     assert text == "Newspaper 'Explains' U.S. It's \"JFK\" (x"
 
 

@@ -5,20 +5,15 @@ import types
 import pytest
 from conftest import needs_embedded, needs_smollm
 
-from hotmem.distill import (
-    STUDENT_SYSTEM_PROMPT,
-    DistillConfig,
-    DistillError,
-    choose_backend,
-    graph_to_target,
-    lora_kwargs,
-    sft_dataset,
-    sft_example,
-    student_json_schema,
-)
-from hotmem.schema import CONVERSATION_SCHEMA, Entity, Graph, Relation, as_turns
-from hotmem.signatures import MAX_NAME_CHARS
-from hotmem.student import parse_student_output
+from hotmem.errors import DistillError
+
+from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset, sft_example
+
+from hotmem.students.format import STUDENT_SYSTEM_PROMPT, graph_to_target, student_json_schema
+from hotmem.schema import CONVERSATION_SCHEMA
+from hotmem.types import Entity, Graph, Relation, as_turns
+from hotmem.assemble import MAX_NAME_CHARS
+from hotmem.students.format import parse_student_output
 
 GRAPH = Graph(
     entities=[Entity(name="Potola", type="ANIMAL"), Entity(name="five years", type="QUANTITY"),
@@ -100,7 +95,7 @@ def test_unsloth_path_builds_the_same_lora_recipe(monkeypatch):
     pytest.importorskip("peft")
     from peft import LoraConfig
 
-    from hotmem import distill
+    from hotmem.pipeline import distill
 
     calls = {}
 
@@ -135,8 +130,8 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     import gguf
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from hotmem.distill import distill, sft_dataset
-    from hotmem.lm import model_path
+    from hotmem.pipeline.distill import distill, sft_dataset
+    from hotmem.llama.models import model_path
 
     path = model_path("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -155,6 +150,12 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     assert len(names) == 2 * 2 * 7  # layers x (A, B) x projections
     a = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight.lora_a")
     assert list(a.shape) == [32, 4] and a.tensor_type == gguf.GGMLQuantizationType.F16  # ggml order: (in, r)
+    # no embedded GGUF has this base's vocabulary: the export says how to convert it, and so does loading it
+    from hotmem.errors import StudentNotFoundError
+    from hotmem.students.lora import Student
+
+    with pytest.raises(StudentNotFoundError, match="convert_hf_to_gguf"):
+        Student(out)
     # a second run with a larger budget continues from the last checkpoint
     model = Qwen2ForCausalLM(model.config)
     again = distill(DistillConfig(**{**config.__dict__, "max_steps": 3}), dataset,
@@ -164,7 +165,7 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
 
 def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):
     from hotmem.extractor import GraphExtractor
-    from hotmem.student import StudentNotFoundError
+    from hotmem.errors import StudentNotFoundError
 
     with pytest.raises(StudentNotFoundError, match="hotmem distill"):
         GraphExtractor(backend=str(tmp_path))
@@ -181,8 +182,10 @@ def test_merged_student_gguf_is_quantized_and_answers_like_its_base(tmp_path):
     from llama_cpp import Llama
     from peft import get_peft_model
 
-    from hotmem.distill import DistillConfig, load_base, write_merged_gguf
-    from hotmem.lm import model_path
+    from hotmem.llama.gguf import write_merged_gguf
+
+    from hotmem.pipeline.distill import DistillConfig, load_base
+    from hotmem.llama.models import model_path
 
     model, _tokenizer, peft_config, source = load_base(DistillConfig(base_model=str(tmp_path / "no-such-model")), "trl")
     assert source == "qwen2.5-coder-0.5b"
@@ -210,8 +213,8 @@ def test_lora_folded_into_its_base_gguf_decodes_like_the_lora_applied_at_run_tim
     import numpy as np
     from llama_cpp import Llama
 
-    from hotmem.distill import merge_lora_gguf, write_lora_gguf
-    from hotmem.lm import model_path
+    from hotmem.llama.gguf import merge_lora_gguf, write_lora_gguf
+    from hotmem.llama.models import model_path
 
     base = model_path("smollm2-135m")
     generator = torch.Generator().manual_seed(0)
@@ -249,9 +252,9 @@ def test_lora_folded_into_its_base_gguf_decodes_like_the_lora_applied_at_run_tim
 
 
 def test_evaluating_the_student_without_one_says_how_to_get_one(monkeypatch, capsys):
-    import hotmem.student
     from hotmem.cli import main
+    from hotmem.students import lora
 
-    monkeypatch.setattr(hotmem.student, "shipped_student_dir", lambda: None)
+    monkeypatch.setattr(lora, "shipped_student_dir", lambda: None)
     assert main(["evaluate", "--program", "student", "--dataset", "gold", "--split", "dev", "--limit", "1"]) == 2
     assert "hotmem distill" in capsys.readouterr().err

@@ -4,14 +4,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import dspy
 import pytest
 
 pytest.importorskip("datasets")
 
-from hotmem.label import (  # noqa: E402
+from hotmem.errors import InvalidInputError  # noqa: E402
+from hotmem.extractor import GraphExtractor  # noqa: E402
+from hotmem.pipeline.label import (  # noqa: E402
     LABELS_FILE,
     LabelConfig,
     Utterance,
@@ -20,22 +21,31 @@ from hotmem.label import (  # noqa: E402
     load_labels,
     read_corpus,
 )
-from hotmem.schema import CONVERSATION_SCHEMA, Entity, Graph, InvalidInputError, Relation, as_turns  # noqa: E402
-from hotmem.teacher import Teacher  # noqa: E402
+from hotmem.schema import CONVERSATION_SCHEMA  # noqa: E402
+from hotmem.teacher.program import Teacher  # noqa: E402
+from hotmem.types import Entity, Graph, Relation, as_turns  # noqa: E402
 
 
-class CannedProgram(dspy.Module):
-    """Answers from a table: the labelling logic under test does not depend on what the program is."""
+class CannedBackend:
+    """A backend answering from a table: the labelling logic under test does not depend on what the model is."""
+
+    name = model = "canned"
 
     def __init__(self, graphs):
-        super().__init__()
         self.graphs = graphs
 
-    def forward(self, turns):
+    def __call__(self, turns):
         graph = self.graphs[turns[0].text]
         if isinstance(graph, Exception):
             raise graph
-        return dspy.Prediction(graph=graph)
+        return graph
+
+    def usage(self):
+        return {"calls": 0, "prompt_tokens": 0, "output_tokens": 0}
+
+
+def canned(graphs) -> GraphExtractor:
+    return GraphExtractor(backend=CannedBackend(graphs))
 
 
 GOOD = Graph(
@@ -85,10 +95,8 @@ def test_filters_name_each_problem():
 def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_path):
     texts = {"I live in Oslo.": GOOD, "Oslo lives in me.": INVALID, "I live in Oslo!": UNGROUNDED,
              "Hi!": Graph(), "boom": RuntimeError("model died")}
-    program = CannedProgram(texts)
     config = LabelConfig(out_dir=str(tmp_path / "labels"), clean_items=False)
-    lm = dspy.utils.DummyLM([])
-    report = label_corpus(program, list(texts), lm=lm, config=config, progress=False)
+    report = label_corpus(canned(texts), list(texts), config=config, progress=False)
     assert (report.labelled, report.failed, report.kept) == (5, 1, 2)
     assert report.dropped == {"failed": 1, "schema_invalid": 1, "ungrounded": 1}
     dataset = load_labels(tmp_path / "labels")
@@ -96,15 +104,14 @@ def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_pat
     assert Graph.from_json(dataset[dataset["text"].index("I live in Oslo.")]["graph"]) == GOOD
     # a second run over a longer corpus labels only what is new
     texts["Hello again"] = Graph()
-    again = label_corpus(CannedProgram(texts), list(texts), lm=lm, config=config, progress=False)
+    again = label_corpus(canned(texts), list(texts), config=config, progress=False)
     assert (again.labelled_this_run, again.labelled, again.kept) == (1, 6, 3)
 
 
 def test_cleaning_keeps_what_is_right_in_a_label_and_counts_what_it_takes_out(tmp_path):
     texts = {"I live in Oslo.": GOOD, "Oslo lives in me.": INVALID, "I live in Oslo!": UNGROUNDED,
              "boom": RuntimeError("model died")}
-    report = label_corpus(CannedProgram(texts), list(texts), lm=dspy.utils.DummyLM([]),
-                          config=LabelConfig(out_dir=str(tmp_path)), progress=False)
+    report = label_corpus(canned(texts), list(texts), config=LabelConfig(out_dir=str(tmp_path)), progress=False)
     assert (report.labelled, report.kept, report.kept_with_relations) == (4, 3, 1)
     assert report.dropped == {"failed": 1}
     assert report.removed == {"schema_invalid_relation": 1, "ungrounded_entity": 1, "dangling_relation": 1}
@@ -117,23 +124,30 @@ def test_cleaning_keeps_what_is_right_in_a_label_and_counts_what_it_takes_out(tm
 def test_teacher_labels_chit_chat_as_an_empty_graph(tmp_path):
     lm = dspy.utils.DummyLM([{"statements": []}], adapter=dspy.JSONAdapter())
     config = LabelConfig(out_dir=str(tmp_path))
-    report = label_corpus(Teacher(), [Utterance(id="u1", turns=as_turns("Haha, nice!"))], lm=lm, config=config,
-                          progress=False)
+    report = label_corpus(GraphExtractor(lm, program=Teacher()), [Utterance(id="u1", turns=as_turns("Haha, nice!"))],
+                          config=config, progress=False)
     assert (report.labelled, report.kept, report.kept_with_relations) == (1, 1, 0)
+    assert len(lm.history) == 1  # the decompose step found no statement: nothing more was asked
 
 
 KILLABLE = """
 import sys, time, dspy
-from hotmem.label import LabelConfig, label_corpus
-from hotmem.schema import Graph
+from hotmem.extractor import GraphExtractor
+from hotmem.pipeline.label import LabelConfig, label_corpus
+from hotmem.types import Graph
 
-class Slow(dspy.Module):
-    def forward(self, turns):
-        time.sleep(0.05)
-        return dspy.Prediction(graph=Graph())
+class Slow:
+    name = model = "slow"
+
+    def __call__(self, turns):
+        time.sleep(0.02)
+        return Graph()
+
+    def usage(self):
+        return {"calls": 0, "prompt_tokens": 0, "output_tokens": 0}
 
 texts = [f"utterance {i}" for i in range(400)]
-label_corpus(Slow(), texts, lm=dspy.utils.DummyLM([]), config=LabelConfig(out_dir=sys.argv[1]), progress=False)
+label_corpus(GraphExtractor(backend=Slow()), texts, config=LabelConfig(out_dir=sys.argv[1]), progress=False)
 """
 
 

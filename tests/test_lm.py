@@ -2,7 +2,7 @@
 
 import pytest
 
-from hotmem.lm import repeated_array_item
+from hotmem.llama.constrain import repeated_array_item
 
 
 @pytest.mark.parametrize(
@@ -47,13 +47,13 @@ def test_a_served_model_that_enforces_schemas_gets_them():
     ],
 )
 def test_closing_repeats_names_the_endings_that_would_repeat_an_item(text, endings):
-    from hotmem.lm import closing_repeats
+    from hotmem.llama.constrain import closing_repeats
 
     assert closing_repeats(text) == endings
 
 
 def test_item_endings_are_read_off_the_merged_tokens():
-    from hotmem.lm import item_ending_then_comma
+    from hotmem.llama.constrain import item_ending_then_comma
 
     assert item_ending_then_comma('","') == '"' and item_ending_then_comma('", ') == '"'
     assert item_ending_then_comma('.","') == '."'

@@ -1,8 +1,8 @@
 import dspy
 import pytest
 
-from hotmem.metric import GraphMetric, score_graph
-from hotmem.schema import Entity, Graph, Relation, Turn
+from hotmem.pipeline.metric import GraphMetric, score_graph
+from hotmem.types import Entity, Graph, Relation, Turn
 
 E = lambda n, t="PERSON": Entity(name=n, type=t)  # noqa: E731
 R = lambda s, p, o: Relation(subject=s, predicate=p, object=o)  # noqa: E731

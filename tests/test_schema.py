@@ -2,23 +2,15 @@ import json
 
 import pytest
 
-from hotmem.schema import (
-    CATEGORIES,
-    CONVERSATION_SCHEMA,
-    Entity,
-    Graph,
-    InvalidInputError,
-    Relation,
-    RelationSchema,
-    RelationType,
-    Turn,
-    as_turns,
-    is_grounded,
-    merge_graphs,
-    normalize_name,
-    snake_case,
-    speakers_of,
-)
+from hotmem.assemble import merge_graphs
+
+from hotmem.errors import InvalidInputError
+
+from hotmem.names import is_grounded, normalize_name, snake_case
+
+from hotmem.schema import CATEGORIES, CONVERSATION_SCHEMA, RelationSchema, RelationType
+
+from hotmem.types import Entity, Graph, Relation, Turn, as_turns, speakers_of
 
 
 def test_builtin_schema_covers_six_categories_with_60_plus_predicates():
@@ -128,7 +120,7 @@ def test_snake_case():
 
 
 def test_names_nothing():
-    from hotmem.schema import names_nothing
+    from hotmem.names import names_nothing
 
     assert names_nothing("than") and names_nothing("in and") and names_nothing("she") and names_nothing(" ")
     assert not names_nothing("Onitsha") and not names_nothing("the Louvre")

@@ -3,10 +3,18 @@ import json
 import dspy
 import pytest
 
-from hotmem.extractor import ExtractionError, GraphExtractor, chunk_turns
-from hotmem.schema import CONVERSATION_SCHEMA, InvalidInputError, Turn, as_turns
-from hotmem.signatures import ExtractedEntity, ExtractedRelation, signatures_for
-from hotmem.teacher import TYPE_MISMATCH_FACTOR, Teacher, assemble_graph
+from hotmem.assemble import chunk_turns
+
+from hotmem.errors import ExtractionError
+
+from hotmem.extractor import GraphExtractor
+from hotmem.errors import InvalidInputError
+from hotmem.schema import CONVERSATION_SCHEMA
+from hotmem.types import Turn, as_turns
+from hotmem.assemble import ExtractedEntity, ExtractedRelation
+from hotmem.teacher.signatures import signatures_for
+from hotmem.assemble import TYPE_MISMATCH_FACTOR, assemble_graph
+from hotmem.teacher.program import Teacher
 
 
 def scripted(*answers):
@@ -65,7 +73,7 @@ def test_names_outside_the_schema_are_dropped_not_fatal():
 
 
 def test_coref_is_skipped_when_only_first_person_pronouns_occur():
-    from hotmem.teacher import first_person_references
+    from hotmem.teacher.program import first_person_references
 
     refs = first_person_references([Turn(speaker="Anna", text="I love my dog."), Turn(text="Me too")])
     assert [(r.mention, r.refers_to) for r in refs] == [("I", "Anna"), ("my", "Anna"), ("Me", "speaker")]
@@ -129,7 +137,7 @@ def test_closed_extraction_constrains_predicates_and_types():
 
 def test_open_extraction_keeps_new_predicates_in_snake_case():
     entities = [dict(name="Mia", type="PERSON"), dict(name="kite surfing", type="ACTIVITY")]
-    from hotmem.signatures import ExtractedEntity, ExtractedRelation
+    from hotmem.assemble import ExtractedEntity, ExtractedRelation
 
     raw_entities = [ExtractedEntity(**e) for e in entities]
     raw_relations = [ExtractedRelation(subject="Mia", predicate="Is Obsessed With", object="kite surfing")]
@@ -142,7 +150,7 @@ def test_open_extraction_keeps_new_predicates_in_snake_case():
 
 
 def test_ungrounded_entities_get_lower_confidence():
-    from hotmem.signatures import ExtractedEntity
+    from hotmem.assemble import ExtractedEntity
 
     graph = assemble_graph([ExtractedEntity(name="Atlantis", type="LOCATION")], [], text="I like maps",
                            speakers=["speaker"], schema=CONVERSATION_SCHEMA)
@@ -188,7 +196,8 @@ def test_long_input_is_chunked_by_turns_and_sentences():
 
 def test_one_configuration_entry_point_for_every_backend(monkeypatch):
     import hotmem
-    from hotmem.lm import LlamaCppEngine, default_lm, make_lm
+    from hotmem.llama.engine import LlamaCppEngine
+    from hotmem.lm import default_lm, make_lm
 
     monkeypatch.setattr("hotmem.lm._configured", None)  # restored after the test
     server = make_lm("openai/qwen2.5", api_base="http://127.0.0.1:8080/v1", api_key="-")
@@ -202,9 +211,9 @@ def test_one_configuration_entry_point_for_every_backend(monkeypatch):
 
 
 def test_the_relations_step_is_told_what_closed_extraction_dropped_before_scoring():
-    from hotmem.metric import GraphMetric
-    from hotmem.schema import Graph, Record, Relation
-    from hotmem.teacher import to_example
+    from hotmem.pipeline.metric import GraphMetric
+    from hotmem.types import Graph, Record, Relation
+    from hotmem.pipeline.metric import to_example
 
     lm = scripted(
         {"statements": ["Tom lives in Oslo.", "Tom is a friend of the speaker."]},
@@ -245,7 +254,8 @@ class RecordingEngine:
 
 
 def test_list_bounds_reach_the_output_schema_a_server_enforces():
-    from hotmem.signatures import MAX_ENTITIES, MAX_RELATIONS, CompactJSONAdapter
+    from hotmem.teacher.adapter import CompactJSONAdapter
+    from hotmem.assemble import MAX_ENTITIES, MAX_RELATIONS
 
     signatures = signatures_for(CONVERSATION_SCHEMA)
     engine = RecordingEngine({"entities": [{"name": "Anna", "type": "PERSON"}]}, {"relations": []},

@@ -1,10 +1,10 @@
-"""Stage 6: the distilled student as a backend: one constrained llama.cpp call per utterance -> `Graph`.
+"""The distilled LoRA student as a backend: one constrained llama.cpp call per chunk -> `Graph`.
 
 The student runs as the merged, quantized GGUF `hotmem distill` exports. A shipped student is only its small LoRA GGUF
 and the name of its base GGUF: the first use on a machine folds one into the other (about 30 s) and caches the result,
 because llama.cpp decodes about twice as slowly with a LoRA applied at run time. It runs in process through the same
 llama.cpp engine as the teacher (grammar-constrained, prefix KV cache: the fixed system prompt is processed once).
-Its raw output goes through the teacher's graph assembly, so both backends clean and score graphs the same way.
+Its raw output goes through the shared graph assembly, so every backend cleans graphs the same way.
 """
 
 from __future__ import annotations
@@ -15,35 +15,38 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from dspy import lm15
-
-from hotmem.distill import (
-    MERGED_QUANTIZATION,
+from hotmem.errors import StudentNotFoundError
+from hotmem.llama.engine import LlamaCppEngine
+from hotmem.llama.gguf import MERGED_QUANTIZATION, merge_lora_gguf
+from hotmem.llama.models import cache_dir, model_path
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.shipped import shipped_root
+from hotmem.students.format import (
     STUDENT_SYSTEM_PROMPT,
-    merge_lora_gguf,
+    parse_student_output,
     student_json_schema,
     student_messages,
 )
-from hotmem.lm import LlamaCppEngine, cache_dir, model_path
-from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns, speakers_of
-from hotmem.signatures import ExtractedEntity, ExtractedRelation
-from hotmem.teacher import assemble_graph
+from hotmem.types import Graph, Turn
+
+__all__ = ["STUDENT_FILE", "Student", "shipped_student_dir"]
 
 logger = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.json"
 
 
-class StudentNotFoundError(HotmemError, FileNotFoundError):
-    """No exported student where one was asked for."""
-
-
 def shipped_student_dir() -> Path | None:
     """A trained student shipped in `optimized/student` (installed as `hotmem.optimized`), if any."""
-    from hotmem.optimize import shipped_root
-
     candidate = shipped_root() / "student"
     return candidate if (candidate / STUDENT_FILE).is_file() else None
+
+
+def trained_schema_fingerprint(folder: Path) -> str:
+    """The fingerprint of the schema a student was trained on (`student.json`; students exported before it was
+    recorded were all trained on the conversation schema)."""
+    spec = json.loads((folder / STUDENT_FILE).read_text())
+    return spec.get("schema_fingerprint") or CONVERSATION_SCHEMA.fingerprint()
 
 
 def merged_student_gguf(base_gguf: Path, lora_gguf: Path) -> Path:
@@ -52,23 +55,18 @@ def merged_student_gguf(base_gguf: Path, lora_gguf: Path) -> Path:
     digest.update(f"{base_gguf.name}:{base_gguf.stat().st_size}".encode())
     target = cache_dir() / "students" / f"{base_gguf.stem}-{digest.hexdigest()[:16]}-{MERGED_QUANTIZATION}.gguf"
     if not target.is_file():
-        logger.info("folding %s into %s once for full-speed decoding: %s", lora_gguf.name, base_gguf.name, target)
+        logger.info("preparing the student once for this machine (about 30 s): folding %s into %s",
+                    lora_gguf.name, base_gguf.name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        merge_lora_gguf(base_gguf, lora_gguf, target)
+        merge_lora_gguf(base_gguf, lora_gguf, target, progress=True)
+        logger.debug("cached the merged student at %s", target)
     return target
 
 
-def parse_student_output(text: str, turns: Sequence[Turn], schema: RelationSchema, closed: bool = True) -> Graph:
-    """The compact `{"e": [[name, TYPE]], "r": [[s, p, o]]}` answer as a clean `Graph`."""
-    data = json.loads(text)
-    entities = [ExtractedEntity(name=name, type=type_) for name, type_ in data.get("e", [])]
-    relations = [ExtractedRelation(subject=s, predicate=p, object=o) for s, p, o in data.get("r", [])]
-    return assemble_graph(entities, relations, text=render_turns(turns), speakers=speakers_of(turns), schema=schema,
-                          closed=closed)
-
-
 class Student:
-    """The exported student (`hotmem distill`'s output folder) as a callable: turns -> Graph."""
+    """The exported student (`hotmem distill`'s output folder) as a backend: turns -> Graph."""
+
+    name = "student"
 
     def __init__(self, path: str | Path | None = None, *, schema: RelationSchema = CONVERSATION_SCHEMA,
                  closed: bool = True, max_tokens: int = 384, n_threads: int | None = None, merge: bool = True):
@@ -91,20 +89,24 @@ class Student:
             else:
                 model, lora = str(base), str(lora_gguf)
         else:
-            raise StudentNotFoundError(f"{folder}: the student has no GGUF to run on llama.cpp")
+            raise StudentNotFoundError(
+                f"{folder}: the student has no GGUF to run on llama.cpp (its base has no GGUF hotmem can write it "
+                f"under): convert {folder / spec.get('merged', 'merged')} with llama.cpp's convert_hf_to_gguf.py "
+                "and name the file in student.json as merged_gguf"
+            )
         self.schema, self.closed, self.max_tokens = schema, closed, max_tokens
         self.system_prompt = spec.get("system_prompt", STUDENT_SYSTEM_PROMPT)
+        self.folder = folder
         self.engine = LlamaCppEngine(model, n_ctx=2048, n_threads=n_threads, lora_path=lora)
+        self.model = f"student:{folder.name}"
         self._schema = student_json_schema(schema, closed)
 
+    def usage(self) -> dict[str, int]:
+        """LM calls and tokens so far (the engine's own counters: the student runs without DSPy)."""
+        return {k: int(v) for k, v in self.engine.stats.items() if k != "seconds"}
+
     def __call__(self, turns: Sequence[Turn]) -> Graph:
-        _, user = student_messages(turns)
-        request = lm15.Request(
-            model="local/student",
-            system=self.system_prompt,
-            messages=(lm15.Message.user(user["content"]),),
-            config=lm15.Config(max_tokens=self.max_tokens, temperature=0.0,
-                               response_format={"type": "json_schema", "schema": self._schema}),
-        )
-        response = self.engine.complete(request)
-        return parse_student_output(response.text, turns, self.schema, self.closed)
+        messages = [{"role": "system", "content": self.system_prompt}, student_messages(turns)[1]]
+        result = self.engine.chat(messages, max_tokens=self.max_tokens, schema=self._schema)
+        return parse_student_output(result["choices"][0]["message"]["content"] or "", turns, self.schema,
+                                    self.closed)

@@ -20,24 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dspy
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from hotmem.evaluate import write_atomic
-from hotmem.lm import lm_usage
-from hotmem.schema import (
-    CONVERSATION_SCHEMA,
-    Graph,
-    InvalidInputError,
-    RelationSchema,
-    Turn,
-    as_turns,
-    is_grounded,
-    render_turns,
-    speakers_of,
-)
-from hotmem.signatures import CompactJSONAdapter
+from hotmem.errors import ConfigurationError, InvalidInputError
+from hotmem.io import JsonlLog, write_atomic
+from hotmem.names import is_grounded
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.types import Graph, Turn, as_turns, render_turns, speakers_of
 
 logger = logging.getLogger(__name__)
 
@@ -195,24 +185,6 @@ def clean_label(
     return graph.model_copy(update={"entities": entities, "relations": relations}), removed
 
 
-def _read_labels(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished labels by id. A last line cut by a kill is removed from the file, so it is labelled again."""
-    labels: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return labels
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):
-        logger.warning("%s: dropping a partial last line left by an interrupted run", path)
-        with open(path, "r+b") as handle:
-            handle.truncate(len(complete))
-    for line in complete.decode("utf-8").splitlines():
-        if line.strip():
-            item = json.loads(line)
-            labels.setdefault(item["id"], item)
-    return labels
-
-
 def build_dataset(labels: Iterable[dict[str, Any]], schema: RelationSchema, config: LabelConfig):
     """The kept labels as a `datasets.Dataset` (columns id, text, turns, graph as JSON), the counts of labels
     dropped and of items removed, by reason."""
@@ -255,53 +227,52 @@ def _save_dataset(dataset, target: Path) -> None:
 
 
 def label_corpus(
-    program: dspy.Module,
+    extractor,
     utterances: Iterable[Utterance],
     *,
-    lm: dspy.BaseLM,
     schema: RelationSchema = CONVERSATION_SCHEMA,
     config: LabelConfig | None = None,
     progress: bool = True,
 ) -> LabelReport:
-    """Label every utterance not yet in `out_dir/labels.jsonl`, then write the filtered data set and a report."""
+    """Label every utterance not yet in `out_dir/labels.jsonl` with `extractor` (a `GraphExtractor`, usually on the
+    teacher), then write the filtered data set and a report. A killed run started again loses and repeats nothing."""
     config = config or LabelConfig()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels_path = out / LABELS_FILE
-    labels = _read_labels(labels_path)
+    log = JsonlLog(out / LABELS_FILE)
+    labels: dict[str, dict[str, Any]] = {}
+    for item in log:
+        labels.setdefault(item["id"], item)
     todo, seen = [], set(labels)
     for utterance in read_corpus(utterances, config.limit):
         if utterance.id not in seen:
             seen.add(utterance.id)
             todo.append(utterance)
     if labels:
-        logger.info("resuming: %d labels already in %s, %d to go", len(labels), labels_path, len(todo))
+        logger.info("resuming: %d labels already in %s, %d to go", len(labels), log.path, len(todo))
 
     write_lock = threading.Lock()
-    before = lm_usage(lm)
+    before = extractor.usage()
     started = time.perf_counter()
     done_now = 0
 
     def label_one(utterance: Utterance) -> dict[str, Any]:
-        with dspy.context(lm=lm, adapter=CompactJSONAdapter()):
-            try:
-                graph, error = program(turns=utterance.turns).graph, None
-            except Exception as exc:  # a failed label is recorded (and filtered), not fatal to the run
-                logger.warning("%s failed: %s", utterance.id, exc)
-                graph, error = Graph(), f"{type(exc).__name__}: {exc}"[:300]
+        try:
+            graph, error = extractor(utterance.turns), None
+        except ConfigurationError:
+            raise  # nothing will label: stop at once
+        except Exception as exc:  # a failed label is recorded (and filtered), not fatal to the run
+            logger.warning("%s failed: %s", utterance.id, exc)
+            graph, error = Graph(), f"{type(exc).__name__}: {exc}"[:300]
         return {"id": utterance.id, "source": utterance.source,
                 "turns": [t.model_dump() for t in utterance.turns], "graph": graph.model_dump(), "error": error}
 
-    with open(labels_path, "a", encoding="utf-8") as sink, tqdm(
-        total=len(todo), desc="labelling", unit="utt", disable=not progress
-    ) as bar:
+    with log.writer() as write, tqdm(total=len(todo), desc="labelling", unit="utt", disable=not progress) as bar:
 
         def keep(item: dict[str, Any]) -> None:
             nonlocal done_now
             with write_lock:
-                sink.write(json.dumps(item, ensure_ascii=False) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
+                write(item)
                 labels[item["id"]] = item
                 done_now += 1
                 bar.update(1)
@@ -316,7 +287,7 @@ def label_corpus(
 
     dataset, dropped, removed = build_dataset(labels.values(), schema, config)
     _save_dataset(dataset, out / DATASET_DIR)
-    after = lm_usage(lm)
+    after = extractor.usage()
     report = LabelReport(
         labelled=len(labels),
         failed=sum(1 for item in labels.values() if item.get("error")),

@@ -7,43 +7,22 @@ so constrained decoding cannot produce anything else.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Annotated
 
 import dspy
-from annotated_types import MaxLen
-from dspy.adapters.utils import serialize_for_json
-from pydantic import BaseModel, WithJsonSchema, create_model
+from pydantic import WithJsonSchema, create_model
 
+from hotmem.assemble import (  # the raw output contract and its bounds, shared with the students
+    MAX_ENTITIES,
+    MAX_REFERENCES,
+    MAX_RELATIONS,
+    MAX_STATEMENTS,
+    ExtractedEntity,
+    ExtractedRelation,
+    Reference,
+)
 from hotmem.schema import RelationSchema
-
-#: Bounds on list outputs: they become `maxItems` in the decoding grammar.
-#: Small models decoding greedily tend to repeat a list item until the bound: keep bounds near real needs.
-MAX_REFERENCES = 8
-MAX_STATEMENTS = 10
-MAX_ENTITIES = 12
-MAX_RELATIONS = 12
-#: Bound on a name in the student's grammar: a small model can loop inside a string, and the grammar then closes it.
-MAX_NAME_CHARS = 80
-
-
-class Reference(BaseModel):
-    """A mention (pronoun, 'I', 'you', 'my sister') and the entity it stands for."""
-
-    mention: str
-    refers_to: str
-
-
-class ExtractedEntity(BaseModel):
-    name: str
-    type: str
-
-
-class ExtractedRelation(BaseModel):
-    subject: str
-    predicate: str
-    object: str
 
 
 class ResolveReferences(dspy.Signature):
@@ -146,33 +125,3 @@ def signatures_for(schema: RelationSchema, closed: bool = True) -> Signatures:
         + schema.render()
     )
     return Signatures(ResolveReferences, Decompose, entities, relations)
-
-
-class CompactJSONAdapter(dspy.JSONAdapter):
-    """DSPy's JSON adapter, with demonstrations answered in compact JSON and list bounds in the output schema.
-
-    The model copies the demos' layout: indented JSON costs a newline-and-indent token per line, about a third of
-    the output tokens on these small outputs.
-    """
-
-    def _prepare_response_format(self, lm, lm_kwargs, signature) -> None:
-        # DSPy 3.4 builds the structured-output schema from the output fields' types alone and drops their
-        # `max_length`. Without `maxItems` a server's grammar (llama.cpp, Ollama, vLLM) lets a small model list
-        # items until the token limit (the 0.5B wrote "Speaker 1" ... "Speaker 94" for one DialogRE dialogue).
-        super()._prepare_response_format(lm, lm_kwargs, signature)
-        response_format = lm_kwargs.get("response_format")
-        if not (isinstance(response_format, type) and issubclass(response_format, BaseModel)):
-            return
-        schema = response_format.model_json_schema()
-        for name, field in signature.output_fields.items():
-            bound = next((rule.max_length for rule in field.metadata if isinstance(rule, MaxLen)), None)
-            output = schema.get("properties", {}).get(name, {})
-            if bound is not None and output.get("type") == "array":
-                output["maxItems"] = bound
-        response_format.model_json_schema = lambda *args, **kwargs: schema
-
-    def format_field_with_value(self, fields_with_values, role: str = "user") -> str:
-        if role == "user":
-            return super().format_field_with_value(fields_with_values, role)
-        values = {field.name: value for field, value in fields_with_values.items()}
-        return json.dumps(serialize_for_json(values), ensure_ascii=False, separators=(",", ":"))

@@ -8,25 +8,14 @@ clauses for decompose.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dspy
 
-from hotmem.schema import (
-    CONVERSATION_SCHEMA,
-    PRONOUNS,
-    Graph,
-    Relation,
-    RelationSchema,
-    Turn,
-    is_grounded,
-    is_pronoun,
-    normalize_name,
-    render_turns,
-    speakers_of,
-)
+from hotmem.names import FIRST_PERSON_WORDS, PRONOUNS, WORDS, is_grounded, is_pronoun, normalize_name
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.types import Graph, Relation, Turn, render_turns, speakers_of
 
 #: Weights of the scalar score GEPA maximises.
 WEIGHTS = {"relation_f1": 0.5, "entity_f1": 0.3, "triple_f1": 0.1, "grounded": 0.1}
@@ -200,7 +189,6 @@ def score_graph(
 
 # --------------------------------------------------------------------------- feedback
 
-_WORD = re.compile(r"[A-Za-z']+")
 
 
 def _listing(items: Sequence[str]) -> str:
@@ -288,7 +276,7 @@ def forbidden_relation_feedback(pred, graph: Graph, schema: RelationSchema, spea
 
 def coref_feedback(result: GraphScore, statements: Sequence[str], speakers: Sequence[str]) -> list[str]:
     lines = []
-    left = sorted({w for s in statements for w in _WORD.findall(s) if w.casefold() in PRONOUNS | {"i", "me", "my"}})
+    left = sorted({w for s in statements for w in WORDS.findall(s) if w.casefold() in PRONOUNS | FIRST_PERSON_WORDS})
     if left:
         lines.append(
             f"Unresolved pronouns remain in the statements: {_listing(left)}. "
@@ -376,3 +364,11 @@ class GraphMetric:
         if not lines:
             lines = ["This step made no error on this example."]
         return "\n".join([header, *lines, _gold_summary(gold.graph)])
+
+
+def to_example(record) -> dspy.Example:
+    """A `Record` as the `dspy.Example` programs and the metric take (input: `turns`; gold: `graph`)."""
+    return dspy.Example(
+        turns=list(record.turns), graph=record.graph, id=record.id, category=record.category,
+        scored_pairs=record.scored_pairs,
+    ).with_inputs("turns")

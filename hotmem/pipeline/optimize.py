@@ -8,7 +8,6 @@ GEPA's own state lives in `log_dir`: the same command after an interruption cont
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import logging
 import time
@@ -18,46 +17,23 @@ from typing import Any
 
 import dspy
 
-from hotmem.evaluate import write_atomic
-from hotmem.metric import GraphMetric
-from hotmem.schema import (
-    CONVERSATION_SCHEMA,
-    Record,
-    RelationSchema,
-    SchemaMismatchError,
-    is_grounded,
-    render_turns,
-    speakers_of,
-)
-from hotmem.signatures import CompactJSONAdapter
-from hotmem.teacher import Teacher, step_demos, to_example
+from hotmem.errors import InvalidInputError
+from hotmem.io import write_atomic
+from hotmem.names import is_grounded
+from hotmem.pipeline.metric import GraphMetric, to_example
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.teacher.adapter import CompactJSONAdapter
+from hotmem.teacher.program import Teacher, step_demos
+from hotmem.teacher.saved import manifest_for, save_program
+from hotmem.types import Record, render_turns, speakers_of
 
 logger = logging.getLogger(__name__)
-
-PROGRAM_FILE = "program.json"
-MANIFEST_FILE = "manifest.json"
-
-
-def shipped_root() -> Path:
-    """Where shipped artifacts live: `optimized/`, installed as `hotmem.optimized` (or the source tree's copy
-    when hotmem runs uninstalled)."""
-    try:
-        return Path(str(importlib.resources.files("hotmem.optimized")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "optimized"
-
-
-def shipped_teacher_dir() -> Path | None:
-    """The optimized teacher `GraphExtractor()` loads by default: `optimized/teacher`, if shipped."""
-    candidate = shipped_root() / "teacher"
-    return candidate if (candidate / MANIFEST_FILE).is_file() else None
-
 
 @dataclass
 class OptimizeConfig:
     """Everything a GEPA run depends on; recorded in the manifest."""
 
-    task_lm: str | None = None  # None: the embedded 0.5B
+    task_lm: str | None = None  # None: the configured LM (`hotmem.configure`, HOTMEM_LM), else the embedded 0.5B
     reflection_lm: str = "embedded/qwen2.5-coder-1.5b"
     budget: str | int = "light"  # "light" / "medium" / "heavy", or max metric calls
     seed: int = 0
@@ -78,76 +54,6 @@ class OptimizeResult:
     program: Teacher
     out_dir: Path
     manifest: dict[str, Any]
-
-
-def manifest_for(program: Teacher) -> dict[str, Any]:
-    """What a saved program must match to be loaded: class, schema and predictor names."""
-    return {
-        "program": f"{type(program).__module__}.{type(program).__qualname__}",
-        "schema": program.schema.name,
-        "schema_fingerprint": program.schema.fingerprint(),
-        "closed": program.closed,
-        "predictors": [name for name, _ in program.named_predictors()],
-    }
-
-
-def save_program(program: Teacher, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save the program's state as JSON with a manifest; returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = program.dump_state()
-    write_atomic(out / PROGRAM_FILE, json.dumps(state, indent=1, default=str))
-    manifest = {**manifest_for(program), **(extra or {})}
-    write_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=1, default=str))
-    return out
-
-
-def load_program(
-    path: str | Path, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True
-) -> Teacher:
-    """A `Teacher` for `schema` with the saved state; `SchemaMismatchError` when the state was made for another."""
-    folder = Path(path)
-    manifest_path, program_path = folder / MANIFEST_FILE, folder / PROGRAM_FILE
-    if not manifest_path.is_file() or not program_path.is_file():
-        raise SchemaMismatchError(f"{folder} holds no saved program ({MANIFEST_FILE} and {PROGRAM_FILE} expected)")
-    manifest = json.loads(manifest_path.read_text())
-    program = Teacher(schema, closed=closed)
-    expected = manifest_for(program)
-    problems = [
-        f"{key}: saved {manifest.get(key)!r}, this program {expected[key]!r}"
-        for key in ("program", "schema_fingerprint", "closed", "predictors")
-        if manifest.get(key) != expected[key]
-    ]
-    if problems:
-        raise SchemaMismatchError(
-            f"the program saved in {folder} was made for schema {manifest.get('schema')!r}, not {schema.name!r} "
-            f"as configured here ({'; '.join(problems)}). Optimize for this schema with `hotmem optimize`, "
-            "or pass the matching schema."
-        )
-    program.load_state(json.loads(program_path.read_text()))
-    # Instructions and demos are tuned to the task LM: say which one, so a run on another LM is a visible choice.
-    logger.info("loaded the program saved in %s (optimized on %s)", folder, manifest.get("task_lm", "an unrecorded LM"))
-    return program
-
-
-def shipped_teacher(schema: RelationSchema, closed: bool, lm_model: str | None) -> Teacher | None:
-    """The shipped optimized teacher when its manifest says it was made for this schema, setting and task LM.
-
-    An optimized program's demos and instructions are tuned to the LM it was optimized on (the shipped one scores
-    below the unoptimized teacher on another LM: `optimized/teacher/report.md`), so elsewhere this returns None.
-    """
-    folder = shipped_teacher_dir()
-    if folder is None:
-        return None
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    made_for = (manifest.get("schema_fingerprint"), manifest.get("closed"), manifest.get("task_lm"))
-    if made_for != (schema.fingerprint(), closed, lm_model):
-        logger.info("the optimized teacher in %s was made for schema %s (closed=%s) on %s, not %s (closed=%s) on %s: "
-                    "running the unoptimized teacher (hotmem.load_program loads it anyway)",
-                    folder, manifest.get("schema"), manifest.get("closed"), manifest.get("task_lm"),
-                    schema.name, closed, lm_model)
-        return None
-    return load_program(folder, schema, closed)
 
 
 class ProposeRule(dspy.Signature):
@@ -237,43 +143,6 @@ class RanPredictorSelector:
         return [names[chosen]]
 
 
-def load_instructions(
-    path: str | Path, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True
-) -> Teacher:
-    """A `Teacher` for any `schema` with the instructions of the program saved in `path`.
-
-    Instructions name no schema (the relation inventory sits in a field description), so an optimized wording
-    carries over to another schema; the saved demos and field descriptions, which name the original schema's
-    types and predicates, do not. Use `load_program` to restore a program for the schema it was made for.
-    """
-    program_path = Path(path) / PROGRAM_FILE
-    if not program_path.is_file():
-        raise SchemaMismatchError(f"{path} holds no saved program ({PROGRAM_FILE} expected)")
-    state = json.loads(program_path.read_text())
-    program = Teacher(schema, closed=closed)
-    predictors = dict(program.named_predictors())
-    if set(state) != set(predictors):
-        raise SchemaMismatchError(
-            f"the program saved in {path} has predictors {sorted(state)}, this teacher {sorted(predictors)}"
-        )
-    for name, predictor in predictors.items():
-        predictor.signature = predictor.signature.with_instructions(state[name]["signature"]["instructions"])
-    return program
-
-
-def load_for_schema(
-    path: str | Path, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True
-) -> Teacher:
-    """The program saved in `path` when it was made for `schema`; for another schema, its instructions only."""
-    try:
-        return load_program(path, schema, closed)
-    except SchemaMismatchError as exc:
-        if not (Path(path) / PROGRAM_FILE).is_file():
-            raise
-        logger.warning("%s; using its instructions only", exc)
-        return load_instructions(path, schema, closed)
-
-
 def gold_demos(
     program: Teacher, records: list[Record], k: int = 4, candidates: int = 24, seed: int = 0, progress: bool = True
 ) -> dict[str, list[dspy.Example]]:
@@ -320,7 +189,7 @@ def add_gold_demos(program: Teacher, records: list[Record], k: int = 4, **kwargs
 
 def _proposer(name: str) -> RuleProposer | None:
     if name not in {"rule", "gepa"}:
-        raise ValueError(f"proposer is 'rule' or 'gepa', not {name!r}")
+        raise InvalidInputError(f"proposer is 'rule' or 'gepa', not {name!r}")
     return RuleProposer() if name == "rule" else None
 
 
@@ -328,7 +197,7 @@ def _budget_kwargs(budget: str | int) -> dict[str, Any]:
     if isinstance(budget, int) or str(budget).isdigit():
         return {"max_metric_calls": int(budget)}
     if budget not in {"light", "medium", "heavy"}:
-        raise ValueError(f"budget is 'light', 'medium', 'heavy' or a number of metric calls, not {budget!r}")
+        raise InvalidInputError(f"budget is 'light', 'medium', 'heavy' or a number of metric calls, not {budget!r}")
     return {"auto": budget}
 
 
@@ -346,11 +215,11 @@ def optimize(
     reflection_lm: dspy.BaseLM | None = None,
 ) -> OptimizeResult:
     """Run GEPA on the teacher and write the run's artifacts to `config.out_dir`."""
-    from hotmem.lm import make_lm
+    from hotmem.lm import default_lm, make_lm
 
     if not trainset or not valset:
-        raise ValueError("GEPA needs a non-empty train set and validation set")
-    task_lm = task_lm or make_lm(config.task_lm)
+        raise InvalidInputError("GEPA needs a non-empty train set and validation set")
+    task_lm = task_lm or (make_lm(config.task_lm) if config.task_lm else default_lm())
     reflection_lm = reflection_lm or make_lm(
         config.reflection_lm, temperature=1.0, max_tokens=config.reflection_max_tokens
     )

@@ -1,4 +1,4 @@
-"""Stage 5: distil the teacher's labels into a LoRA on a small Qwen (the student).
+"""Distil the teacher's labels into a LoRA on a small Qwen (the student).
 
 The student answers in one call, in a compact format designed for few output tokens:
 
@@ -20,65 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from hotmem.data import load_gold
-from hotmem.evaluate import write_atomic
-from hotmem.lm import EMBEDDED_MODELS, STUDENT_BASE_HUB_ID, model_path
-from hotmem.schema import CONVERSATION_SCHEMA, Graph, HotmemError, RelationSchema, Turn, render_turns
-from hotmem.signatures import MAX_ENTITIES, MAX_NAME_CHARS
+from hotmem.errors import DistillError, ModelNotAvailableError
+from hotmem.io import write_atomic
+from hotmem.llama.gguf import write_lora_gguf, write_merged_gguf
+from hotmem.llama.models import EMBEDDED_MODELS, model_path
+from hotmem.schema import CONVERSATION_SCHEMA
+from hotmem.students.format import STUDENT_SYSTEM_PROMPT, graph_to_target, student_messages
+from hotmem.types import Graph, Turn
 
 logger = logging.getLogger(__name__)
 
-#: Short on purpose: the student pays for every prompt token on every call.
-STUDENT_SYSTEM_PROMPT = (
-    "Extract the knowledge graph of the conversation as JSON: e = entities [name, TYPE], r = relations "
-    "[subject, predicate, object]. I/me/my is the speaker (their name, else \"speaker\"); resolve pronouns; "
-    "only facts stated as true; {\"e\":[],\"r\":[]} when there are none."
-)
+#: Hub id of the student's base model (used where a hub is reachable).
+STUDENT_BASE_HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 
 #: Qwen2 module names: every linear projection of attention and MLP gets a LoRA.
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class DistillError(HotmemError):
-    """Training cannot start as configured (no labels, a backend that cannot run here, no base weights)."""
-
-
-# --------------------------------------------------------------------------- the student's output format
-
-
-def graph_to_target(graph: Graph) -> str:
-    """The compact JSON the student learns to write (no confidences: they are derived, as for the teacher)."""
-    return json.dumps(
-        {"e": [[e.name, e.type] for e in graph.entities], "r": [[r.subject, r.predicate, r.object] for r in graph.relations]},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def student_json_schema(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
-                        max_items: int = MAX_ENTITIES) -> dict[str, Any]:
-    """JSON schema of the compact format, for constrained decoding (types and, closed, predicates enumerated).
-
-    The teacher's list bounds and a bound on names apply: where a small model would loop inside a list or a name
-    until `max_tokens` cut the JSON, the grammar closes it."""
-    predicate: dict[str, Any] = {"type": "string", "enum": list(schema.predicates)} if closed else {"type": "string"}
-    name = {"type": "string", "maxLength": MAX_NAME_CHARS}
-    return {
-        "type": "object",
-        "properties": {
-            "e": {"type": "array", "maxItems": max_items, "items": {
-                "type": "array", "prefixItems": [name, {"type": "string", "enum": list(schema.entity_types)}],
-                "minItems": 2, "maxItems": 2}},
-            "r": {"type": "array", "maxItems": max_items, "items": {
-                "type": "array", "prefixItems": [name, predicate, name],
-                "minItems": 3, "maxItems": 3}},
-        },
-        "required": ["e", "r"],
-    }
-
-
-def student_messages(turns: Sequence[Turn]) -> list[dict[str, str]]:
-    """The chat the student sees: the fixed system prompt, then the conversation."""
-    return [{"role": "system", "content": STUDENT_SYSTEM_PROMPT}, {"role": "user", "content": render_turns(turns)}]
 
 
 def sft_example(turns: Sequence[Turn], graph: Graph) -> dict[str, Any]:
@@ -305,7 +261,9 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     manifest = {
         "backend": backend,
         "base_model": base_source,
-        "recipe": {**asdict(config), "target_modules": list(config.target_modules)},
+        # the base trained on, which differs from the one asked for when the hub is out of reach
+        "recipe": {**asdict(config), "target_modules": list(config.target_modules), "base_model": base_source,
+                   "requested_base_model": config.base_model},
         "examples": len(dataset),
         "global_step": trainer.state.global_step,
         "train_loss": output.training_loss,
@@ -321,156 +279,6 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
 
 
 # --------------------------------------------------------------------------- export
-
-def _gguf_names(architecture: str, n_blocks: int):
-    """gguf's own Hugging Face -> llama.cpp tensor-name map for an architecture (the one llama.cpp's converter uses)."""
-    import gguf
-
-    arch = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}.get(architecture)
-    if arch is None:
-        raise DistillError(f"gguf does not know the architecture {architecture!r}")
-    return gguf.get_tensor_name_map(arch, n_blocks)
-
-
-def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, architecture: str = "qwen2") -> int:
-    """A PEFT LoRA as a llama.cpp adapter GGUF (`llama.cpp --lora`, llama-cpp-python `lora_path`, Ollama ADAPTER).
-
-    PEFT stores lora_A as (r, in) and lora_B as (out, r); ggml's dimension order is the reverse of numpy's, which
-    is the (in, r) / (r, out) layout llama.cpp expects, so the arrays go in as they are. Returns the tensor count.
-    """
-    import re
-
-    import gguf
-    import numpy as np
-
-    pattern = re.compile(r"(?:base_model\.model\.)?(.*layers\.(\d+)\..*)\.lora_([AB])\.weight$")
-    layers = [int(m.group(2)) for m in map(pattern.search, adapter_state) if m]
-    names = _gguf_names(architecture, max(layers, default=0) + 1)
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(alpha))
-    count = 0
-    for name, tensor in sorted(adapter_state.items()):
-        match = pattern.search(name)
-        target = names.get_name(match.group(1)) if match else None
-        if target is None:
-            raise DistillError(f"unexpected adapter tensor {name}: cannot map it to llama.cpp")
-        # F16 as llama.cpp's own LoRA converter writes: half the size of F32 (18 MB at rank 16 on the 0.5B)
-        array = tensor.detach().float().cpu().numpy().astype(np.float16)
-        writer.add_tensor(f"{target}.weight.lora_{match.group(3).lower()}", array)
-        count += 1
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return count
-
-
-#: llama.cpp quantization of the merged student. Q4_0, not the base's Q4_K_M mix: llama.cpp repacks Q4_0 for its
-#: fastest CPU kernels (measured on 2 cores: prompt 212 against 144 tok/s, 50 free tokens in 0.73 against 1.27 s),
-#: and the shipped student scored no worse with it (gold test relation F1 0.204 against 0.182, p50 1.34 against
-#: 1.46 s, same engine).
-MERGED_QUANTIZATION = "Q4_0"
-
-
-def write_merged_gguf(state_dict: dict[str, Any], base_gguf: Path, path: Path,
-                      quantization: str | None = MERGED_QUANTIZATION) -> Path:
-    """The merged student as one GGUF: the base GGUF's metadata (architecture, tokenizer, chat template) with the
-    merged weights, quantized by llama.cpp's own quantizer. No LoRA at inference: llama.cpp cannot use its
-    repacked CPU kernels for weights a LoRA touches, which made decoding ~2x slower.
-
-    `state_dict` holds Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, ...). Written atomically.
-    """
-    import gguf
-
-    reader = gguf.GGUFReader(str(base_gguf))
-    architecture = str(reader.fields["general.architecture"].contents())
-    names = _gguf_names(architecture, int(reader.fields[f"{architecture}.block_count"].contents()))
-    weights = {}
-    for hf_name, tensor in state_dict.items():
-        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if target is not None:
-            weights[target] = tensor.detach().float().cpu().numpy()
-    return _write_like_base(reader, weights, Path(base_gguf).name, Path(path), quantization)
-
-
-def merge_lora_gguf(base_gguf: Path, lora_gguf: Path, path: Path,
-                    quantization: str | None = MERGED_QUANTIZATION) -> Path:
-    """The base GGUF with a LoRA GGUF folded into its weights (W + alpha/r * B A), from the two GGUFs alone: gguf and
-    numpy, no torch. A student ships as its small adapter, and this builds the fast single GGUF where it runs."""
-    import gguf
-    import numpy as np
-
-    base, lora = gguf.GGUFReader(str(base_gguf)), gguf.GGUFReader(str(lora_gguf))
-    if "adapter.lora.alpha" not in lora.fields:
-        raise DistillError(f"{lora_gguf} is not a llama.cpp LoRA adapter (no adapter.lora.alpha)")
-    alpha = float(lora.fields["adapter.lora.alpha"].contents())
-    pairs = {t.name: t for t in lora.tensors}
-    weights = {}
-    for info in base.tensors:
-        weight = gguf.quants.dequantize(info.data, info.tensor_type).astype(np.float32)
-        a, b = pairs.pop(f"{info.name}.lora_a", None), pairs.pop(f"{info.name}.lora_b", None)
-        if a is not None and b is not None:
-            a, b = np.asarray(a.data, np.float32), np.asarray(b.data, np.float32)  # (r, in), (out, r)
-            weight = weight + (alpha / a.shape[0]) * (b @ a)
-        weights[info.name] = weight
-    if pairs:
-        raise DistillError(f"{lora_gguf.name} does not fit {base_gguf.name}: no base tensor for {sorted(pairs)[:3]}")
-    return _write_like_base(base, weights, Path(base_gguf).name, Path(path), quantization)
-
-
-def _write_like_base(reader, weights: dict[str, Any], base_name: str, path: Path, quantization: str | None) -> Path:
-    """`weights` (llama.cpp names, numpy arrays) under the metadata of the GGUF `reader` read, quantized. Atomic."""
-    import ctypes
-    import os
-    import uuid
-
-    import gguf
-    import numpy as np
-
-    architecture = str(reader.fields["general.architecture"].contents())
-    unique = uuid.uuid4().hex[:8]  # two processes building the same file do not share temporaries
-    f16 = path.with_name(f"{path.name}.{unique}.f16.tmp")
-    writer = gguf.GGUFWriter(str(f16), architecture)
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name == "general.file_type":
-            continue
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    for info in reader.tensors:
-        if info.name not in weights:
-            raise DistillError(f"the merged model has no tensor for {info.name} of {base_name}")
-        array = weights[info.name]
-        expected = tuple(int(d) for d in reversed(info.shape))
-        if array.shape != expected:
-            raise DistillError(f"{info.name}: merged shape {array.shape}, base GGUF {expected}")
-        # llama.cpp keeps norms and biases in F32; matrices go to F16 before quantization
-        writer.add_tensor(info.name, array.astype(np.float16 if array.ndim == 2 else np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    if quantization is None:
-        os.replace(f16, path)
-        return path
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quantization}")
-    params.nthread = os.cpu_count() or 1
-    partial = path.with_name(f"{path.name}.{unique}.tmp")
-    try:
-        if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
-            raise DistillError(f"llama.cpp could not quantize {f16} to {quantization}")
-        os.replace(partial, path)
-    finally:
-        f16.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
-    return path
-
 
 OLLAMA_TEMPLATE = """{{- if .System }}<|im_start|>system
 {{ .System }}<|im_end|>
@@ -491,6 +299,26 @@ def ollama_modelfile(model_gguf: str, adapter_gguf: str | None = None) -> str:
     )
 
 
+def _gguf_template(base_source: str, tokenizer, config: DistillConfig) -> str | None:
+    """The embedded GGUF whose metadata (architecture, tokenizer, chat template) the merged student can be written
+    under: the base itself when it is a GGUF, else the fallback GGUF when its vocabulary is the tokenizer's (the
+    Qwen2.5 family shares one; `write_merged_gguf` then checks every tensor's shape)."""
+    if base_source in EMBEDDED_MODELS or base_source.endswith(".gguf"):
+        return base_source
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(model_path(config.gguf_fallback)))
+    except ModelNotAvailableError:
+        return None
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokens))))
+    if vocabulary != tokens:
+        logger.warning("%s's vocabulary differs from %s's: no GGUF template", base_source, config.gguf_fallback)
+        return None
+    return config.gguf_fallback
+
+
 def export_student(model, tokenizer, out: Path, base_source: str, config: DistillConfig) -> dict[str, str]:
     """Adapter, merged weights, GGUFs (LoRA on the base GGUF, and merged + quantized) and an Ollama Modelfile."""
     from peft import get_peft_model_state_dict
@@ -502,15 +330,18 @@ def export_student(model, tokenizer, out: Path, base_source: str, config: Distil
     merged = model.merge_and_unload()
     merged.save_pretrained(out / files["merged"])
     tokenizer.save_pretrained(out / files["merged"])
-    if base_source in EMBEDDED_MODELS or base_source.endswith(".gguf"):
-        # The LoRA was trained on these very (dequantized) weights, so the base GGUF's metadata fits the merge.
-        files["base_gguf"] = base_source
+    template = _gguf_template(base_source, tokenizer, config)
+    if template is not None:
+        files["base_gguf"] = template
         files["merged_gguf"] = "student.gguf"
-        write_merged_gguf(merged.state_dict(), model_path(base_source), out / files["merged_gguf"])
+        write_merged_gguf(merged.state_dict(), model_path(template), out / files["merged_gguf"],
+                          name=f"hotmem student on {base_source}")
         (out / "Modelfile").write_text(ollama_modelfile("./" + files["merged_gguf"]))
         files["modelfile"] = "Modelfile"
-    else:
-        logger.warning("base %s has no GGUF here: convert %s with llama.cpp's convert_hf_to_gguf.py for llama.cpp "
-                       "and Ollama", base_source, out / files["merged"])
-    write_atomic(out / "student.json", json.dumps({"system_prompt": STUDENT_SYSTEM_PROMPT, **files}, indent=1) + "\n")
+    else:  # the training is not lost: the adapter and merged weights are saved; `Student` says how to convert
+        logger.warning("no embedded GGUF has %s's architecture and vocabulary: convert %s with llama.cpp's "
+                       "convert_hf_to_gguf.py to run it on llama.cpp", base_source, out / files["merged"])
+    trained_on = {"schema": CONVERSATION_SCHEMA.name, "schema_fingerprint": CONVERSATION_SCHEMA.fingerprint()}
+    write_atomic(out / "student.json",
+                 json.dumps({"system_prompt": STUDENT_SYSTEM_PROMPT, **files, **trained_on}, indent=1) + "\n")
     return files

@@ -6,11 +6,11 @@ where it stopped; the report files are written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,10 +21,13 @@ from typing import Any
 import dspy
 from tqdm.auto import tqdm
 
-from hotmem.lm import lm_usage
-from hotmem.metric import GraphScore, prf, score_graph
-from hotmem.schema import Graph, Record, RelationSchema, render_turns, speakers_of
-from hotmem.signatures import CompactJSONAdapter
+from hotmem.backends import TeacherBackend
+from hotmem.errors import ConfigurationError
+from hotmem.extractor import GraphExtractor
+from hotmem.io import JsonlLog, write_atomic
+from hotmem.pipeline.metric import GraphScore, prf, score_graph
+from hotmem.schema import RelationSchema
+from hotmem.types import Graph, Record, render_turns, speakers_of
 
 logger = logging.getLogger(__name__)
 
@@ -113,75 +116,56 @@ class Report:
         return "\n".join(lines)
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that readers never see a half-written version (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _load_rows(path: Path) -> dict[str, Row]:
+def _load_rows(log: JsonlLog) -> dict[str, Row]:
     rows: dict[str, Row] = {}
-    if not path.exists():
-        return rows
-    with open(path) as handle:
-        for line in handle:
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: that example runs again
-            data["entity"], data["relation"] = tuple(data["entity"]), tuple(data["relation"])
-            rows[data["id"]] = Row(**data)
+    for data in log:
+        data["entity"], data["relation"] = tuple(data["entity"]), tuple(data["relation"])
+        rows[data["id"]] = Row(**data)
     return rows
 
 
+def as_extractor(program, lm: dspy.BaseLM | None = None) -> GraphExtractor:
+    """What evaluation runs: a `GraphExtractor`, a `Backend`, or a DSPy program on `lm`, all through the extractor's
+    one chunk / merge / error path (as an app runs them), with no input-length limit."""
+    if isinstance(program, GraphExtractor):
+        return program
+    if isinstance(program, dspy.Module):
+        if lm is None:
+            raise ConfigurationError("a DSPy program is evaluated on an LM: pass lm=")
+        program = TeacherBackend(program, lm)
+    return GraphExtractor(backend=program, max_chars=10**9)
+
+
 def evaluate_program(
-    program: dspy.Module,
+    program,
     records: Sequence[Record],
     *,
     schema: RelationSchema,
-    lm: dspy.BaseLM,
+    lm: dspy.BaseLM | None = None,
     name: str = "evaluation",
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
-    adapter: dspy.Adapter | None = None,
 ) -> Report:
     """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`.
 
-    `program` is a DSPy program run on `lm` with `adapter` (default: hotmem's compact JSON adapter), or any
-    callable `program(turns=...)` answering with a `Graph` (a `Student`: pass its `engine` as `lm`; anything
-    else: an object whose `history` holds each LM call's `usage`, for call and token counts).
+    `program`: a `GraphExtractor`, any `Backend` (a `Student`, a `TeacherBackend`), or a DSPy program run on `lm`.
+    A configuration error (a model that is not installed) stops the run at once; any other failure is counted.
     """
-    rows_path = Path(out_dir) / "rows.jsonl" if out_dir else None
-    if rows_path:
-        rows_path.parent.mkdir(parents=True, exist_ok=True)
-    done = _load_rows(rows_path) if rows_path else {}
+    extractor = as_extractor(program, lm)
+    log = JsonlLog(Path(out_dir) / "rows.jsonl") if out_dir else None
+    done = _load_rows(log) if log else {}
     if done:
         logger.info("resuming %s: %d of %d examples already done", name, len(done), len(records))
-    sink = open(rows_path, "a") if rows_path else None  # noqa: SIM115 - closed below
-    try:
-        with dspy.context(lm=lm, adapter=adapter or CompactJSONAdapter()):
-            for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
-                if record.id in done:
-                    continue
-                row = _run_one(program, record, schema, lm)
-                done[record.id] = row
-                if sink:
-                    sink.write(json.dumps(asdict(row)) + "\n")
-                    sink.flush()
-    finally:
-        if sink:
-            sink.close()
+    with contextlib.ExitStack() as stack:
+        write = stack.enter_context(log.writer()) if log else None
+        for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
+            if record.id in done:
+                continue
+            row = _run_one(extractor, record, schema)
+            done[record.id] = row
+            if write:
+                write(asdict(row))
     report = Report(name, [done[r.id] for r in records if r.id in done], meta or {})
     if out_dir:
         write_atomic(Path(out_dir) / "report.md", report.markdown() + "\n")
@@ -190,18 +174,19 @@ def evaluate_program(
     return report
 
 
-def _run_one(program: dspy.Module, record: Record, schema: RelationSchema, lm: dspy.BaseLM) -> Row:
-    before = lm_usage(lm)
+def _run_one(extractor: GraphExtractor, record: Record, schema: RelationSchema) -> Row:
+    before = extractor.usage()
     started = time.perf_counter()
     error = None
     try:
-        answer = program(turns=record.turns)
-        graph = answer if isinstance(answer, Graph) else answer.graph  # a Student answers with the graph itself
+        graph = extractor(record.turns)
+    except ConfigurationError:
+        raise
     except Exception as exc:  # an evaluation counts failures instead of stopping
         logger.warning("%s failed: %s", record.id, exc)
         error, graph = f"{type(exc).__name__}: {exc}"[:500], Graph()
     latency = time.perf_counter() - started
-    after = lm_usage(lm)
+    after = extractor.usage()
     result: GraphScore = score_graph(
         record.graph, graph, text=render_turns(record.turns), speakers=speakers_of(record.turns), schema=schema,
         scored_pairs=record.scored_pairs,

@@ -1,0 +1,142 @@
+"""Backends: what turns a chunk of conversation into a `Graph`. `GraphExtractor` chunks, calls one, and merges.
+
+Every backend implements `Backend` (the teacher program on an LM, the LoRA student, the students to come), so the
+extractor, the CLI, evaluation and the bench choose and run them through one path. Which one runs is decided here
+alone (`resolve_backend`), in this order:
+
+1. an explicit `backend=` (a name, a student folder, or a `Backend`), or an explicit `lm=` / `program=` (the teacher);
+2. an LM the user configured: `hotmem.configure(...)`, else `HOTMEM_LM`, else DSPy's configured LM (the teacher on it);
+3. the shipped student, for the schema and setting it was trained for (closed extraction, conversation schema);
+4. the teacher on the embedded Qwen2.5-Coder-0.5B.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from hotmem.errors import ConfigurationError
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.types import Graph, Turn
+
+if TYPE_CHECKING:
+    import dspy
+
+# DSPy (and LiteLLM behind it) load only when a teacher runs: an app on a student starts without them.
+
+__all__ = ["Backend", "TeacherBackend", "resolve_backend"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Turns one chunk of conversation into a graph. `name` and `model` say what ran (provenance, reports)."""
+
+    name: str
+    model: str
+
+    def __call__(self, turns: Sequence[Turn]) -> Graph: ...
+
+    def usage(self) -> dict[str, int]:
+        """Calls and tokens answered so far: `{"calls", "prompt_tokens", "output_tokens"}`."""
+        ...
+
+
+class TeacherBackend:
+    """A teacher program (any DSPy module answering `graph`) on an LM, with hotmem's compact JSON adapter."""
+
+    name = "teacher"
+
+    def __init__(self, program: dspy.Module, lm: dspy.BaseLM):
+        self.program, self.lm = program, lm
+        self.model = str(getattr(lm, "model", type(lm).__name__))
+
+    def __call__(self, turns: Sequence[Turn]) -> Graph:
+        import dspy
+
+        from hotmem.teacher.adapter import CompactJSONAdapter
+
+        with dspy.context(lm=self.lm, adapter=CompactJSONAdapter()):
+            return self.program(turns=list(turns)).graph
+
+    def usage(self) -> dict[str, int]:
+        from hotmem.lm import lm_usage
+
+        return lm_usage(self.lm)
+
+
+def default_program(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
+                    lm: dspy.BaseLM | None = None) -> dspy.Module:
+    """The optimized teacher shipped in `optimized/` where it was made for this schema and `lm`, else the
+    unoptimized teacher."""
+    from hotmem.teacher import Teacher, shipped_teacher
+
+    shipped = shipped_teacher(schema, closed, getattr(lm, "model", None))
+    return shipped if shipped is not None else Teacher(schema, closed=closed)
+
+
+def teacher(lm: Any = None, *, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
+            program: dspy.Module | str | None = None) -> TeacherBackend:
+    """The teacher on `lm` (default: the configured LM, else the embedded default). `program`: a DSPy module, or
+    'default' (the shipped optimized teacher where it fits), 'teacher' (unoptimized) or a saved program folder."""
+    from hotmem.lm import make_lm
+
+    resolved = make_lm(lm) if lm is not None else (_configured_lm() or make_lm())
+    if program is None or program == "default":
+        program = default_program(schema, closed, resolved)
+    elif program == "teacher":
+        from hotmem.teacher import Teacher
+
+        program = Teacher(schema, closed=closed)
+    elif isinstance(program, (str, Path)):
+        from hotmem.teacher import load_for_schema
+
+        program = load_for_schema(program, schema, closed)
+    return TeacherBackend(program, resolved)
+
+
+def _configured_lm():
+    """`hotmem.lm.configured_lm()`, without importing DSPy when nothing can have been configured: `configure` and
+    DSPy's own settings need their modules imported first, `HOTMEM_LM` is read from the environment."""
+    if os.environ.get("HOTMEM_LM") or "hotmem.lm" in sys.modules or "dspy" in sys.modules:
+        from hotmem.lm import configured_lm
+
+        return configured_lm()
+    return None
+
+
+def _shipped_student_fits(schema: RelationSchema, closed: bool) -> bool:
+    """A shipped student runs by default only for closed extraction in the schema it was trained on."""
+    from hotmem.students.lora import shipped_student_dir, trained_schema_fingerprint
+
+    folder = shipped_student_dir()
+    return folder is not None and closed and trained_schema_fingerprint(folder) == schema.fingerprint()
+
+
+def resolve_backend(backend: Backend | str | Path = "auto", *, lm: Any = None,
+                    schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
+                    program: dspy.Module | str | None = None) -> Backend:
+    """The backend to run, by the precedence in this module's docstring."""
+    if isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, (str, Path)):
+        raise ConfigurationError(f"backend is a name, a student folder or a Backend, not {type(backend).__name__}")
+    if backend == "auto":
+        explicit = lm is not None or program is not None
+        if explicit or _configured_lm() is not None or not _shipped_student_fits(schema, closed):
+            backend = "teacher"
+        else:
+            backend = "student"
+    if backend == "teacher":
+        return teacher(lm, schema=schema, closed=closed, program=program)
+    from hotmem.students.lora import Student
+
+    if backend == "student":
+        return Student(None, schema=schema, closed=closed)
+    if Path(backend).is_dir():  # a folder is meant as a student: say what it lacks if it is not one
+        return Student(backend, schema=schema, closed=closed)
+    raise ConfigurationError(
+        f"backend is 'auto', 'teacher', 'student' or a folder exported by `hotmem distill`, not {str(backend)!r}"
+    )

@@ -1,0 +1,127 @@
+"""Data sets by name: `load_dataset("gold", split="test")` gives records and the schema they are scored with."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from hotmem.data.common import _check_limit, _split_name, _take, data_root_candidates, find_data_root
+from hotmem.data.conll04 import CONLL04_SCHEMA, load_conll04
+from hotmem.data.dialogre import DIALOGRE_SCHEMA, load_dialogre
+from hotmem.data.dnli import dnli_schema, load_convai2
+from hotmem.data.gold import load_gold
+from hotmem.data.personaext import load_personaext, personaext_schema
+from hotmem.errors import DatasetNotFoundError, InvalidInputError
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.types import Record
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- registry
+
+
+def _constant(schema: RelationSchema) -> Callable[[Path], RelationSchema]:
+    return lambda _path: schema
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to find, load and describe one data set; `load_dataset` needs nothing else."""
+
+    name: str
+    loader: Callable[..., list[Record]]  # (path, limit=None) -> records
+    schema: Callable[[Path], RelationSchema]  # data set folder or file -> its relation schema
+    relative_path: str  # folder under the data root ("" for the packaged gold set)
+    files: Mapping[str, str] = field(default_factory=dict)  # split name -> file inside the folder
+    default_split: str = ""
+
+
+def _load_gold_dataset(
+    path: Path | str | None = None, limit: int | None = None, split: str | None = None
+) -> list[Record]:
+    """The gold set in the registry's loader shape; `path` is another folder of gold-format files."""
+    if path is not None and not Path(path).is_dir():
+        raise DatasetNotFoundError("gold folder", [Path(path)], "pass a folder of gold *.jsonl files, or no path")
+    records = load_gold(split=split, directory=Path(path) if path is not None else None)
+    return _take(records, limit)
+
+
+DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
+    {
+        "gold": DatasetSpec("gold", _load_gold_dataset, _constant(CONVERSATION_SCHEMA), ""),
+        "personaext": DatasetSpec(
+            "personaext", load_personaext, personaext_schema, "personaext", {"dev": "dev.jsonl"}, "dev"
+        ),
+        "dialogre": DatasetSpec(
+            "dialogre",
+            load_dialogre,
+            _constant(DIALOGRE_SCHEMA),
+            "dialogre",
+            {"dev": "v2_en/dev.json", "train": "v2_en/train.json"},
+            "dev",
+        ),
+        "convai2": DatasetSpec(
+            "convai2",
+            load_convai2,
+            dnli_schema,
+            "convai2_dnli",
+            {"valid": "valid_dialogueNLI.txt", "dev": "valid_dialogueNLI.txt"},
+            "valid",
+        ),
+        "conll04": DatasetSpec(
+            "conll04",
+            load_conll04,
+            _constant(CONLL04_SCHEMA),
+            "conll04",
+            {"valid": "valid.CoNLL04.json", "dev": "valid.CoNLL04.json", "train": "train.CoNLL04.json"},
+            "valid",
+        ),
+    }
+)
+
+
+def load_dataset(
+    name: str, path: Path | str | None = None, split: str | None = None, limit: int | None = None
+) -> tuple[list[Record], RelationSchema]:
+    """Records and the schema to extract them with, for any registered data set, in one call.
+
+    `path=None` looks under the data root (see `data_root_candidates`); a folder means the data set's folder, a
+    file is read as is. `split` picks dev/train for DialogRE, valid/train for CoNLL04, and filters the gold set.
+    """
+    spec = _spec(name)
+    _check_limit(limit)
+    if name == "gold":
+        return _load_gold_dataset(path, limit=limit, split=split), spec.schema(Path())
+    path = dataset_file(name, path, split)
+    return spec.loader(path, limit=limit), spec.schema(path)
+
+
+def _spec(name: str) -> DatasetSpec:
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise InvalidInputError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    return spec
+
+
+def dataset_file(name: str, path: Path | str | None = None, split: str | None = None) -> Path:
+    """The data file of a registered data set (not the packaged gold set): `path=None` looks under the data root,
+    a folder means the data set's folder, a file is taken as is."""
+    spec = _spec(name)
+    if not spec.relative_path:
+        raise InvalidInputError(f"{name!r} is packaged with hotmem, not a data file")
+    if path is None:
+        root = find_data_root()
+        if root is None:
+            raise DatasetNotFoundError(f"data root for {name!r}", data_root_candidates())
+        path = root / spec.relative_path
+    path = Path(path)
+    if path.is_dir():
+        path = path / spec.files[_split_name(spec, split)]
+    elif split is not None and path.is_file():
+        _split_name(spec, split)  # still reject a split the data set does not have
+    if not path.exists():
+        raise DatasetNotFoundError(f"{name} data set", [path])
+    return path
