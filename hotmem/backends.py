@@ -6,7 +6,8 @@ alone (`resolve_backend`), in this order:
 
 1. an explicit `backend=` (a name, a student folder, or a `Backend`), or an explicit `lm=` / `program=` (the teacher);
 2. an LM the user configured: `hotmem.configure(...)`, else `HOTMEM_LM`, else DSPy's configured LM (the teacher on it);
-3. the shipped student, for the schema and setting it was trained for (closed extraction, conversation schema);
+3. the shipped student, for closed extraction in a schema it serves (any, for a student that reads the schema from
+   its prompt; else the one it was trained on);
 4. the teacher on the embedded Qwen2.5-Coder-0.5B.
 """
 
@@ -109,10 +110,12 @@ def _configured_lm():
 
 def _shipped_student_fits(schema: RelationSchema, closed: bool) -> bool:
     """A shipped student runs by default only for closed extraction in the schema it was trained on."""
-    from hotmem.students.lora import shipped_student_dir, trained_schema_fingerprint
+    from hotmem.students.lora import reads_schema, shipped_student_dir, trained_schema_fingerprint
 
     folder = shipped_student_dir()
-    return folder is not None and closed and trained_schema_fingerprint(folder) == schema.fingerprint()
+    if folder is None or not closed:
+        return False
+    return reads_schema(folder) or trained_schema_fingerprint(folder) == schema.fingerprint()
 
 
 def resolve_backend(backend: Backend | str | Path = "auto", *, lm: Any = None,

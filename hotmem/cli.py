@@ -143,7 +143,7 @@ def _label(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from hotmem.pipeline.distill import DistillConfig, distill, sft_dataset
-    from hotmem.pipeline.label import load_labels
+    from hotmem.pipeline.mixture import MIXTURES, Mixture, MixtureSource, build_examples
 
     config = DistillConfig(
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
@@ -151,7 +151,16 @@ def _distill(args: argparse.Namespace) -> int:
         lora_alpha=2 * args.lora_r, max_seq_length=args.max_seq_length, save_steps=args.save_steps,
         gold_repeats=args.gold_repeats,
     )
-    result = distill(config, sft_dataset(load_labels(args.labels), gold_repeats=config.gold_repeats))
+    if args.mixture:
+        mixture = Mixture.load(args.mixture if Path(args.mixture).is_file() else MIXTURES / f"{args.mixture}.json")
+    else:
+        mixture = Mixture(sources=[MixtureSource("labels", path=args.labels)]
+                          + ([MixtureSource("gold", repeats=args.gold_repeats)] if args.gold_repeats else []))
+    rows, sources = build_examples(mixture)
+    for name, counts in sources.items():
+        logging.getLogger("hotmem").info("%s: %d examples (%d with relations, %d too long)", name,
+                                         counts["examples"], counts["with_relations"], counts["too_long"])
+    result = distill(config, sft_dataset(rows=rows), sources=sources, mixture=mixture)
     m = result.manifest
     print(f"{m['backend']}: {m['global_step']} steps, loss {m['train_loss']:.3f}, {m['seconds_per_step']} s/step, "
           f"{m['tokens_per_second']} tokens/s, peak {m['peak_rss_gb']} GB; exported to {result.out_dir}")
@@ -201,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.set_defaults(func=_label)
 
     dist = sub.add_parser("distill", help="train the student LoRA on labels from `hotmem label` and export it")
-    dist.add_argument("--labels", default="runs/labels", help="folder written by `hotmem label`")
+    dist.add_argument("--mixture", default=None,
+                      help="the supervision: a mixture file, or the name of a shipped one ('default': gold, "
+                           "PersonaExt, ConvAI2/DNLI, DialogRE and CoNLL04 train parts, each in its own schema)")
+    dist.add_argument("--labels", default="runs/labels", help="without --mixture: the folder `hotmem label` wrote")
     dist.add_argument("--out", default="runs/student", help="checkpoints (resumable) and exports")
     dist.add_argument("--base", default="Qwen/Qwen2.5-0.5B-Instruct",
                       help="hub id; without a hub, the embedded Qwen2.5-Coder-0.5B GGUF is dequantized instead")
@@ -211,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--batch-size", type=int, default=4)
     dist.add_argument("--learning-rate", type=float, default=2e-4)
     dist.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha is twice the rank)")
-    dist.add_argument("--max-seq-length", type=int, default=256)
+    dist.add_argument("--max-seq-length", type=int, default=2048)
     dist.add_argument("--save-steps", type=int, default=25)
     dist.add_argument("--gold-repeats", type=int, default=0,
                       help="mix our gold train split into the labels this many times (dev and test stay held out)")

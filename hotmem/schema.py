@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -155,13 +156,15 @@ class RelationSchema(BaseModel):
             return False
         return True
 
-    def render(self) -> str:
-        """Compact inventory for prompts: `predicate(HEAD>TAIL): description`, one per line."""
+    def render(self, predicates: Sequence[str] | None = None, descriptions: bool = True) -> str:
+        """Compact inventory for prompts: `predicate(HEAD>TAIL): description`, one per line; `predicates` (in their
+        order) instead of the whole schema; `descriptions=False` for names and types only."""
+        chosen = self.relations if predicates is None else [self._index()[p] for p in predicates]
         lines = []
-        for r in self.relations:
+        for r in chosen:
             head = "|".join(r.head_types) or "ANY"
             tail = "|".join(r.tail_types) or "ANY"
-            lines.append(f"{r.name}({head}>{tail}): {r.description}")
+            lines.append(f"{r.name}({head}>{tail})" + (f": {r.description}" if descriptions else ""))
         return "\n".join(lines)
 
     def fingerprint(self) -> str:

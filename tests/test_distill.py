@@ -7,7 +7,7 @@ from conftest import needs_embedded, needs_smollm
 
 from hotmem.errors import DistillError
 
-from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset, sft_example
+from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset
 
 from hotmem.students.format import STUDENT_SYSTEM_PROMPT, graph_to_target, student_json_schema
 from hotmem.schema import CONVERSATION_SCHEMA
@@ -41,10 +41,17 @@ def test_student_parser_applies_the_teachers_cleanup():
     assert [r.triple for r in graph.relations] == [("speaker", "has_pet", "Potola")]  # duplicate, dangling dropped
 
 
-def test_sft_example_is_prompt_completion_with_the_fixed_system_prompt():
-    example = sft_example(as_turns(TEXT), GRAPH)
-    assert example["prompt"][0] == {"role": "system", "content": STUDENT_SYSTEM_PROMPT}
-    assert example["prompt"][1]["content"] == TEXT
+def test_sft_example_shows_the_schema_it_must_use_then_the_conversation():
+    from hotmem.pipeline.mixture import sft_example
+    from hotmem.students.format import schema_prompt
+
+    example = sft_example(as_turns(TEXT), GRAPH, CONVERSATION_SCHEMA, ["has_pet", "lives_in"])
+    system = example["prompt"][0]["content"]
+    assert system == schema_prompt(CONVERSATION_SCHEMA, ["has_pet", "lives_in"])
+    assert system.startswith(STUDENT_SYSTEM_PROMPT)
+    assert system.endswith("Relations, `predicate(SUBJECT_TYPES>OBJECT_TYPES)`:\n"
+                           "has_pet(PERSON>ANIMAL)\nlives_in(PERSON|ANIMAL>LOCATION)")
+    assert example["prompt"][1] == {"role": "user", "content": TEXT}
     assert example["completion"] == [{"role": "assistant", "content": graph_to_target(GRAPH)}]
 
 

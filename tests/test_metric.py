@@ -79,7 +79,9 @@ def test_metric_is_a_float_for_evaluate_and_feedback_for_gepa():
         statements=["She lives in Berlin."],
     )
     score = metric(example(), pred)
-    assert isinstance(score, float) and 0 < score < 1
+    # 0.5 x relation F1 0 (the one relation is reversed) + 0.3 x entity F1 2/3 + 0.1 x triple F1 1/2 (the pair is
+    # right) + 0.1 x grounded 1
+    assert type(score) is float and score == pytest.approx(0.5 * 0 + 0.3 * 2 / 3 + 0.1 * 0.5 + 0.1 * 1.0)
 
     relations = metric(example(), pred, None, "relations", None)
     assert relations.score == score

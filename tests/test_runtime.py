@@ -364,3 +364,21 @@ def test_the_cli_answers_bad_configuration_with_one_line_and_status_2(capsys):
     assert main(["extract", "--lm", "embedded/no-such-model", "hi"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hotmem: error: unknown embedded model 'no-such-model'") and err.count("\n") == 1
+
+
+def test_a_schema_reading_student_serves_any_closed_schema(tmp_path, monkeypatch, unconfigured):
+    from hotmem.data import CONLL04_SCHEMA
+    from hotmem.students import lora
+    from hotmem.students.format import schema_prompt
+
+    (tmp_path / "student.gguf").write_bytes(b"")  # not loaded until the first call
+    (tmp_path / "student.json").write_text(json.dumps({"prompt": "schema", "merged_gguf": "student.gguf"}))
+    student = lora.Student(tmp_path, schema=CONLL04_SCHEMA)
+    assert student.system_prompt == schema_prompt(CONLL04_SCHEMA) and "Live_In(PERSON>LOCATION)" in student.system_prompt
+    monkeypatch.setattr(lora, "shipped_student_dir", lambda: tmp_path)
+    assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA).backend.name == "student"
+    assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA, closed=False).backend.name == "teacher"  # open: the teacher
+    # a fixed-prompt student serves the schema it was trained on only
+    (tmp_path / "student.json").write_text(json.dumps({"merged_gguf": "student.gguf"}))
+    assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA).backend.name == "teacher"
+    assert hotmem.GraphExtractor().backend.name == "student"

@@ -5,9 +5,12 @@ to fold a shipped adapter where it runs). llama.cpp's own log goes to hotmem's l
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -125,6 +128,23 @@ def quiet_native_log() -> None:
     native.setLevel(logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.ERROR)
 
 
+@contextlib.contextmanager
+def _native_stderr_to_log():
+    """The quantizer also writes to the C stderr directly (per-tensor notes): send it to hotmem's log at DEBUG."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                logger.debug("llama.cpp: %s", line)
+
+
 def _write_like_base(reader, weights: dict[str, Any], base_name: str, path: Path, quantization: str | None,
                      name: str | None = None) -> Path:
     """`weights` (llama.cpp names, numpy arrays) under the metadata of the GGUF `reader` read (`general.name` set to
@@ -170,7 +190,9 @@ def _write_like_base(reader, weights: dict[str, Any], base_name: str, path: Path
     params.nthread = os.cpu_count() or 1
     partial = path.with_name(f"{path.name}.{unique}.tmp")
     try:
-        if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
+        with _native_stderr_to_log():
+            status = llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), ctypes.byref(params))
+        if status != 0:
             raise DistillError(f"llama.cpp could not quantize {f16} to {quantization}")
         os.replace(partial, path)
     finally:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from hotmem.io import write_atomic
 from hotmem.llama.gguf import write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
 from hotmem.schema import CONVERSATION_SCHEMA
-from hotmem.students.format import STUDENT_SYSTEM_PROMPT, graph_to_target, student_messages
-from hotmem.types import Graph, Turn
+from hotmem.pipeline.mixture import Mixture, example_rows, model_card
+from hotmem.students.format import schema_prompt
+from hotmem.types import Graph, Record, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -37,32 +39,29 @@ STUDENT_BASE_HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def sft_example(turns: Sequence[Turn], graph: Graph) -> dict[str, Any]:
-    """One SFT example in TRL's conversational prompt-completion format: the loss is on the graph only."""
-    return {"prompt": student_messages(turns), "completion": [{"role": "assistant", "content": graph_to_target(graph)}]}
+def sft_dataset(labels: Iterable[dict[str, Any]] = (), *, gold_repeats: int = 0, rows: list | None = None,
+                mixture: Mixture | None = None):
+    """The SFT data set: `rows` from `build_examples`, or labelled rows (`turns` and `graph` as `hotmem label`
+    saves them) with our gold train split mixed in `gold_repeats` times, prompted as the mixture does.
 
-
-def sft_dataset(labels: Iterable[dict[str, Any]], *, gold_repeats: int = 0):
-    """Chat-format SFT examples from labelled rows (`turns` and `graph` as `hotmem label` saves them).
-
-    `gold_repeats` > 0 mixes in our hand-annotated train split that many times: the teacher's labels are noisy and
-    rarely carry relations, and the gold examples are the few complete graphs the student can copy. The dev and test
-    splits are never used, so evaluation stays held out.
+    Gold dev and test are never used, so evaluation stays held out.
     """
     from datasets import Dataset
 
     if gold_repeats < 0:
         raise DistillError(f"gold_repeats must be 0 or more, got {gold_repeats}")
-    rows = []
-    for row in labels:
-        turns = [Turn(**t) for t in row["turns"]]
-        graph = row["graph"] if isinstance(row["graph"], Graph) else Graph.from_json(row["graph"])
-        rows.append({"id": row["id"], **sft_example(turns, graph)})
-    gold = load_gold("train") if gold_repeats else []
-    for repeat in range(gold_repeats):
-        rows.extend({"id": f"{record.id}#{repeat}", **sft_example(record.turns, record.graph)} for record in gold)
+    if rows is None:
+        mixture = mixture or Mixture(sources=[])
+        rng = random.Random(mixture.seed)
+        pairs = [(Record(id=row["id"], turns=[Turn(**t) for t in row["turns"]],
+                         graph=row["graph"] if isinstance(row["graph"], Graph) else Graph.from_json(row["graph"])),
+                  CONVERSATION_SCHEMA) for row in labels]
+        rows = example_rows(pairs, "labels", mixture, rng)[0]
+        if gold_repeats:
+            gold = [(record, CONVERSATION_SCHEMA) for record in load_gold("train")]
+            rows += example_rows(gold, "gold", mixture, rng, gold_repeats)[0]
     if not rows:
-        raise DistillError("no labelled examples to train on: run `hotmem label` first")
+        raise DistillError("no labelled examples to train on: run `hotmem label` first, or give a mixture")
     return Dataset.from_list(rows)
 
 
@@ -82,7 +81,9 @@ class DistillConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = LORA_TARGET_MODULES
-    max_seq_length: int = 256
+    #: long enough for a whole-schema prompt (the conversation schema's inventory is ~1,200 tokens): TRL cuts an
+    #: over-long example from the right, which would cut the answer (the mixture drops such examples instead)
+    max_seq_length: int = 2048
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-4
@@ -144,6 +145,8 @@ def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False):
         save_steps=config.save_steps,
         save_total_limit=2,
         max_length=config.max_seq_length,
+        # batches of similar length: little padding, without packing's need for FlashAttention (no GPU here)
+        train_sampling_strategy="group_by_length",
         bf16=bf16,
         use_cpu=use_cpu,
         seed=config.seed,
@@ -223,10 +226,12 @@ def _last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progress: bool = True) -> DistillResult:
+def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progress: bool = True,
+            sources: dict[str, dict[str, Any]] | None = None, mixture: Mixture | None = None) -> DistillResult:
     """Train the student's LoRA on a chat-format SFT data set (see `sft_dataset`), then export it.
 
     `base`: an already loaded `(model, tokenizer, source)` to train on with TRL, instead of `config.base_model`.
+    `sources` (from `build_examples`) and `mixture` go into the manifest and the model card (`card.md`).
     """
     import resource
     import time
@@ -273,8 +278,13 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
     }
+    if sources is not None:
+        manifest["sources"] = sources
+        manifest["mixture"] = mixture.to_dict() if mixture else None
     export_student(trainer.model, tokenizer, out, base_source, config)
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    if sources is not None:
+        write_atomic(out / "card.md", model_card(sources, mixture or Mixture(sources=[]), manifest))
     return DistillResult(out, manifest)
 
 
@@ -294,7 +304,7 @@ def ollama_modelfile(model_gguf: str, adapter_gguf: str | None = None) -> str:
     return (
         f"FROM {model_gguf}\n{adapter}"
         f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n'
-        f'SYSTEM """{STUDENT_SYSTEM_PROMPT}"""\n'
+        f'SYSTEM """{schema_prompt(CONVERSATION_SCHEMA)}"""\n'
         "PARAMETER temperature 0\nPARAMETER stop <|im_end|>\n"
     )
 
@@ -343,5 +353,5 @@ def export_student(model, tokenizer, out: Path, base_source: str, config: Distil
                        "convert_hf_to_gguf.py to run it on llama.cpp", base_source, out / files["merged"])
     trained_on = {"schema": CONVERSATION_SCHEMA.name, "schema_fingerprint": CONVERSATION_SCHEMA.fingerprint()}
     write_atomic(out / "student.json",
-                 json.dumps({"system_prompt": STUDENT_SYSTEM_PROMPT, **files, **trained_on}, indent=1) + "\n")
+                 json.dumps({"prompt": "schema", **files, **trained_on}, indent=1) + "\n")
     return files

@@ -14,15 +14,25 @@ from hotmem.assemble import MAX_ENTITIES, MAX_NAME_CHARS, ExtractedEntity, Extra
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.types import Graph, Turn, render_turns, speakers_of
 
-__all__ = ["STUDENT_SYSTEM_PROMPT", "graph_to_target", "parse_student_output", "student_json_schema",
-           "student_messages"]
+__all__ = ["STUDENT_SYSTEM_PROMPT", "graph_to_target", "parse_student_output", "schema_prompt",
+           "student_json_schema", "student_messages"]
 
-#: Short on purpose: the student pays for every prompt token on every call.
+#: Short on purpose: the student pays for every prompt token on every call. A student trained with
+#: `prompt: "schema"` reads the schema after it (`schema_prompt`); the first shipped one knew this line only.
 STUDENT_SYSTEM_PROMPT = (
     "Extract the knowledge graph of the conversation as JSON: e = entities [name, TYPE], r = relations "
     "[subject, predicate, object]. I/me/my is the speaker (their name, else \"speaker\"); resolve pronouns; "
     "only facts stated as true; {\"e\":[],\"r\":[]} when there are none."
 )
+
+
+def schema_prompt(schema: RelationSchema, predicates: Sequence[str] | None = None) -> str:
+    """The system prompt of a schema-reading student: the instructions, the entity types and the predicates it may
+    use (`predicates`, in that order, or the whole schema) with their endpoint types. Names only, not the teacher's
+    descriptions: every prompt token is paid in training on 2 cores, and at run time until the prefix is cached.
+    Fixed per schema, so llama.cpp's prefix cache processes it once per process."""
+    return (f"{STUDENT_SYSTEM_PROMPT}\nEntity types: {' '.join(schema.entity_types)}\n"
+            f"Relations, `predicate(SUBJECT_TYPES>OBJECT_TYPES)`:\n{schema.render(predicates, descriptions=False)}")
 
 
 
@@ -57,9 +67,10 @@ def student_json_schema(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bo
     }
 
 
-def student_messages(turns: Sequence[Turn]) -> list[dict[str, str]]:
-    """The chat the student sees: the fixed system prompt, then the conversation."""
-    return [{"role": "system", "content": STUDENT_SYSTEM_PROMPT}, {"role": "user", "content": render_turns(turns)}]
+def student_messages(turns: Sequence[Turn], system: str = STUDENT_SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """The chat the student sees: its system prompt (`schema_prompt` for a schema-reading student), then the
+    conversation."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": render_turns(turns)}]
 
 
 def parse_student_output(text: str, turns: Sequence[Turn], schema: RelationSchema, closed: bool = True) -> Graph:

@@ -24,6 +24,7 @@ from hotmem.shipped import shipped_root
 from hotmem.students.format import (
     STUDENT_SYSTEM_PROMPT,
     parse_student_output,
+    schema_prompt,
     student_json_schema,
     student_messages,
 )
@@ -40,6 +41,12 @@ def shipped_student_dir() -> Path | None:
     """A trained student shipped in `optimized/student` (installed as `hotmem.optimized`), if any."""
     candidate = shipped_root() / "student"
     return candidate if (candidate / STUDENT_FILE).is_file() else None
+
+
+def reads_schema(folder: Path) -> bool:
+    """Whether a student was trained to read the schema from its prompt (`student.json`: `"prompt": "schema"`), and so
+    serves any closed schema; otherwise it knows the one it was trained on only."""
+    return json.loads((folder / STUDENT_FILE).read_text()).get("prompt") == "schema"
 
 
 def trained_schema_fingerprint(folder: Path) -> str:
@@ -95,9 +102,14 @@ class Student:
                 "and name the file in student.json as merged_gguf"
             )
         self.schema, self.closed, self.max_tokens = schema, closed, max_tokens
-        self.system_prompt = spec.get("system_prompt", STUDENT_SYSTEM_PROMPT)
+        # a schema-reading student gets this schema's inventory; a fixed-prompt one its own prompt
+        self.reads_schema = spec.get("prompt") == "schema"
+        self.system_prompt = schema_prompt(schema) if self.reads_schema else spec.get("system_prompt",
+                                                                                       STUDENT_SYSTEM_PROMPT)
         self.folder = folder
-        self.engine = LlamaCppEngine(model, n_ctx=2048, n_threads=n_threads, lora_path=lora)
+        # the schema's inventory can run to ~1,500 tokens (PersonaExt's 108 predicates) before the conversation
+        self.engine = LlamaCppEngine(model, n_ctx=4096 if self.reads_schema else 2048, n_threads=n_threads,
+                                     lora_path=lora)
         self.model = f"student:{folder.name}"
         self._schema = student_json_schema(schema, closed)
 
@@ -106,7 +118,7 @@ class Student:
         return {k: int(v) for k, v in self.engine.stats.items() if k != "seconds"}
 
     def __call__(self, turns: Sequence[Turn]) -> Graph:
-        messages = [{"role": "system", "content": self.system_prompt}, student_messages(turns)[1]]
+        messages = student_messages(turns, self.system_prompt)
         result = self.engine.chat(messages, max_tokens=self.max_tokens, schema=self._schema)
         return parse_student_output(result["choices"][0]["message"]["content"] or "", turns, self.schema,
                                     self.closed)

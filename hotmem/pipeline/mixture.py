@@ -1,0 +1,268 @@
+"""The student's supervision as a declared mixture: every source in its own schema, with its size and licence.
+
+A mixture file names the sources and how much of each to take:
+
+    {"sources": [{"name": "gold", "repeats": 3}, {"name": "personaext", "limit": 3000},
+                 {"name": "personaext-conversation", "limit": 3000}, {"name": "convai2", "limit": 2000},
+                 {"name": "dialogre"}, {"name": "conll04"}, {"name": "labels", "path": "runs/labels"}],
+     "negatives": 8, "whole_schema_rate": 0.1, "seed": 0}
+
+Each example shows the student the predicates it may use, as GLiNER- and NuExtract-style models are trained: the
+example's own predicates plus `negatives` random others from its schema, shuffled, or (with probability
+`whole_schema_rate`) the whole schema, so the student learns to read the list rather than memorise one schema.
+Evaluation slices never enter: gold dev and test, PersonaExt lines 1-1,000 (and 1,001-2,000, GEPA's validation),
+DialogRE dev, CoNLL04 valid, and any ConvAI2 text that is also in PersonaExt's evaluation slice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hotmem.assemble import chunk_turns
+from hotmem.errors import ConfigurationError, DistillError, InvalidInputError
+from hotmem.names import is_grounded
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.students.format import graph_to_target, schema_prompt, student_messages
+from hotmem.types import Graph, Record, Turn, speakers_of
+
+__all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "example_rows", "model_card",
+           "sft_example", "shown_predicates"]
+
+#: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
+MIXTURES = Path(__file__).with_name("mixtures")
+#: PersonaExt lines kept out of training: 1-1,000 are its evaluation slice, 1,001-2,000 GEPA's validation set.
+PERSONAEXT_HELD_OUT = 2000
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of supervision the mixture can draw from."""
+
+    name: str
+    description: str
+    licence: str
+    read: Callable[[str | None], Iterator[tuple[Record, RelationSchema]]]
+
+
+def _gold(path: str | None):
+    from hotmem.data import load_gold
+
+    for record in load_gold(split="train"):  # dev and test stay held out
+        yield record, CONVERSATION_SCHEMA
+
+
+def _personaext_train(path: str | None):
+    from hotmem.data import dataset_file, load_personaext, personaext_schema
+
+    file = dataset_file("personaext", path)
+    schema = personaext_schema(file)
+    for record in load_personaext(file)[PERSONAEXT_HELD_OUT:]:
+        yield record, schema
+
+
+def _personaext(path: str | None):
+    for record, schema in _personaext_train(path):
+        if record.graph.relations:
+            yield record, schema
+
+
+def _personaext_conversation(path: str | None):
+    from hotmem.alignment import SchemaAlignment
+
+    alignment = SchemaAlignment.load("personaext-conversation")
+    for record, _ in _personaext_train(path):
+        graph = alignment.map_graph(record.graph)
+        if graph.relations:
+            yield record.model_copy(update={"graph": graph, "id": f"{record.id}@conversation"}), CONVERSATION_SCHEMA
+
+
+def _convai2(path: str | None):
+    from hotmem.data import dataset_file, dnli_schema, load_convai2, load_personaext
+
+    file = dataset_file("convai2", path)
+    schema = dnli_schema(file)
+    # PersonaExt re-annotates ConvAI2 utterances: its evaluation slice's texts must not come back through here
+    held_out = {r.text.strip().casefold() for r in load_personaext(dataset_file("personaext"), PERSONAEXT_HELD_OUT)}
+    for record in load_convai2(file):
+        if record.text.strip().casefold() not in held_out:
+            yield record, schema
+
+
+def _dialogre(path: str | None):
+    from hotmem.data import DIALOGRE_SCHEMA, dataset_file, load_dialogre
+
+    for record in load_dialogre(dataset_file("dialogre", path, split="train")):  # dev stays held out
+        speakers = speakers_of(record.turns)
+        for i, chunk in enumerate(chunk_turns(record.turns)):  # as GraphExtractor chunks a dialogue
+            text = "\n".join(t.text for t in chunk)
+            said = {e.name for e in record.graph.entities if is_grounded(e.name, text, speakers_of(chunk))}
+            graph = Graph(entities=[e for e in record.graph.entities if e.name in said],
+                          relations=[r for r in record.graph.relations if {r.subject, r.object} <= said])
+            if graph.relations and speakers:
+                yield Record(id=f"{record.id}#{i}", turns=chunk, graph=graph, source="dialogre"), DIALOGRE_SCHEMA
+
+
+def _conll04(path: str | None):
+    from hotmem.data import CONLL04_SCHEMA, dataset_file, load_conll04
+
+    for record in load_conll04(dataset_file("conll04", path, split="train")):  # valid stays held out
+        yield record, CONLL04_SCHEMA
+
+
+def _labels(path: str | None):
+    from hotmem.pipeline.label import load_labels
+    from hotmem.types import Turn
+
+    if path is None:
+        raise ConfigurationError("the labels source needs a path: the folder `hotmem label` wrote")
+    for row in load_labels(path):
+        turns = [Turn(**t) for t in row["turns"]]
+        yield Record(id=row["id"], turns=turns, graph=Graph.from_json(row["graph"]), source="labels"), \
+            CONVERSATION_SCHEMA
+
+
+RESEARCH_ONLY = "research only: no licence file; derived from ConvAI2/PersonaChat and Dialogue-NLI"
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    Source("gold", "hotmem's gold train split (96), conversation schema", "hotmem's own, Apache-2.0", _gold),
+    Source("personaext", f"PersonaExt dev.jsonl from line {PERSONAEXT_HELD_OUT + 1}, its own 108 predicates",
+           RESEARCH_ONLY, _personaext),
+    Source("personaext-conversation", "the same lines mapped onto the conversation schema "
+           "(hotmem/alignments/personaext-conversation.json)", RESEARCH_ONLY, _personaext_conversation),
+    Source("convai2", "ConvAI2 persona lines and utterances with Dialogue-NLI triples, DNLI schema, minus PersonaExt's "
+           "evaluation texts", RESEARCH_ONLY, _convai2),
+    Source("dialogre", "DialogRE v2 train dialogues, chunked as GraphExtractor chunks them; relations whose two "
+           "arguments are in the chunk", "non-commercial research only (DialogRE LICENSE.txt)", _dialogre),
+    Source("conll04", "CoNLL04 train sentences, its own 5 predicates",
+           "research only: no licence stated (Roth & Yih 2004)", _conll04),
+    Source("labels", "teacher labels of real conversation (`hotmem label`), conversation schema",
+           "those of the labelled corpus", _labels),
+)}
+
+
+@dataclass
+class MixtureSource:
+    name: str
+    limit: int | None = None  # examples drawn (shuffled with the mixture's seed) before repeats; None: all
+    repeats: int = 1
+    path: str | None = None  # the data set's file or folder (default: the data root), or a labels folder
+
+
+@dataclass
+class Mixture:
+    sources: list[MixtureSource]
+    negatives: int = 8
+    whole_schema_rate: float = 0.1
+    seed: int = 0
+    #: longest example kept, in characters of prompt and answer (a cut answer would teach a cut graph)
+    max_chars: int = 6000
+
+    def __post_init__(self) -> None:
+        self.sources = [s if isinstance(s, MixtureSource) else MixtureSource(**s) for s in self.sources]
+        for source in self.sources:
+            if source.name not in SOURCES:
+                raise InvalidInputError(f"unknown mixture source {source.name!r}; known: {sorted(SOURCES)}")
+            if source.repeats < 1 or (source.limit is not None and source.limit < 0):
+                raise InvalidInputError(f"{source.name}: repeats must be ≥ 1 and limit ≥ 0")
+        if not 0.0 <= self.whole_schema_rate <= 1.0 or self.negatives < 0:
+            raise InvalidInputError("whole_schema_rate is in [0, 1] and negatives ≥ 0")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Mixture:
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise InvalidInputError(f"cannot read the mixture file {path}: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shown_predicates(graph: Graph, schema: RelationSchema, rng: random.Random, negatives: int,
+                     whole_schema_rate: float) -> list[str] | None:
+    """The predicates one example's prompt lists: its own plus `negatives` others, shuffled; None for the whole
+    schema (in the schema's order, as at run time)."""
+    if rng.random() < whole_schema_rate:
+        return None
+    own = list(dict.fromkeys(r.predicate for r in graph.relations if schema.get(r.predicate)))
+    others = [p for p in schema.predicates if p not in own]
+    shown = own + rng.sample(others, min(negatives, len(others)))
+    rng.shuffle(shown)
+    return shown
+
+
+def sft_example(turns: Sequence[Turn], graph: Graph, schema: RelationSchema = CONVERSATION_SCHEMA,
+                predicates: Sequence[str] | None = None) -> dict[str, Any]:
+    """One SFT example in TRL's conversational prompt-completion format (the loss is on the graph only): the
+    schema-reading system prompt listing `predicates` (default: the whole schema), the conversation, the graph."""
+    return {"prompt": student_messages(turns, schema_prompt(schema, predicates)),
+            "completion": [{"role": "assistant", "content": graph_to_target(graph)}]}
+
+
+def example_rows(pairs: Sequence[tuple[Record, RelationSchema]], source: str, mixture: Mixture, rng: random.Random,
+                 repeats: int = 1) -> tuple[list[dict[str, Any]], Counter]:
+    """SFT rows for (record, schema) pairs, each repeat with its own predicate sample, and what was kept."""
+    rows, counts = [], Counter()
+    for repeat in range(repeats):
+        for record, schema in pairs:
+            shown = shown_predicates(record.graph, schema, rng, mixture.negatives, mixture.whole_schema_rate)
+            example = sft_example(record.turns, record.graph, schema, shown)
+            if sum(len(m["content"]) for m in example["prompt"] + example["completion"]) > mixture.max_chars:
+                counts["too_long"] += 1
+                continue
+            rows.append({"id": f"{record.id}#{repeat}" if repeats > 1 else record.id, "source": source, **example})
+            counts["examples"] += 1
+            counts["with_relations"] += bool(record.graph.relations)
+    return rows, counts
+
+
+def draw(mixture: Mixture) -> Iterator[tuple[MixtureSource, int, list[tuple[Record, RelationSchema]]]]:
+    """Per source of the mixture: its spec, how many records it holds, and the (record, schema) pairs drawn from
+    it (shuffled with the mixture's seed, `limit` applied, before repeats). Every student's training reads this."""
+    for spec in mixture.sources:
+        pairs = list(SOURCES[spec.name].read(spec.path))
+        random.Random(f"{mixture.seed}:{spec.name}").shuffle(pairs)
+        yield spec, len(pairs), (pairs if spec.limit is None else pairs[: spec.limit])
+
+
+def build_examples(mixture: Mixture) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Chat-format SFT rows and, per source, what went in: records read, examples drawn and kept, with relations,
+    dropped as too long, its licence."""
+    rng = random.Random(mixture.seed)
+    rows: list[dict[str, Any]] = []
+    report: dict[str, dict[str, Any]] = {}
+    for spec, available, drawn in draw(mixture):
+        source = SOURCES[spec.name]
+        added, counts = example_rows(drawn, spec.name, mixture, rng, spec.repeats)
+        rows += added
+        report[spec.name] = {"records": available, "drawn": len(drawn), "repeats": spec.repeats,
+                             "examples": counts["examples"], "with_relations": counts["with_relations"],
+                             "too_long": counts["too_long"], "description": source.description,
+                             "licence": source.licence}
+    if not rows:
+        raise DistillError("the mixture holds no example")
+    random.Random(mixture.seed).shuffle(rows)
+    return rows, report
+
+
+def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, manifest: dict[str, Any]) -> str:
+    """The student's card: what it learned from (every source, its size and licence), and how."""
+    lines = ["# hotmem student", "",
+             f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in its "
+             "prompt (`prompt: schema`).", "",
+             "## Training data", "",
+             "| source | examples | with relations | records | licence |", "|---|---|---|---|---|"]
+    lines += [f"| {name} ({r['description']}) | {r['examples']:,} | {r['with_relations']:,} | {r['records']:,} | "
+              f"{r['licence']} |" for name, r in report.items()]
+    lines += ["", "Several sources are licensed for research only: so is a model trained on them.", "",
+              f"Mixture: {json.dumps(mixture.to_dict())}", "",
+              "## Training", "",
+              f"{manifest.get('backend')}, {manifest.get('global_step')} steps, "
+              f"{manifest.get('tokens_per_second')} tokens/s, peak RSS {manifest.get('peak_rss_gb')} GB.", ""]
+    return "\n".join(lines)
+

@@ -1,0 +1,94 @@
+"""The student's supervision: a declared mixture of sources, each in its own schema, evaluation slices kept out."""
+
+import json
+import random
+
+import pytest
+
+from hotmem.data import find_data_root, load_gold
+from hotmem.errors import InvalidInputError
+from hotmem.pipeline.mixture import (
+    MIXTURES,
+    PERSONAEXT_HELD_OUT,
+    SOURCES,
+    Mixture,
+    MixtureSource,
+    build_examples,
+    shown_predicates,
+)
+from hotmem.schema import CONVERSATION_SCHEMA
+from hotmem.types import Graph, Relation
+
+needs_data = pytest.mark.skipif(find_data_root() is None, reason="../shared/data is not here")
+
+
+def test_an_example_shows_its_own_predicates_among_negatives_or_the_whole_schema():
+    graph = Graph(relations=[Relation(subject="speaker", predicate="has_pet", object="Rex"),
+                             Relation(subject="speaker", predicate="lives_in", object="Oslo")])
+    rng = random.Random(0)
+    shown = shown_predicates(graph, CONVERSATION_SCHEMA, rng, negatives=8, whole_schema_rate=0.0)
+    assert {"has_pet", "lives_in"} <= set(shown) and len(shown) == len(set(shown)) == 10
+    assert set(shown) <= set(CONVERSATION_SCHEMA.predicates)
+    orders = {tuple(shown_predicates(graph, CONVERSATION_SCHEMA, rng, 8, 0.0)) for _ in range(20)}
+    assert len(orders) > 1  # shuffled, so position carries no meaning
+    assert shown_predicates(graph, CONVERSATION_SCHEMA, rng, 8, whole_schema_rate=1.0) is None
+    assert shown_predicates(Graph(), CONVERSATION_SCHEMA, rng, 3, 0.0).__len__() == 3  # a factless example too
+
+
+def test_gold_is_repeated_on_request_and_its_dev_and_test_never_enter():
+    rows, report = build_examples(Mixture(sources=[MixtureSource("gold", repeats=2)]))
+    train, held_out = {r.id for r in load_gold("train")}, {r.id for r in load_gold("dev") + load_gold("test")}
+    ids = [row["id"] for row in rows]
+    assert len(ids) == len(set(ids)) == 2 * len(train)
+    assert {i.split("#")[0] for i in ids} == train and not held_out & {i.split("#")[0] for i in ids}
+    assert report["gold"]["examples"] == 2 * len(train) and report["gold"]["licence"] == SOURCES["gold"].licence
+    # two copies of one record show different predicate samples (each repeat draws its own)
+    first = {row["id"]: row["prompt"][0]["content"] for row in rows}
+    assert sum(first[f"{i}#0"] != first[f"{i}#1"] for i in train) > len(train) // 2
+
+
+def test_over_long_examples_are_dropped_and_counted_not_cut():
+    rows, report = build_examples(Mixture(sources=[MixtureSource("gold")], max_chars=900))
+    assert report["gold"]["too_long"] > 0 and report["gold"]["examples"] > 0
+    assert report["gold"]["examples"] + report["gold"]["too_long"] == 96
+    assert all(sum(len(m["content"]) for m in r["prompt"] + r["completion"]) <= 900 for r in rows)
+
+
+def test_a_mixture_file_is_checked(tmp_path):
+    shipped = Mixture.load(MIXTURES / "default.json")
+    assert [s.name for s in shipped.sources] == ["gold", "personaext", "personaext-conversation", "convai2",
+                                                  "dialogre", "conll04"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"sources": [{"name": "wikipedia"}]}))
+    with pytest.raises(InvalidInputError, match="unknown mixture source 'wikipedia'"):
+        Mixture.load(bad)
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        Mixture.load(tmp_path / "missing.json")
+
+
+@needs_data
+def test_personaext_evaluation_and_validation_lines_never_enter():
+    numbers = {int(record.id.rsplit("-", 1)[1]) for record, _ in SOURCES["personaext"].read(None)}
+    assert min(numbers) > PERSONAEXT_HELD_OUT
+    mapped = [record for record, schema in SOURCES["personaext-conversation"].read(None)]
+    assert min(int(r.id.split("@")[0].rsplit("-", 1)[1]) for r in mapped) > PERSONAEXT_HELD_OUT
+    assert all(set(r.predicate for r in rec.graph.relations) <= set(CONVERSATION_SCHEMA.predicates)
+               for rec in mapped)
+
+
+@needs_data
+def test_convai2_never_brings_back_personaext_evaluation_texts():
+    from hotmem.data import dataset_file, load_personaext
+
+    evaluation = {r.text.strip().casefold() for r in load_personaext(dataset_file("personaext"), 1000)}
+    texts = {record.text.strip().casefold() for record, _ in SOURCES["convai2"].read(None)}
+    assert texts and not texts & evaluation
+
+
+@needs_data
+def test_dialogre_chunks_keep_only_relations_whose_arguments_they_contain():
+    for record, schema in list(SOURCES["dialogre"].read(None))[:50]:
+        names = {e.name for e in record.graph.entities}
+        assert record.graph.relations and all({r.subject, r.object} <= names for r in record.graph.relations)
+        assert all(r.predicate in schema.predicates for r in record.graph.relations)
+        assert sum(len(t.text) for t in record.turns) <= 1200
