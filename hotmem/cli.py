@@ -10,8 +10,10 @@ from pathlib import Path
 
 from hotmem.errors import HotmemError
 
+_CONFIGURED = "the configured LM (HOTMEM_LM), else hotmem's default"
 
-def _add_lm(parser: argparse.ArgumentParser, fallback: str = "the configured LM (HOTMEM_LM), else hotmem's default") -> None:
+
+def _add_lm(parser: argparse.ArgumentParser, fallback: str = _CONFIGURED) -> None:
     parser.add_argument(
         "--lm",
         default=None,
@@ -185,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
     evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
     evaluate.add_argument("--program", default="default",
-                          help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` exported; 'auto' (what GraphExtractor() runs)")
+                          help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` "
+                          "exported; 'auto' (what GraphExtractor() runs)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N examples only")
     evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
     evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")

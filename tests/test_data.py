@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from hotmem import data
-from hotmem.data import conll04
 from hotmem.data import (
     CONLL04_SCHEMA,
     DATASETS,
     DIALOGRE_SCHEMA,
     DatasetFormatError,
     DatasetNotFoundError,
+    conll04,
     dnli_schema,
     iter_convai2_utterances,
     lenient_json_loads,

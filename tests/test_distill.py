@@ -5,15 +5,12 @@ import types
 import pytest
 from conftest import needs_embedded, needs_smollm
 
-from hotmem.errors import DistillError
-
-from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset
-
-from hotmem.students.format import STUDENT_SYSTEM_PROMPT, graph_to_target, student_json_schema
-from hotmem.schema import CONVERSATION_SCHEMA
-from hotmem.types import Entity, Graph, Relation, as_turns
 from hotmem.assemble import MAX_NAME_CHARS
-from hotmem.students.format import parse_student_output
+from hotmem.errors import DistillError
+from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset
+from hotmem.schema import CONVERSATION_SCHEMA
+from hotmem.students.format import STUDENT_SYSTEM_PROMPT, graph_to_target, parse_student_output, student_json_schema
+from hotmem.types import Entity, Graph, Relation, as_turns
 
 GRAPH = Graph(
     entities=[Entity(name="Potola", type="ANIMAL"), Entity(name="five years", type="QUANTITY"),
@@ -137,8 +134,8 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     import gguf
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from hotmem.pipeline.distill import distill, sft_dataset
     from hotmem.llama.models import model_path
+    from hotmem.pipeline.distill import distill, sft_dataset
 
     path = model_path("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -171,8 +168,8 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
 
 
 def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):
-    from hotmem.extractor import GraphExtractor
     from hotmem.errors import StudentNotFoundError
+    from hotmem.extractor import GraphExtractor
 
     with pytest.raises(StudentNotFoundError, match="hotmem distill"):
         GraphExtractor(backend=str(tmp_path))
@@ -190,9 +187,8 @@ def test_merged_student_gguf_is_quantized_and_answers_like_its_base(tmp_path):
     from peft import get_peft_model
 
     from hotmem.llama.gguf import write_merged_gguf
-
-    from hotmem.pipeline.distill import DistillConfig, load_base
     from hotmem.llama.models import model_path
+    from hotmem.pipeline.distill import DistillConfig, load_base
 
     model, _tokenizer, peft_config, source = load_base(DistillConfig(base_model=str(tmp_path / "no-such-model")), "trl")
     assert source == "qwen2.5-coder-0.5b"

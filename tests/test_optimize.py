@@ -5,10 +5,10 @@ import pytest
 from conftest import needs_smollm
 
 from hotmem.data import CONLL04_SCHEMA, load_gold
-from hotmem.pipeline.optimize import OptimizeConfig, best_score_curve, optimize
-from hotmem.teacher.saved import MANIFEST_FILE, load_program, save_program
 from hotmem.errors import ProgramNotFoundError, SchemaMismatchError
+from hotmem.pipeline.optimize import OptimizeConfig, best_score_curve, optimize
 from hotmem.teacher.program import Teacher
+from hotmem.teacher.saved import MANIFEST_FILE, load_program, save_program
 
 
 def test_saved_state_is_json_and_round_trips(tmp_path):

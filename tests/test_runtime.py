@@ -374,7 +374,8 @@ def test_a_schema_reading_student_serves_any_closed_schema(tmp_path, monkeypatch
     (tmp_path / "student.gguf").write_bytes(b"")  # not loaded until the first call
     (tmp_path / "student.json").write_text(json.dumps({"prompt": "schema", "merged_gguf": "student.gguf"}))
     student = lora.Student(tmp_path, schema=CONLL04_SCHEMA)
-    assert student.system_prompt == schema_prompt(CONLL04_SCHEMA) and "Live_In(PERSON>LOCATION)" in student.system_prompt
+    assert student.system_prompt == schema_prompt(CONLL04_SCHEMA)
+    assert "Live_In(PERSON>LOCATION)" in student.system_prompt
     monkeypatch.setattr(lora, "shipped_student_dir", lambda: tmp_path)
     assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA).backend.name == "student"
     assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA, closed=False).backend.name == "teacher"  # open: the teacher

@@ -3,13 +3,9 @@ import json
 import pytest
 
 from hotmem.assemble import merge_graphs
-
 from hotmem.errors import InvalidInputError
-
 from hotmem.names import is_grounded, normalize_name, snake_case
-
 from hotmem.schema import CATEGORIES, CONVERSATION_SCHEMA, RelationSchema, RelationType
-
 from hotmem.types import Entity, Graph, Relation, Turn, as_turns, speakers_of
 
 

@@ -3,18 +3,13 @@ import json
 import dspy
 import pytest
 
-from hotmem.assemble import chunk_turns
-
-from hotmem.errors import ExtractionError
-
+from hotmem.assemble import TYPE_MISMATCH_FACTOR, ExtractedEntity, ExtractedRelation, assemble_graph, chunk_turns
+from hotmem.errors import ExtractionError, InvalidInputError
 from hotmem.extractor import GraphExtractor
-from hotmem.errors import InvalidInputError
 from hotmem.schema import CONVERSATION_SCHEMA
-from hotmem.types import Turn, as_turns
-from hotmem.assemble import ExtractedEntity, ExtractedRelation
-from hotmem.teacher.signatures import signatures_for
-from hotmem.assemble import TYPE_MISMATCH_FACTOR, assemble_graph
 from hotmem.teacher.program import Teacher
+from hotmem.teacher.signatures import signatures_for
+from hotmem.types import Turn, as_turns
 
 
 def scripted(*answers):
@@ -211,9 +206,8 @@ def test_one_configuration_entry_point_for_every_backend(monkeypatch):
 
 
 def test_the_relations_step_is_told_what_closed_extraction_dropped_before_scoring():
-    from hotmem.pipeline.metric import GraphMetric
+    from hotmem.pipeline.metric import GraphMetric, to_example
     from hotmem.types import Graph, Record, Relation
-    from hotmem.pipeline.metric import to_example
 
     lm = scripted(
         {"statements": ["Tom lives in Oslo.", "Tom is a friend of the speaker."]},
@@ -254,8 +248,8 @@ class RecordingEngine:
 
 
 def test_list_bounds_reach_the_output_schema_a_server_enforces():
-    from hotmem.teacher.adapter import CompactJSONAdapter
     from hotmem.assemble import MAX_ENTITIES, MAX_RELATIONS
+    from hotmem.teacher.adapter import CompactJSONAdapter
 
     signatures = signatures_for(CONVERSATION_SCHEMA)
     engine = RecordingEngine({"entities": [{"name": "Anna", "type": "PERSON"}]}, {"relations": []},

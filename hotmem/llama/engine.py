@@ -157,7 +157,7 @@ class LlamaCppEngine:
         return result
 
     def complete(self, request):
-        """DSPy's engine interface (`dspy.LM("local/...", engine=...)`): an `lm15.Request` in, an `lm15.Response` out."""
+        """DSPy's engine interface (`dspy.LM("local/...", engine=...)`): `lm15.Request` in, `lm15.Response` out."""
         from dspy import lm15
 
         config = request.config

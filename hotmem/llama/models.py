@@ -133,7 +133,8 @@ def check_available(name: str) -> EmbeddedModel:
     if missing:
         raise ModelNotAvailableError(
             f"embedded model {model.name!r} ({model.description}) is not installed: {len(missing)} of its "
-            f"{len(model.packages)} package(s) are missing ({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}). "
+            f"{len(model.packages)} package(s) are missing "
+            f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}). "
             f"Install it with: {model.install}"
         )
     return model

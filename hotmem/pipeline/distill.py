@@ -25,8 +25,8 @@ from hotmem.errors import DistillError, ModelNotAvailableError
 from hotmem.io import write_atomic
 from hotmem.llama.gguf import write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
-from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.pipeline.mixture import Mixture, example_rows, model_card
+from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
 from hotmem.types import Graph, Record, Turn
 
