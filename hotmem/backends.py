@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # DSPy (and LiteLLM behind it) load only when a teacher runs: an app on a student starts without them.
 
-__all__ = ["Backend", "TeacherBackend", "resolve_backend"]
+__all__ = ["Backend", "TeacherBackend", "load_student", "resolve_backend"]
 
 
 @runtime_checkable
@@ -134,12 +134,29 @@ def resolve_backend(backend: Backend | str | Path = "auto", *, lm: Any = None,
             backend = "student"
     if backend == "teacher":
         return teacher(lm, schema=schema, closed=closed, program=program)
+    if backend == "student":
+        from hotmem.students.lora import Student
+
+        return Student(None, schema=schema, closed=closed)
+    if backend == "encoder":
+        from hotmem.shipped import shipped_root
+
+        backend = shipped_root() / "encoder"  # the shipped encoder student; a clear error when none ships
+        return load_student(backend, schema=schema, closed=closed, kind="encoder")
+    if Path(backend).is_dir():  # a folder is meant as a student: say what it lacks if it is not one
+        return load_student(backend, schema=schema, closed=closed)
+    raise ConfigurationError(f"backend is 'auto', 'teacher', 'student', 'encoder' or a folder exported by "
+                             f"`hotmem distill`, not {str(backend)!r}")
+
+
+def load_student(folder: str | Path, *, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
+                 kind: str | None = None) -> Backend:
+    """The student exported in `folder`, of the kind its `student.json` names: the encoder (ONNX) or the LoRA
+    student (llama.cpp)."""
+    from hotmem.students.encoder import EncoderStudent, is_encoder_student
+
+    if kind == "encoder" or is_encoder_student(folder):
+        return EncoderStudent(folder, schema=schema, closed=closed)
     from hotmem.students.lora import Student
 
-    if backend == "student":
-        return Student(None, schema=schema, closed=closed)
-    if Path(backend).is_dir():  # a folder is meant as a student: say what it lacks if it is not one
-        return Student(backend, schema=schema, closed=closed)
-    raise ConfigurationError(
-        f"backend is 'auto', 'teacher', 'student' or a folder exported by `hotmem distill`, not {str(backend)!r}"
-    )
+    return Student(folder, schema=schema, closed=closed)

@@ -143,21 +143,42 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mixture(args: argparse.Namespace):
+    from hotmem.pipeline.mixture import MIXTURES, Mixture, MixtureSource
+
+    if args.mixture:
+        return Mixture.load(args.mixture if Path(args.mixture).is_file() else MIXTURES / f"{args.mixture}.json")
+    return Mixture(sources=[MixtureSource("labels", path=args.labels)]
+                   + ([MixtureSource("gold", repeats=args.gold_repeats)] if args.gold_repeats else []))
+
+
+def _distill_encoder(args: argparse.Namespace) -> int:
+    from hotmem.pipeline.encoder import EncoderConfig, mixture_pairs, train_encoder
+
+    mixture = _mixture(args)
+    config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
+                           max_steps=args.max_steps if args.max_steps > 0 else None, negatives=mixture.negatives,
+                           whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed)
+    result = train_encoder(config, mixture_pairs(mixture))
+    m = result.manifest
+    print(f"encoder: {json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))})}; "
+          f"exported to {result.out_dir}")
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     from hotmem.pipeline.distill import DistillConfig, distill, sft_dataset
-    from hotmem.pipeline.mixture import MIXTURES, Mixture, MixtureSource, build_examples
+    from hotmem.pipeline.mixture import build_examples
 
+    if args.student == "encoder":
+        return _distill_encoder(args)
     config = DistillConfig(
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r, max_seq_length=args.max_seq_length, save_steps=args.save_steps,
         gold_repeats=args.gold_repeats,
     )
-    if args.mixture:
-        mixture = Mixture.load(args.mixture if Path(args.mixture).is_file() else MIXTURES / f"{args.mixture}.json")
-    else:
-        mixture = Mixture(sources=[MixtureSource("labels", path=args.labels)]
-                          + ([MixtureSource("gold", repeats=args.gold_repeats)] if args.gold_repeats else []))
+    mixture = _mixture(args)
     rows, sources = build_examples(mixture)
     for name, counts in sources.items():
         logging.getLogger("hotmem").info("%s: %d examples (%d with relations, %d too long)", name,
@@ -213,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     label.set_defaults(func=_label)
 
     dist = sub.add_parser("distill", help="train the student LoRA on labels from `hotmem label` and export it")
+    dist.add_argument("--student", default="lora", choices=("lora", "encoder"),
+                      help="lora: a LoRA on a 0.5B Qwen (llama.cpp); encoder: a span extractor on MiniLM (ONNX)")
     dist.add_argument("--mixture", default=None,
                       help="the supervision: a mixture file, or the name of a shipped one ('default': gold, "
                            "PersonaExt, ConvAI2/DNLI, DialogRE and CoNLL04 train parts, each in its own schema)")

