@@ -144,7 +144,7 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     rows = [{"id": f"x{i}", "turns": [{"text": TEXT}], "graph": GRAPH.to_json()} for i in range(8)]
     dataset = sft_dataset(rows)
     config = DistillConfig(out_dir=str(tmp_path / "student"), max_steps=2, save_steps=1, logging_steps=1,
-                           batch_size=2, lora_r=4, lora_alpha=8, max_seq_length=128)
+                           batch_size=2, lora_r=4, lora_alpha=8, max_seq_length=768)
     result = distill(config, dataset, base=(model, tokenizer, "tiny-qwen2"), progress=False)
     assert result.manifest["global_step"] == 2 and result.manifest["loss_history"]
     out = result.out_dir

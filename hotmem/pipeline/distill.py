@@ -253,6 +253,8 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     args.disable_tqdm = not progress
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
+    if len(trainer.train_dataset) == 0:  # TRL drops examples whose answer was cut off entirely
+        raise DistillError(f"no example fits max_seq_length={config.max_seq_length} with its answer: raise it")
     resume = _last_checkpoint(Path(args.output_dir))
     if resume:
         logger.info("resuming from %s", resume)
