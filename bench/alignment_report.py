@@ -1,7 +1,7 @@
 """How much of PersonaExt the shipped schema alignment carries into the conversation schema (no model runs).
 
     python bench/alignment_report.py                      # writes bench/results/alignment-personaext/README.md
-    python bench/alignment_report.py --data ../shared/data/personaext/dev.jsonl --out /tmp/report.md
+    python bench/alignment_report.py --data ../shared/data/personaext/dev.jsonl --out runs/alignment-report.md
 
 Counts triples of `dev.jsonl` (all of it, then the slices the project uses: lines 1-1,000 evaluation, 1,001-2,000
 GEPA validation, 2,001 on training) that the map sends to one of our predicates, that stay out, and that are then
