@@ -46,9 +46,10 @@ def _pct(part: int, whole: int) -> str:
 
 
 def report(data: Path) -> str:
-    from hotmem.data import load_personaext
+    from hotmem.data import load_personaext, personaext_schema
 
-    alignment = SchemaAlignment.load(MAP)
+    # the map decides by rules; PersonaExt's own inventory is read where the data lies
+    alignment = SchemaAlignment.load(MAP).expand(personaext_schema(data).predicates)
     records = load_personaext(data)
     lines = sum(1 for line in data.open(encoding="utf-8") if line.strip())
     if len(records) != lines:  # slices are by line number: one record per non-empty line

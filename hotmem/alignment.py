@@ -14,6 +14,7 @@ Runtime-side: imports only the contract modules (no data loaders, no DSPy, no to
 
 from __future__ import annotations
 
+import fnmatch
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -56,6 +57,19 @@ class PredicateMapping(BaseModel):
     flip: bool = False
 
 
+class Rule(BaseModel):
+    """Source predicates matching a glob pattern (`like_*`) go where `predicate` says (None: they stay out)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    match: str
+    predicate: str | None
+    tail_type: str | None = None
+    flip: bool = False
+    #: type the tail by the source predicate's last word (`like_food` -> FOOD) through the map's suffix table
+    typed_by_suffix: bool = False
+
+
 class SchemaAlignment(BaseModel):
     """A map from a source corpus's predicates to a target schema's. The contract of `hotmem/alignments/*.json`.
 
@@ -74,8 +88,13 @@ class SchemaAlignment(BaseModel):
     target: str
     target_fingerprint: str | None = None
     description: str = ""
-    #: Every source predicate: a mapping, or None when it stays out.
-    predicates: dict[str, PredicateMapping | None]
+    #: Source predicates by name: a mapping, or None when it stays out. Listed names win over `rules`.
+    predicates: dict[str, PredicateMapping | None] = Field(default_factory=dict)
+    #: Ordered rules (first match wins) for the names not listed: a map need not copy the source's inventory, which
+    #: is read where the corpus lies (`expand`). Unmatched names stay out.
+    rules: list[Rule] = Field(default_factory=list)
+    #: Last word of a source predicate -> tail type, for rules with `typed_by_suffix`.
+    tail_types_by_suffix: dict[str, str] = Field(default_factory=dict)
     #: Why, for the decisions that are not obvious (free text, keyed by one or more source predicates).
     notes: dict[str, str] = Field(default_factory=dict)
 
@@ -124,7 +143,16 @@ class SchemaAlignment(BaseModel):
         return self
 
     def _problems(self, schema: RelationSchema) -> Iterable[str]:
-        for source, mapping in self.predicates.items():
+        targets = dict(self.predicates)
+        for rule in self.rules:
+            if rule.predicate is None:
+                continue
+            types = [rule.tail_type] if rule.tail_type or not rule.typed_by_suffix else sorted(
+                set(self.tail_types_by_suffix.values()))
+            for tail_type in types or [None]:
+                targets[f"{rule.match} ({tail_type})"] = PredicateMapping(predicate=rule.predicate,
+                                                                          tail_type=tail_type, flip=rule.flip)
+        for source, mapping in targets.items():
             if mapping is None:
                 continue
             spec = schema.get(mapping.predicate)
@@ -158,13 +186,33 @@ class SchemaAlignment(BaseModel):
     def unmapped(self) -> tuple[str, ...]:
         return tuple(k for k, v in self.predicates.items() if v is None)
 
+    def lists(self, predicate: str) -> bool:
+        """Whether the map decides this source predicate (by name or by a rule)."""
+        return predicate in self.predicates or any(fnmatch.fnmatchcase(predicate, r.match) for r in self.rules)
+
     def mapping(self, predicate: str) -> PredicateMapping | None:
-        """The mapping of a source predicate; None when it stays out or the map does not list it."""
-        return self.predicates.get(predicate)
+        """The mapping of a source predicate; None when it stays out or the map does not decide it."""
+        if predicate in self.predicates:
+            return self.predicates[predicate]
+        rule = next((r for r in self.rules if fnmatch.fnmatchcase(predicate, r.match)), None)
+        if rule is None or rule.predicate is None:
+            return None
+        tail_type = rule.tail_type
+        if tail_type is None and rule.typed_by_suffix and "_" in predicate:
+            tail_type = self.tail_types_by_suffix.get(predicate.rsplit("_", 1)[1])
+        return PredicateMapping(predicate=rule.predicate, tail_type=tail_type, flip=rule.flip)
+
+    def expand(self, source_predicates: Iterable[str]) -> SchemaAlignment:
+        """The map with every source predicate listed (the corpus's inventory, read where the data lies), decided by
+        name or rule: what `mapped`, `unmapped` and coverage reports enumerate."""
+        listed = {name: self.mapping(name) for name in source_predicates}
+        expanded = self.model_copy(update={"predicates": {**listed, **self.predicates}})
+        expanded._schema = self._schema
+        return expanded
 
     def map_relation(self, relation: Relation) -> Relation | None:
         """The relation in the target schema's predicates (flipped when the map says so), or None."""
-        mapping = self.predicates.get(relation.predicate)
+        mapping = self.mapping(relation.predicate)
         if mapping is None:
             return None
         subject, obj = (relation.object, relation.subject) if mapping.flip else (relation.subject, relation.object)
@@ -196,7 +244,7 @@ class SchemaAlignment(BaseModel):
                 tally[outcome] += 1
                 if outcome != "unmapped":
                     tally["mapped"] += 1
-                elif relation.predicate not in self.predicates:
+                elif not self.lists(relation.predicate):
                     tally["unlisted"] += 1
         return mapped_graph
 
@@ -206,7 +254,7 @@ class SchemaAlignment(BaseModel):
         retyped: dict[str, str] = {}  # first retype of an entity wins; a relation that disagrees is invalid
         mapped: list[Relation | None] = []
         for relation in graph.relations:
-            mapping = self.predicates.get(relation.predicate)
+            mapping = self.mapping(relation.predicate)
             mapped.append(self.map_relation(relation))
             if mapping is not None and mapping.tail_type is not None:
                 retyped.setdefault(relation.object.casefold(), mapping.tail_type)
@@ -226,7 +274,7 @@ class SchemaAlignment(BaseModel):
             if new is None:
                 outcomes.append("unmapped")
                 continue
-            forced = self.predicates[relation.predicate].tail_type  # type: ignore[union-attr]
+            forced = self.mapping(relation.predicate).tail_type  # type: ignore[union-attr]
             spec = schema.get(schema.canonical(new.predicate) or "")
             head = type_of(new.subject) or guessed(spec.head_types if spec else ())
             tail = type_of(new.object) or guessed(spec.tail_types if spec else ())
@@ -286,7 +334,7 @@ class SchemaAlignment(BaseModel):
                     counter["triples"] += 1
                     counter[outcome] += 1
                     counter["mapped"] += outcome != "unmapped"
-                if relation.predicate not in self.predicates:
+                if not self.lists(relation.predicate):
                     unlisted[relation.predicate] += 1
         return {
             "source": self.source,
@@ -295,7 +343,7 @@ class SchemaAlignment(BaseModel):
             "graphs_with_mapped": totals["graphs_with_mapped"],
             **{key: totals[key] for key in keys},
             "by_source": {
-                predicate: {"target": _target(self.predicates.get(predicate)), **{key: row[key] for key in keys}}
+                predicate: {"target": _target(self.mapping(predicate)), **{key: row[key] for key in keys}}
                 for predicate, row in sorted(by_source.items(), key=lambda kv: (-kv[1]["triples"], kv[0]))
             },
             "by_target": dict(sorted(by_target.items(), key=lambda kv: (-kv[1], kv[0]))),
