@@ -176,14 +176,13 @@ def _distill(args: argparse.Namespace) -> int:
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r, max_seq_length=args.max_seq_length, save_steps=args.save_steps,
-        gold_repeats=args.gold_repeats,
     )
     mixture = _mixture(args)
     rows, sources = build_examples(mixture)
     for name, counts in sources.items():
         logging.getLogger("hotmem").info("%s: %d examples (%d with relations, %d too long)", name,
                                          counts["examples"], counts["with_relations"], counts["too_long"])
-    result = distill(config, sft_dataset(rows=rows), sources=sources, mixture=mixture)
+    result = distill(config, sft_dataset(rows), sources=sources, mixture=mixture)
     m = result.manifest
     print(f"{m['backend']}: {m['global_step']} steps, loss {m['train_loss']:.3f}, {m['seconds_per_step']} s/step, "
           f"{m['tokens_per_second']} tokens/s, peak {m['peak_rss_gb']} GB; exported to {result.out_dir}")

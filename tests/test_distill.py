@@ -52,21 +52,8 @@ def test_sft_example_shows_the_schema_it_must_use_then_the_conversation():
     assert example["completion"] == [{"role": "assistant", "content": graph_to_target(GRAPH)}]
 
 
-def test_gold_train_split_is_mixed_in_on_request_and_dev_and_test_stay_out():
-    from hotmem.data import load_gold
-
-    label = {"id": "convai2-0001", "turns": [{"text": TEXT}], "graph": GRAPH.to_json()}
-    only_labels = sft_dataset([label])
-    mixed = sft_dataset([label], gold_repeats=2)
-    train_ids = {r.id for r in load_gold("train")}
-    held_out = {r.id for r in load_gold("dev") + load_gold("test")}
-    assert len(only_labels) == 1 and len(mixed) == 1 + 2 * len(train_ids)
-    mixed_ids = [row["id"] for row in mixed]
-    assert len(set(mixed_ids)) == len(mixed_ids)  # every copy keeps an id of its own
-    assert {i.split("#")[0] for i in mixed_ids[1:]} == train_ids and not held_out & {i.split("#")[0] for i in mixed_ids}
-    with pytest.raises(DistillError, match="gold_repeats"):
-        sft_dataset([label], gold_repeats=-1)
-    with pytest.raises(DistillError, match="hotmem label"):
+def test_an_empty_mixture_is_a_clear_error():
+    with pytest.raises(DistillError, match="no example to train on"):
         sft_dataset([])
 
 
@@ -141,8 +128,13 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
-    rows = [{"id": f"x{i}", "turns": [{"text": TEXT}], "graph": GRAPH.to_json()} for i in range(8)]
-    dataset = sft_dataset(rows)
+    import random
+
+    from hotmem.pipeline.mixture import Mixture, example_rows
+    from hotmem.types import Record
+
+    pairs = [(Record(id=f"x{i}", turns=as_turns(TEXT), graph=GRAPH), CONVERSATION_SCHEMA) for i in range(8)]
+    dataset = sft_dataset(example_rows(pairs, "test", Mixture(sources=[]), random.Random(0))[0])
     config = DistillConfig(out_dir=str(tmp_path / "student"), max_steps=2, save_steps=1, logging_steps=1,
                            batch_size=2, lora_r=4, lora_alpha=8, max_seq_length=768)
     result = distill(config, dataset, base=(model, tokenizer, "tiny-qwen2"), progress=False)

@@ -14,21 +14,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import random
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hotmem.data import load_gold
 from hotmem.errors import DistillError, ModelNotAvailableError
 from hotmem.io import write_atomic
 from hotmem.llama.gguf import write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
-from hotmem.pipeline.mixture import Mixture, example_rows, model_card
+from hotmem.pipeline.mixture import Mixture, model_card
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
-from hotmem.types import Graph, Record, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -39,30 +36,13 @@ STUDENT_BASE_HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def sft_dataset(labels: Iterable[dict[str, Any]] = (), *, gold_repeats: int = 0, rows: list | None = None,
-                mixture: Mixture | None = None):
-    """The SFT data set: `rows` from `build_examples`, or labelled rows (`turns` and `graph` as `hotmem label`
-    saves them) with our gold train split mixed in `gold_repeats` times, prompted as the mixture does.
-
-    Gold dev and test are never used, so evaluation stays held out.
-    """
+def sft_dataset(rows: Sequence[dict[str, Any]]):
+    """The SFT data set from chat-format rows (`hotmem.pipeline.mixture.build_examples`)."""
     from datasets import Dataset
 
-    if gold_repeats < 0:
-        raise DistillError(f"gold_repeats must be 0 or more, got {gold_repeats}")
-    if rows is None:
-        mixture = mixture or Mixture(sources=[])
-        rng = random.Random(mixture.seed)
-        pairs = [(Record(id=row["id"], turns=[Turn(**t) for t in row["turns"]],
-                         graph=row["graph"] if isinstance(row["graph"], Graph) else Graph.from_json(row["graph"])),
-                  CONVERSATION_SCHEMA) for row in labels]
-        rows = example_rows(pairs, "labels", mixture, rng)[0]
-        if gold_repeats:
-            gold = [(record, CONVERSATION_SCHEMA) for record in load_gold("train")]
-            rows += example_rows(gold, "gold", mixture, rng, gold_repeats)[0]
     if not rows:
-        raise DistillError("no labelled examples to train on: run `hotmem label` first, or give a mixture")
-    return Dataset.from_list(rows)
+        raise DistillError("no example to train on: give a mixture that holds data (`build_examples`)")
+    return Dataset.from_list(list(rows))
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -93,8 +73,6 @@ class DistillConfig:
     logging_steps: int = 5
     save_steps: int = 25
     seed: int = 0
-    #: copies of the gold train split mixed into the labels (see `sft_dataset`); recorded here for the manifest
-    gold_repeats: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
