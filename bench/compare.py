@@ -54,6 +54,7 @@ from hotmem.llama.models import model_path  # noqa: E402
 from hotmem.lm import lm_usage, make_lm  # noqa: E402
 from hotmem.pipeline.evaluate import Report, evaluate_program  # noqa: E402
 from hotmem.schema import RelationSchema  # noqa: E402
+from hotmem.students.encoder import shipped_encoder_dir  # noqa: E402
 from hotmem.students.lora import shipped_student_dir  # noqa: E402
 from hotmem.teacher import Teacher, load_for_schema  # noqa: E402
 from hotmem.teacher.saved import shipped_teacher_dir  # noqa: E402
@@ -61,7 +62,9 @@ from hotmem.types import Graph, Record, Turn, render_turns, speakers_of  # noqa:
 
 logger = logging.getLogger("bench.compare")
 
-SYSTEMS = ("hotmem-teacher", "hotmem-optimized", "hotmem-student", "kggen", "langchain")
+SYSTEMS = ("hotmem-teacher", "hotmem-optimized", "hotmem-student", "hotmem-encoder", "kggen", "langchain")
+#: systems that run in this process, without the LM server
+IN_PROCESS = {"hotmem-student", "hotmem-encoder"}
 #: data set -> (split, default number of examples): the sizes issue 5 asks for.
 DATASETS = {"gold": ("test", 42), "personaext": ("dev", 100), "dialogre": ("dev", 30), "conll04": ("valid", 100)}
 SAMPLING = {"temperature": 0.0, "max_tokens": 1024}
@@ -198,6 +201,12 @@ def student_program(folder: str | None, schema: RelationSchema) -> GraphExtracto
     return GraphExtractor(backend=folder or "student", schema=schema, max_chars=100_000)
 
 
+def encoder_program(folder: str | None, schema: RelationSchema) -> GraphExtractor:
+    if folder is None and shipped_encoder_dir() is None:
+        raise SystemUnavailable("no encoder student: none ships in optimized/encoder and --encoder was not given")
+    return GraphExtractor(backend=folder or "encoder", schema=schema, max_chars=100_000)
+
+
 def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: str) -> GraphExtractor:
     if system == "hotmem-teacher":
         return hotmem_program(Teacher(schema), base, args.model)
@@ -209,6 +218,8 @@ def build(system: str, schema: RelationSchema, args: argparse.Namespace, base: s
         return hotmem_program(load_for_schema(folder, schema), base, args.model)
     if system == "hotmem-student":
         return student_program(args.student, schema)
+    if system == "hotmem-encoder":
+        return encoder_program(args.encoder, schema)
     if system == "kggen":
         return kggen_program(base, args.model, schema)
     if system == "langchain":
@@ -259,7 +270,7 @@ def run(args: argparse.Namespace) -> dict:
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)  # every call reaches the server
     process = None
     base = args.api_base
-    if base is None:
+    if base is None and not set(args.systems) <= IN_PROCESS:
         gguf = model_path(args.gguf)
         process, base = start_server(gguf, args.model, out / "server.log")
         logger.info("llama.cpp server for %s at %s", gguf.name, base)
@@ -354,6 +365,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model name the server answers to")
     parser.add_argument("--optimized", default=None, help="optimized teacher folder (default: optimized/teacher)")
     parser.add_argument("--student", default=None, help="student folder (default: optimized/student)")
+    parser.add_argument("--encoder", default=None, help="encoder student folder (default: optimized/encoder)")
     parser.add_argument("--block", type=int, default=10,
                         help="examples each system runs before the next system and data set take their turn "
                              "(0: a whole data set at a time)")

@@ -87,6 +87,18 @@ def _records(name: str, path: str | None, split: str | None, skip: int, limit: i
     return records[skip:], schema
 
 
+def _retrieve(value: str) -> int | dict[str, int]:
+    """`--retrieve 4` or `--retrieve gold=3,personaext-conversation=1`."""
+    from hotmem.errors import InvalidInputError
+
+    try:
+        if "=" not in value:
+            return int(value)
+        return {name.strip(): int(count) for name, count in (part.split("=") for part in value.split(","))}
+    except ValueError as exc:
+        raise InvalidInputError(f"--retrieve is a number or source=number pairs, not {value!r}") from exc
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from hotmem.errors import SchemaMismatchError
     from hotmem.pipeline.optimize import OptimizeConfig, optimize
@@ -98,11 +110,14 @@ def _optimize(args: argparse.Namespace) -> int:
     config = OptimizeConfig(
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
-        demos=args.demos,
+        demos=args.demos, retrieve=_retrieve(args.retrieve), pool=tuple(args.pool.split(",")),
         notes={"command": " ".join(sys.argv)},
     )
     result = optimize(config, trainset, valset, schema)
     m = result.manifest
+    if m.get("gepa", True) is None:
+        print(f"saved the program without GEPA (--budget 0) to {result.out_dir}")
+        return 0
     seed = f"the teacher with {args.demos} gold demos" if args.demos else "the unoptimized teacher"
     print(f"best validation score {m['best_val_score']:.3f} (GEPA's seed, {seed}: {m['seed_val_score']:.3f}) "
           f"after {m['total_metric_calls']} metric calls; saved to {result.out_dir}")
@@ -158,8 +173,9 @@ def _distill_encoder(args: argparse.Namespace) -> int:
     mixture = _mixture(args)
     config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
                            max_steps=args.max_steps if args.max_steps > 0 else None, negatives=mixture.negatives,
-                           whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed)
-    result = train_encoder(config, mixture_pairs(mixture))
+                           whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed, int8=True)
+    pairs, sources = mixture_pairs(mixture)
+    result = train_encoder(config, pairs, sources=sources, mixture=mixture)
     m = result.manifest
     print(f"encoder: {json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))})}; "
           f"exported to {result.out_dir}")
@@ -266,11 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--val-skip", type=int, default=0)
     opt.add_argument("--val-limit", type=int, default=None)
     opt.add_argument("--reflection-lm", default="embedded/qwen2.5-coder-1.5b", help="LM that proposes instructions")
-    opt.add_argument("--budget", default="light", help="light, medium, heavy, or a number of metric calls")
+    opt.add_argument("--budget", default="light",
+                     help="light, medium, heavy, or a number of metric calls (0: save the program without GEPA)")
     opt.add_argument("--proposer", default="rule", choices=("rule", "gepa"),
                      help="rule: add one learned rule per step (small reflection LMs); gepa: GEPA's full rewrite")
     opt.add_argument("--demos", type=int, default=0,
                      help="gold demonstrations for the entities and relations steps, chosen before GEPA (0: none)")
+    opt.add_argument("--retrieve", default="0",
+                     help="annotated examples retrieved per input for the entities and relations steps (0: none), "
+                          "or how many from each source: gold=3,personaext-conversation=1")
+    opt.add_argument("--pool", default="gold,personaext-conversation",
+                     help="mixture sources the retrieved demonstrations come from (with a number for --retrieve)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--threads", type=int, default=1, help="parallel evaluations (1 for the in-process model)")
     opt.add_argument("--log-dir", default="runs/gepa", help="GEPA state: rerun the same command to resume")

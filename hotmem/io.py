@@ -22,12 +22,22 @@ __all__ = ["JsonlLog", "write_atomic"]
 logger = logging.getLogger(__name__)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a file so that readers never see a half-written version (temp file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file what open() would have
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from hotmem.embedding import minilm_folder
 from hotmem.errors import ModelNotAvailableError, StudentNotFoundError
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.types import Graph, Turn
@@ -25,7 +26,6 @@ from hotmem.pipeline.encoder import (
     CHECKPOINT,
     EncoderConfig,
     load_model,
-    minilm_folder,
     span_examples,
     train_encoder,
 )
@@ -60,8 +60,8 @@ def gold_pairs():
 
 
 def _config(out, encoder, **kw):
-    return EncoderConfig(out_dir=str(out), encoder=str(encoder), max_steps=3, batch_size=2, save_steps=1,
-                         warmup_steps=1, head_lr=1e-2, **kw)
+    return EncoderConfig(**{"out_dir": str(out), "encoder": str(encoder), "max_steps": 3, "batch_size": 2,
+                            "save_steps": 1, "warmup_steps": 1, "head_lr": 1e-2, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,22 @@ def test_a_mixture_gives_pairs_with_its_repeats():
     from hotmem.pipeline.encoder import mixture_pairs
     from hotmem.pipeline.mixture import Mixture, MixtureSource
 
-    pairs = mixture_pairs(Mixture(sources=[MixtureSource("gold", limit=5, repeats=2)]))
+    pairs, report = mixture_pairs(Mixture(sources=[MixtureSource("gold", limit=5, repeats=2)]))
     assert len(pairs) == 10 and all(schema is CONVERSATION_SCHEMA for _, schema in pairs)
+    assert report["gold"]["examples"] == 10 and report["gold"]["drawn"] == 5 and report["gold"]["records"] == 96
+    assert "Apache-2.0" in report["gold"]["licence"]
+
+
+def test_training_from_a_mixture_writes_a_model_card(tmp_path, tiny_encoder):
+    from hotmem.pipeline.encoder import mixture_pairs
+    from hotmem.pipeline.mixture import Mixture, MixtureSource
+
+    mixture = Mixture(sources=[MixtureSource("gold", limit=3)])
+    pairs, sources = mixture_pairs(mixture)
+    result = train_encoder(_config(tmp_path, tiny_encoder, max_steps=1), pairs, sources=sources, mixture=mixture)
+    card = (result.out_dir / "card.md").read_text()
+    assert "| gold (hotmem's gold train split (96), conversation schema) | 3 |" in card
+    assert "research only" in card and f"{result.manifest['params']['total']:,} parameters" in card
 
 
 def test_unmatched_entities_are_dropped_and_counted():
@@ -153,7 +167,8 @@ def test_thresholds_are_calibrated_on_held_out_records(tmp_path, trained):
 def test_onnx_graph_equals_pytorch(trained, tiny_encoder):
     import onnxruntime as ort
 
-    from hotmem.students.encoder import label_keys, load_tokenizer, pair_logits
+    from hotmem.pipeline.encoder import between_means as torch_between_means
+    from hotmem.students.encoder import between_means, label_keys, load_tokenizer, pair_logits
 
     out = trained.out_dir
     model = load_model(tiny_encoder, 8)
@@ -166,19 +181,25 @@ def test_onnx_graph_equals_pytorch(trained, tiny_encoder):
     student = EncoderStudent(out)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {**batch.feeds, "type_keys": student.type_keys}
-    onnx_ent, onnx_span, onnx_pooled = session.run(None, feeds)
+    onnx_outputs = session.run(None, feeds)
     with torch.no_grad():
-        ent, span, pooled = model(*(torch.from_numpy(v) for v in feeds.values()))
+        outputs = model(*(torch.from_numpy(v) for v in feeds.values()))
         # the numpy heads equal their torch twins
-        reps = span[0, :4]
+        rows = [batch.spans[0].index((w, w)) for w in (0, 2, 5, 9)]  # speaker, I, Lisbon, Carla
+        reps, states = outputs[1][0, rows], outputs[3][0]
+        positions = torch.from_numpy(batch.feeds["span_idx"][0, rows])
         keys = model.pred_proj(model.encode(*_ids(student, ["lives in", "works at"]))[1])
-    for got, want in ((onnx_ent, ent), (onnx_span, span), (onnx_pooled, pooled)):
+        want_pairs = model.pair_logits(reps, keys, torch_between_means(states, positions)).numpy()
+    for got, want in zip(onnx_outputs, outputs):
         assert got.shape == tuple(want.shape)
         assert abs(got - want.numpy()).max() < 1e-4
     numpy_keys = label_keys(student.heads, student.embed, ["PERSON"], ["lives_in", "works_at"])[1]
     assert abs(numpy_keys - keys.numpy()).max() < 1e-4
-    assert abs(pair_logits(student.heads, reps.numpy(), keys.numpy())
-               - model.pair_logits(reps, keys).detach().numpy()).max() < 1e-4
+    context = between_means(onnx_outputs[3][0], batch.feeds["span_idx"][0, rows])
+    assert context[0, 1].any() and not context[0, 0].any()  # ':' lies between speaker and I; nothing in a span
+    got_pairs = pair_logits(student.heads, onnx_outputs[1][0, rows], numpy_keys, context)
+    assert got_pairs.shape == (4, 4, 3)
+    assert abs(got_pairs - want_pairs).max() < 1e-3
 
 
 def _ids(student, texts):
@@ -261,3 +282,27 @@ def test_minilm_student_end_to_end(tmp_path, gold_pairs):
             graph = student(turns)
         assert (time.perf_counter() - started) / 5 < 0.2  # ~11 ms fp32 / 4 ms int8 measured on one thread
         assert {r.predicate for r in graph.relations} <= set(CONVERSATION_SCHEMA.predicates)
+
+
+def test_decoding_offers_each_pair_only_the_predicates_its_types_allow():
+    from hotmem.students.encoder import type_fit
+
+    fit = type_fit(CONVERSATION_SCHEMA)
+    types, predicates = list(CONVERSATION_SCHEMA.entity_types), list(CONVERSATION_SCHEMA.predicates)
+    lives_in = predicates.index("lives_in")
+    assert fit[types.index("PERSON"), types.index("LOCATION"), lives_in]
+    assert not fit[types.index("LOCATION"), types.index("PERSON"), lives_in]
+    assert not fit[types.index("PERSON"), types.index("FOOD"), lives_in]
+
+
+def test_between_means_averages_the_tokens_strictly_between_two_spans():
+    import numpy as np
+
+    from hotmem.students.encoder import between_means
+
+    states = np.arange(10, dtype=np.float32).reshape(10, 1)  # token i has state i
+    positions = np.array([[1, 2], [6, 6], [2, 3]])  # tokens 1-2, token 6, tokens 2-3 (overlaps the first)
+    means = between_means(states, positions)
+    assert means[0, 1, 0] == means[1, 0, 0] == 4.0  # tokens 3, 4, 5 in either order
+    assert means[0, 2, 0] == means[0, 0, 0] == 0.0  # overlapping spans, a span with itself: nothing between
+    assert means[2, 1, 0] == 4.5  # tokens 4, 5

@@ -383,3 +383,14 @@ def test_a_schema_reading_student_serves_any_closed_schema(tmp_path, monkeypatch
     (tmp_path / "student.json").write_text(json.dumps({"merged_gguf": "student.gguf"}))
     assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA).backend.name == "teacher"
     assert hotmem.GraphExtractor().backend.name == "student"
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    import os
+
+    from hotmem.io import write_atomic
+
+    write_atomic(tmp_path / "a.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -264,7 +264,13 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     export_student(trainer.model, tokenizer, out, base_source, config)
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
     if sources is not None:
-        write_atomic(out / "card.md", model_card(sources, mixture or Mixture(sources=[]), manifest))
+        card = model_card(
+            sources, mixture or Mixture(sources=[]),
+            model=f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
+                  "its prompt (`prompt: schema`).",
+            training=f"{manifest.get('backend')}, {manifest.get('global_step')} steps, "
+                     f"{manifest.get('tokens_per_second')} tokens/s, peak RSS {manifest.get('peak_rss_gb')} GB.")
+        write_atomic(out / "card.md", card)
     return DistillResult(out, manifest)
 
 

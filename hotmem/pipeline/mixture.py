@@ -250,19 +250,16 @@ def build_examples(mixture: Mixture) -> tuple[list[dict[str, Any]], dict[str, di
     return rows, report
 
 
-def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, manifest: dict[str, Any]) -> str:
-    """The student's card: what it learned from (every source, its size and licence), and how."""
-    lines = ["# hotmem student", "",
-             f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in its "
-             "prompt (`prompt: schema`).", "",
+def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, *, model: str, training: str) -> str:
+    """A student's card: what it is (`model`), what it learned from (every source, its size and licence; `report`
+    as `build_examples` or `hotmem.pipeline.encoder.mixture_pairs` give it), and how (`training`)."""
+    lines = ["# hotmem student", "", model, "",
              "## Training data", "",
              "| source | examples | with relations | records | licence |", "|---|---|---|---|---|"]
     lines += [f"| {name} ({r['description']}) | {r['examples']:,} | {r['with_relations']:,} | {r['records']:,} | "
               f"{r['licence']} |" for name, r in report.items()]
     lines += ["", "Several sources are licensed for research only: so is a model trained on them.", "",
               f"Mixture: {json.dumps(mixture.to_dict())}", "",
-              "## Training", "",
-              f"{manifest.get('backend')}, {manifest.get('global_step')} steps, "
-              f"{manifest.get('tokens_per_second')} tokens/s, peak RSS {manifest.get('peak_rss_gb')} GB.", ""]
+              "## Training", "", training, ""]
     return "\n".join(lines)
 

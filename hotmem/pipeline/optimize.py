@@ -21,6 +21,7 @@ from hotmem.errors import InvalidInputError
 from hotmem.io import write_atomic
 from hotmem.names import is_grounded
 from hotmem.pipeline.metric import GraphMetric, to_example
+from hotmem.pipeline.pool import POOL_SOURCES, pool_from
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.teacher.adapter import CompactJSONAdapter
 from hotmem.teacher.program import Teacher, step_demos
@@ -46,6 +47,11 @@ class OptimizeConfig:
     proposer: str = "rule"  # "rule" (RuleProposer: small reflection LMs) or "gepa" (GEPA's full rewrite)
     demos: int = 0  # gold demonstrations added to the entities and relations steps before GEPA (see gold_demos)
     demo_candidates: int = 24  # train records whose statements are computed to choose them from
+    #: annotated examples retrieved per input for the entities and relations steps (0: none), from the mixture
+    #: sources `pool` in this schema (`hotmem.pipeline.pool`), or how many from each source ({"gold": 3, ...});
+    #: saved with the program
+    retrieve: int | dict[str, int] = 0
+    pool: tuple[str, ...] = POOL_SOURCES
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -194,6 +200,7 @@ def _proposer(name: str) -> RuleProposer | None:
 
 
 def _budget_kwargs(budget: str | int) -> dict[str, Any]:
+    """GEPA's budget arguments: a number of metric calls, or one of its presets."""
     if isinstance(budget, int) or str(budget).isdigit():
         return {"max_metric_calls": int(budget)}
     if budget not in {"light", "medium", "heavy"}:
@@ -227,6 +234,17 @@ def optimize(
     if config.demos:
         with dspy.context(lm=task_lm, adapter=CompactJSONAdapter()):
             add_gold_demos(student, trainset, config.demos, candidates=config.demo_candidates, seed=config.seed)
+    if config.retrieve:
+        from hotmem.teacher.demos import DemoRetriever
+
+        sources = tuple(config.retrieve) if isinstance(config.retrieve, dict) else config.pool
+        student.retriever = DemoRetriever(pool_from(sources, schema), k=config.retrieve)
+    if str(config.budget) == "0":  # the seed program as it is: demos without GEPA
+        out = Path(config.out_dir)
+        manifest = {"config": asdict(config), "task_lm": getattr(task_lm, "model", str(task_lm)),
+                    "trainset": [r.id for r in trainset], "gepa": None, "versions": {"dspy": dspy.__version__}}
+        save_program(student, out, manifest)
+        return OptimizeResult(student, out, {**manifest_for(student), **manifest})
     seed_instructions = _instructions(student)
     Path(config.log_dir).mkdir(parents=True, exist_ok=True)
     gepa = dspy.GEPA(

@@ -10,8 +10,9 @@ How it reads a conversation (the contract training follows, so both sides import
 * words are `\\w+(?:[-_]\\w+)*|\\S`; every run of up to `max_width` words within a turn is a candidate span;
 * the graph scores each span against the schema's entity types, whose label vectors come from the same graph
   (its pooled sentence embedding of the type name, projected by a small MLP in numpy);
-* entities are decoded greedily (best score first, no overlap); every ordered pair of them is scored in numpy
-  against the predicates' label vectors. Labels are embedded once per schema and cached by its fingerprint, so
+* entities are decoded greedily (best score first, no overlap); every ordered pair of them (its two span vectors
+  and the mean token state between them) is scored in numpy against a "no relation" key and the predicates' label
+  vectors, a softmax over those the schema allows for the pair's types. Labels are embedded once per schema and cached by its fingerprint, so
   any schema runs without retraining (closed extraction: only its types and predicates can come out).
 """
 
@@ -35,10 +36,12 @@ from hotmem.errors import ModelNotAvailableError, StudentNotFoundError
 from hotmem.llama.models import cache_dir
 from hotmem.names import SPEAKER
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.shipped import shipped_root
 from hotmem.types import Graph, Turn, render_turns, speakers_of
 
-__all__ = ["ENCODER_KIND", "EncoderStudent", "SpanBatch", "decode_entities", "featurize", "is_encoder_student",
-           "label_keys", "load_tokenizer", "marked_text", "pair_logits", "predicate_label", "type_label"]
+__all__ = ["ENCODER_KIND", "EncoderStudent", "SpanBatch", "between_means", "decode_entities", "featurize",
+           "is_encoder_student", "label_keys", "load_tokenizer", "marked_text", "pair_logits", "predicate_label",
+           "shipped_encoder_dir", "type_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +148,26 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
+def type_fit(schema: RelationSchema) -> np.ndarray:
+    """(T,T,P) whether predicate p allows a head of type i and a tail of type j: decoding picks the best predicate
+    among those the schema allows for the pair (closed assembly would drop the others anyway)."""
+    types, predicates = list(schema.entity_types), list(schema.predicates)
+    fit = np.ones((len(types), len(types), len(predicates)), bool)
+    for p, name in enumerate(predicates):
+        spec = schema.get(name)
+        if spec is not None and spec.head_types:
+            fit[[i for i, t in enumerate(types) if t not in spec.head_types], :, p] = False
+        if spec is not None and spec.tail_types:
+            fit[:, [j for j, t in enumerate(types) if t not in spec.tail_types], p] = False
+    return fit
+
+
+def shipped_encoder_dir() -> Path | None:
+    """The encoder student shipped in `optimized/encoder` (installed as `hotmem.optimized`), if any."""
+    candidate = shipped_root() / "encoder"
+    return candidate if is_encoder_student(candidate) else None
+
+
 def is_encoder_student(folder: str | Path) -> bool:
     """Whether a folder holds an exported encoder student (`student.json` with `"kind": "encoder"`)."""
     spec = Path(folder) / STUDENT_FILE
@@ -204,6 +227,7 @@ class EncoderStudent:
         self.types = list(schema.entity_types)
         self.predicates = list(schema.predicates)
         self.type_keys, self.predicate_keys = self._label_keys()
+        self.type_fit = type_fit(schema)
         self._usage = {"calls": 0, "prompt_tokens": 0, "output_tokens": 0}
         # numpy's BLAS threads spin after each small matmul and take the core onnxruntime runs on (measured: int8
         # p50 14-15 ms with them, 4.8 ms without): hold BLAS to `threads` while extracting
@@ -271,14 +295,14 @@ class EncoderStudent:
                                            speakers=speakers_of(turns), schema=self.schema, closed=self.closed)
         return graphs  # type: ignore[return-value]
 
-    def scores(self, texts: Sequence[str]) -> tuple[SpanBatch, np.ndarray, np.ndarray]:
-        """The graph's entity logits (B,S,T) and span vectors (B,S,D) for marked texts."""
+    def scores(self, texts: Sequence[str]) -> tuple[SpanBatch, np.ndarray, np.ndarray, np.ndarray]:
+        """The graph's entity logits (B,S,T), span vectors (B,S,D) and token states (B,L,H) for marked texts."""
         batch = featurize(self.tokenizer, texts, self.max_width)
-        ent_logits, span_rep = self.session.run(["ent_logits", "span_rep"],
-                                                {**batch.feeds, "type_keys": self.type_keys})
+        ent_logits, span_rep, states = self.session.run(["ent_logits", "span_rep", "states"],
+                                                        {**batch.feeds, "type_keys": self.type_keys})
         self._usage["calls"] += len(texts)
         self._usage["prompt_tokens"] += int(batch.feeds["attention_mask"].sum())
-        return batch, ent_logits, span_rep
+        return batch, ent_logits, span_rep, states
 
     def raw(self, texts: Sequence[str]) -> list[tuple[list[ExtractedEntity], list[ExtractedRelation]]]:
         """Entities and relations before assembly, per marked text."""
@@ -286,7 +310,7 @@ class EncoderStudent:
             return self._raw(texts)
 
     def _raw(self, texts: Sequence[str]) -> list[tuple[list[ExtractedEntity], list[ExtractedRelation]]]:
-        batch, ent_logits, span_rep = self.scores(texts)
+        batch, ent_logits, span_rep, states = self.scores(texts)
         out = []
         for b, text in enumerate(texts):
             spans = batch.spans[b]
@@ -297,12 +321,17 @@ class EncoderStudent:
                         for (i, j), t, _ in chosen]
             relations = []
             if len(chosen) > 1:
-                reps = span_rep[b, [k for _, _, k in chosen]]
-                pair_probs = sigmoid(pair_logits(self.heads, reps, self.predicate_keys))
-                for h, t, p in zip(*np.nonzero(pair_probs > self.relation_threshold)):
-                    if h != t:
-                        relations.append(ExtractedRelation(subject=entities[h].name, predicate=self.predicates[p],
-                                                           object=entities[t].name))
+                index = [k for _, _, k in chosen]
+                context = between_means(states[b], batch.feeds["span_idx"][b, index])
+                logits = pair_logits(self.heads, span_rep[b, index], self.predicate_keys, context)
+                kinds = [t for _, t, _ in chosen]
+                allowed = self.type_fit[np.ix_(kinds, kinds)]  # (E,E,P)
+                logits[..., 1:] = np.where(allowed, logits[..., 1:], -np.inf)
+                probs = softmax(logits)[..., 1:]
+                probs[np.arange(len(index)), np.arange(len(index))] = 0.0  # never an entity to itself
+                for h, t, p in zip(*np.nonzero(probs > self.relation_threshold)):
+                    relations.append(ExtractedRelation(subject=entities[h].name, predicate=self.predicates[p],
+                                                       object=entities[t].name))
             out.append((entities, relations))
         return out
 
@@ -332,17 +361,41 @@ def decode_entities(spans: Sequence[tuple[int, int]], probs: np.ndarray,
     return sorted(kept)
 
 
-def pair_logits(heads: dict[str, np.ndarray], reps: np.ndarray, predicate_keys: np.ndarray) -> np.ndarray:
-    """(E,E,P) logits of `head -predicate-> tail` for E entity span vectors: the pair MLP on [h; t; h*t], scored
-    against each predicate key. Numpy mirror of `hotmem.pipeline.encoder.EncoderModel.pair_logits`.
+def between_means(states: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(E,E,H) mean token state strictly between spans h and t, in either order (zeros when they touch or
+    overlap): the words that usually carry the relation ("... moved to ...", "... works at ...").
+    `states` (L,H) token states of one text, `positions` (E,2) first and last token of each span."""
+    sums = np.concatenate([np.zeros((1, states.shape[-1]), states.dtype), states.cumsum(0)])
+    start, end = positions[:, 0], positions[:, 1]
+    before = end[:, None] < start[None, :]  # h ends before t starts
+    lo = np.where(before, end[:, None], end[None, :]) + 1  # first token between
+    hi = np.where(before, start[None, :], start[:, None])  # one past the last token between
+    count = hi - lo
+    valid = count > 0
+    lo, hi = np.where(valid, lo, 0), np.where(valid, hi, 0)
+    return (sums[hi] - sums[lo]) / np.maximum(count, 1)[..., None] * valid[..., None]
 
-    The first layer is split by its three input blocks, so the h and t parts are computed once per entity and only
-    h*t per pair (the cost is quadratic in entities: about half the work of the concatenated form)."""
+
+def pair_logits(heads: dict[str, np.ndarray], reps: np.ndarray, predicate_keys: np.ndarray, context: np.ndarray
+                ) -> np.ndarray:
+    """(E,E,1+P) logits of `head -predicate-> tail` for E entity span vectors, index 0 being "no relation": the
+    pair MLP on [h; t; h*t; words between], scored against the "none" key and each predicate key. Numpy mirror of
+    `hotmem.pipeline.encoder.EncoderModel.pair_logits`; `context` is `between_means(...)`.
+
+    The first layer is split by its input blocks, so the h and t parts are computed once per entity and only the
+    h*t and context parts per pair."""
     size = reps.shape[-1]
     weight, bias = heads["pair_mlp.0.weight"], heads["pair_mlp.0.bias"]
     as_head = reps @ weight[:, :size].T
     as_tail = reps @ weight[:, size: 2 * size].T
-    products = (reps[:, None, :] * reps[None, :, :]) @ weight[:, 2 * size:].T
-    hidden = gelu(as_head[:, None, :] + as_tail[None, :, :] + products + bias)
+    products = (reps[:, None, :] * reps[None, :, :]) @ weight[:, 2 * size: 3 * size].T
+    between = context @ weight[:, 3 * size:].T
+    hidden = gelu(as_head[:, None, :] + as_tail[None, :, :] + products + between + bias)
     pair = hidden @ heads["pair_mlp.2.weight"].T + heads["pair_mlp.2.bias"]
-    return pair @ predicate_keys.T + heads["rel_bias"]
+    none = pair @ heads["none_key"] + heads["none_bias"]
+    return np.concatenate([none[..., None], pair @ predicate_keys.T], -1)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = np.exp(x - x.max(-1, keepdims=True))
+    return x / x.sum(-1, keepdims=True)

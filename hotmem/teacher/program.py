@@ -13,6 +13,7 @@ import dspy
 from hotmem.assemble import assemble_graph
 from hotmem.names import FIRST_PERSON_WORDS, PRONOUNS, SPEAKER, WORDS
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
+from hotmem.teacher.demos import DemoRetriever
 from hotmem.teacher.signatures import Reference, signatures_for
 from hotmem.types import Turn, render_turns, speakers_of
 
@@ -98,10 +99,14 @@ def _seed_demos(schema: RelationSchema) -> dict[str, list[dspy.Example]]:
 class Teacher(dspy.Module):
     """The multi-step extraction program GEPA optimizes and whose labels the student learns from."""
 
-    def __init__(self, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True):
+    def __init__(self, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
+                 retriever: DemoRetriever | None = None):
+        """`retriever`: annotated examples nearest to each input, shown to the entities and relations steps after
+        their own demos (`hotmem.teacher.demos`)."""
         super().__init__()
         self.schema = schema
         self.closed = closed
+        self.retriever = retriever
         signatures = signatures_for(schema, closed)
         self.coref = dspy.Predict(signatures.coref)
         self.decompose = dspy.Predict(signatures.decompose)
@@ -127,10 +132,13 @@ class Teacher(dspy.Module):
         references, statements = self.statements(turns)
         entities: list = []
         relations: list = []
+        retrieved = self.retriever(conversation) if self.retriever is not None and statements else {}
         if statements:
-            entities = self.entities(statements=statements).entities
+            entities = self.entities(statements=statements,
+                                     demos=self.entities.demos + retrieved.get("entities", [])).entities
         if entities:
-            relations = self.relations(statements=statements, entities=[e.name for e in entities]).relations
+            relations = self.relations(statements=statements, entities=[e.name for e in entities],
+                                       demos=self.relations.demos + retrieved.get("relations", [])).relations
         graph = assemble_graph(
             entities,
             relations,

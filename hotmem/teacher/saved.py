@@ -14,6 +14,7 @@ from hotmem.errors import ProgramNotFoundError, SchemaMismatchError
 from hotmem.io import write_atomic
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.shipped import shipped_root
+from hotmem.teacher.demos import DemoRetriever
 from hotmem.teacher.program import Teacher
 
 __all__ = ["load_for_schema", "load_instructions", "load_program", "save_program", "shipped_teacher"]
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 PROGRAM_FILE = "program.json"
 MANIFEST_FILE = "manifest.json"
+#: the manifest's entry for a program's retrieved demonstrations (k, pool size, embedder); the pool lies beside
+RETRIEVAL_KEY = "demo_retrieval"
 
 
 def shipped_teacher_dir() -> Path | None:
@@ -31,23 +34,29 @@ def shipped_teacher_dir() -> Path | None:
 
 
 def manifest_for(program: Teacher) -> dict[str, Any]:
-    """What a saved program must match to be loaded: class, schema and predictor names."""
-    return {
+    """What a saved program must match to be loaded (class, schema and predictor names), and its retrieval."""
+    manifest = {
         "program": f"hotmem.teacher.{type(program).__qualname__}",  # where it is imported from, not defined
         "schema": program.schema.name,
         "schema_fingerprint": program.schema.fingerprint(),
         "closed": program.closed,
         "predictors": [name for name, _ in program.named_predictors()],
     }
+    if program.retriever is not None:
+        manifest[RETRIEVAL_KEY] = program.retriever.settings()
+    return manifest
 
 
 def save_program(program: Teacher, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save the program's state as JSON with a manifest; returns the folder."""
+    """Save the program's state as JSON with a manifest (and its demonstration pool, if it retrieves demos);
+    returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = program.dump_state()
     write_atomic(out / PROGRAM_FILE, json.dumps(state, indent=1, default=str))
     manifest = {**manifest_for(program), **(extra or {})}
+    if program.retriever is not None:
+        program.retriever.save(out)
     write_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=1, default=str))
     return out
 
@@ -75,6 +84,8 @@ def load_program(
             "or pass the matching schema."
         )
     program.load_state(json.loads(program_path.read_text()))
+    if RETRIEVAL_KEY in manifest:
+        program.retriever = DemoRetriever.load(folder, manifest[RETRIEVAL_KEY])
     # Instructions and demos are tuned to the task LM: say which one, so a run on another LM is a visible choice.
     logger.info("loaded the program saved in %s (optimized on %s)", folder, manifest.get("task_lm", "an unrecorded LM"))
     return program

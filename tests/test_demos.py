@@ -1,0 +1,127 @@
+"""Retrieved demonstrations: the pool, DSPy's KNN over its vectors, the teacher's per-call demos, save and load."""
+
+import dspy
+import numpy as np
+import pytest
+
+from hotmem.errors import InvalidInputError
+from hotmem.schema import CONVERSATION_SCHEMA
+from hotmem.teacher.demos import DemoRetriever
+from hotmem.teacher.program import Teacher
+from hotmem.teacher.saved import load_program, save_program
+from hotmem.types import Graph, Record, Turn, as_turns
+
+TOPICS = ("dog", "cat", "berlin", "paris", "nurse", "teacher")
+
+
+class BagOfTopics:
+    """A deterministic embedder: one axis per topic word. Counts how many texts it embedded."""
+
+    def __init__(self):
+        self.embedded = 0
+
+    def __call__(self, texts):
+        self.embedded += len(texts)
+        vectors = np.array([[t.lower().count(w) for w in TOPICS] for t in texts], dtype=np.float32) + 0.01
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def entry(text, subject, predicate, obj, obj_type):
+    return {"conversation": text, "statements": [text.replace("I ", "speaker ")],
+            "entities": [{"name": subject, "type": "PERSON"}, {"name": obj, "type": obj_type}],
+            "relations": [{"subject": subject, "predicate": predicate, "object": obj}]}
+
+
+POOL = [entry("I have a dog named Rex.", "speaker", "has_pet", "Rex", "ANIMAL"),
+        entry("I live in Berlin.", "speaker", "lives_in", "Berlin", "LOCATION"),
+        entry("I work as a nurse.", "speaker", "has_job", "nurse", "MISC"),
+        entry("My cat sleeps all day.", "speaker", "has_pet", "cat", "ANIMAL")]
+
+
+def test_the_nearest_pool_examples_are_retrieved_and_an_input_is_not_its_own_demo():
+    retriever = DemoRetriever(POOL, k=2, embed=BagOfTopics())
+    nearest = retriever.nearest("We moved to Berlin last year, the dog loves it.")
+    assert {e["conversation"] for e in nearest} == {"I live in Berlin.", "I have a dog named Rex."}
+    assert "I live in Berlin." not in [e["conversation"] for e in retriever.nearest("I live in Berlin.")]
+    demos = retriever("Paris is where my cat was born.")
+    assert [d.relations[0]["object"] for d in demos["relations"]][-1] == "cat"  # nearest last
+    assert demos["entities"][-1].statements == ["My cat sleeps all day."]
+
+
+def test_a_quota_per_source_keeps_a_small_source_from_being_crowded_out():
+    pool = [{**e, "source": "big"} for e in POOL[:3]] + [{**POOL[3], "source": "small"}]
+    retriever = DemoRetriever(pool, k={"big": 1, "small": 1}, embed=BagOfTopics())
+    nearest = retriever.nearest("The dog and Berlin.")
+    assert [e["conversation"] for e in nearest][1] == "My cat sleeps all day."  # the only one of its source
+    assert len(nearest) == 2
+    with pytest.raises(InvalidInputError, match="no example from 'absent'"):
+        DemoRetriever(pool, k={"absent": 1}, embed=BagOfTopics())
+
+
+def test_bad_pools_are_typed_errors():
+    with pytest.raises(InvalidInputError, match="empty"):
+        DemoRetriever([], embed=BagOfTopics())
+    with pytest.raises(InvalidInputError, match="lacks"):
+        DemoRetriever([{"conversation": "x"}], embed=BagOfTopics())
+    with pytest.raises(InvalidInputError, match="k must"):
+        DemoRetriever(POOL, k=0, embed=BagOfTopics())
+
+
+def test_the_teacher_shows_retrieved_demos_to_the_entities_and_relations_steps():
+    answers = [{"statements": ["speaker lives in Paris."]},
+               {"entities": [{"name": "speaker", "type": "PERSON"}, {"name": "Paris", "type": "LOCATION"}]},
+               {"relations": [{"subject": "speaker", "predicate": "lives_in", "object": "Paris"}]}]
+    lm = dspy.utils.DummyLM(answers, adapter=dspy.JSONAdapter())
+    teacher = Teacher(retriever=DemoRetriever(POOL, k=1, embed=BagOfTopics()))
+    seed_entities_demos = len(teacher.entities.demos)
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        graph = teacher(turns=as_turns("I live in Paris, near Berlin.")).graph
+    assert [r.triple for r in graph.relations] == [("speaker", "lives_in", "Paris")]
+    relations_prompt = str(lm.history[-1]["messages"])
+    assert "I live in Berlin." not in relations_prompt and "speaker live in Berlin." in relations_prompt
+    assert "lives_in" in relations_prompt
+    assert len(teacher.entities.demos) == seed_entities_demos  # per-call demos leave the program's own alone
+
+
+def test_a_saved_program_loads_its_pool_and_vectors_without_embedding_the_pool(tmp_path, monkeypatch):
+    teacher = Teacher(retriever=DemoRetriever(POOL, k=2, embed=BagOfTopics()))
+    save_program(teacher, tmp_path / "program")
+    embedder = BagOfTopics()
+    monkeypatch.setattr("hotmem.teacher.demos.minilm_embedder", lambda: embedder)
+    loaded = load_program(tmp_path / "program")
+    assert loaded.retriever.settings() == {"k": 2, "pool": 4, "embedder": "all-MiniLM-L6-v2"}
+    assert embedder.embedded == 0
+    assert loaded.retriever.nearest("a dog")[0]["conversation"] == "I have a dog named Rex."
+    assert embedder.embedded == 1  # the query only
+
+
+def test_the_pool_names_the_speaker_and_keeps_only_examples_whose_statements_hold_their_entities():
+    from hotmem.pipeline.pool import demo_pool, speaker_statements
+
+    assert speaker_statements([Turn(speaker="Anna", text="I'm a nurse. My dog is old!")]) == \
+        ["Anna is a nurse.", "Anna's dog is old!"]
+    said = Record(id="a", turns=[Turn(text="i have a dog named max")], graph=Graph.model_validate({
+        "entities": [{"name": "speaker", "type": "PERSON"}, {"name": "max", "type": "ANIMAL"}],
+        "relations": [{"subject": "speaker", "predicate": "has_pet", "object": "max"}]}))
+    unsaid = Record(id="b", turns=[Turn(text="she has a dog")], graph=Graph.model_validate({
+        "entities": [{"name": "Mia", "type": "PERSON"}, {"name": "dog", "type": "ANIMAL"}],
+        "relations": [{"subject": "Mia", "predicate": "has_pet", "object": "dog"}]}))
+    pool = demo_pool([said, unsaid, said])
+    assert len(pool) == 1 and pool[0]["statements"] == ["speaker have a dog named max"]
+    assert demo_pool([said], source="gold")[0]["source"] == "gold"
+    assert CONVERSATION_SCHEMA.get(pool[0]["relations"][0]["predicate"]) is not None
+
+
+def test_optimize_with_budget_zero_saves_the_retrieving_program_without_gepa(tmp_path, monkeypatch):
+    from hotmem.data import load_gold
+    from hotmem.pipeline.optimize import OptimizeConfig, optimize
+
+    monkeypatch.setattr("hotmem.teacher.demos.minilm_embedder", BagOfTopics)
+    train = load_gold("train")
+    config = OptimizeConfig(budget=0, retrieve=3, pool=("gold",), out_dir=str(tmp_path / "out"),
+                            log_dir=str(tmp_path / "log"))
+    result = optimize(config, train, load_gold("dev"), task_lm=dspy.utils.DummyLM([]), reflection_lm=object())
+    assert result.manifest["gepa"] is None and result.manifest["demo_retrieval"]["k"] == 3
+    loaded = load_program(result.out_dir)
+    assert loaded.retriever.settings()["pool"] == result.manifest["demo_retrieval"]["pool"] == 84
+    assert not (tmp_path / "log").exists()
