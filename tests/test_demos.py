@@ -125,3 +125,22 @@ def test_optimize_with_budget_zero_saves_the_retrieving_program_without_gepa(tmp
     loaded = load_program(result.out_dir)
     assert loaded.retriever.settings()["pool"] == result.manifest["demo_retrieval"]["pool"] == 84
     assert not (tmp_path / "log").exists()
+
+
+def test_the_retrieve_option_takes_a_number_or_a_quota_per_source():
+    from hotmem.cli import _retrieve
+
+    assert _retrieve("4") == 4
+    assert _retrieve("gold=3, personaext-conversation=1") == {"gold": 3, "personaext-conversation": 1}
+    with pytest.raises(InvalidInputError, match="--retrieve"):
+        _retrieve("gold=three")
+
+
+def test_a_quota_per_source_survives_saving(tmp_path):
+    pool = [{**e, "source": "big"} for e in POOL[:3]] + [{**POOL[3], "source": "small"}]
+    save_program(Teacher(retriever=DemoRetriever(pool, k={"big": 2, "small": 1}, embed=BagOfTopics())),
+                 tmp_path / "p")
+    loaded = load_program(tmp_path / "p").retriever
+    assert loaded.k == {"big": 2, "small": 1}
+    loaded._embed.embed = BagOfTopics()
+    assert len(loaded.nearest("a cat in Paris")) == 3
