@@ -4,17 +4,23 @@ facts, on DuckDB and PostgreSQL; and a duplicate-entity check over DialogRE's tr
     python bench/memory_bench.py                                     # DuckDB only
     python bench/memory_bench.py --postgres postgresql://u@127.0.0.1:5432/db   # and PostgreSQL (emptied first)
     python bench/memory_bench.py --dialogre ../shared/data/dialogre/v2_en/train.json
+    python bench/memory_bench.py --baseline ../hotmem-old        # and an older checkout's memory, interleaved
 
 Synthetic data: people who live in one of 1,000 cities and work at one of 2,000 organisations (functional: a new
 value ends the old fact), like things, visit places and befriend each other. The store is filled through
 `Memory.add` in batches of 500 relations; a timed add is one utterance of three relations by a known speaker (one
-functional change, one new like, one friend), a timed `about()` an utterance naming two people and a city. DialogRE
-(research-only data) is read in place and never copied.
+functional change, one new like, one friend), a timed `about()` an utterance naming two people and a city. Adds are
+timed twice: by the process that filled the store (a sole DuckDB writer answers reads from what its earlier adds
+taught it) and again after reopening it (that knowledge starts empty). With `--baseline`, another checkout's memory
+package runs beside this one on its own store, fed the same graphs, the two taking turns add by add (the first to go
+alternates): on a shared machine both figures then see the same moments. DialogRE (research-only data) is read in
+place and never copied.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import statistics
@@ -92,48 +98,103 @@ def _facts(memory: Memory) -> int:
     return memory.stats()["facts"]
 
 
-def bench_store(target: str, sizes: list[int], timed: int) -> list[dict]:
+def _baseline_memory(checkout: Path) -> type:
+    """`Memory` from another checkout's `hotmem.memory`, loaded beside this one (the rest of hotmem is shared)."""
+    import hotmem
+
+    ours = {name: module for name, module in sys.modules.items() if name.startswith("hotmem.memory")}
+    for name in ours:
+        del sys.modules[name]
+    hotmem.__path__.insert(0, str(checkout.resolve() / "hotmem"))
+    try:
+        return importlib.import_module("hotmem.memory").Memory
+    finally:
+        hotmem.__path__.pop(0)
+        for name in [n for n in sys.modules if n.startswith("hotmem.memory")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+        hotmem.memory = ours["hotmem.memory"]
+
+
+def _timed(memories: dict[str, Memory], seconds: dict[str, list[float]], i: int, method: str, *args, **kwargs):
+    """The same call on every memory, timed; who goes first alternates with `i`. Returns what this code returned."""
+    for label in list(memories)[:: 1 if i % 2 == 0 else -1]:
+        t = time.perf_counter()
+        returned = getattr(memories[label], method)(*args, **kwargs)
+        seconds[label].append(time.perf_counter() - t)
+        if label == "this":
+            result = returned
+    return result
+
+
+def _time_adds(memories: dict[str, Memory], data: Synthetic, timed: int) -> dict[str, list[float]]:
+    seconds: dict[str, list[float]] = {label: [] for label in memories}
+    for i in range(timed):
+        speaker, text, graph = data.utterance()
+        at = data.tick()
+        _timed(memories, seconds, i, "add", text, graph=graph, speaker=speaker, session=f"chat {i % 20}", at=at)
+    return seconds
+
+
+def bench_store(targets: dict[str, tuple[type, str]], sizes: list[int], timed: int) -> list[dict]:
+    """Fill and time the memories of `targets` (label -> Memory class and store) with the same data."""
     rows = []
     data = Synthetic()
-    with Memory(target) as memory:
+    memories = {label: memory(target) for label, (memory, target) in targets.items()}
+    try:
         for size in sizes:
             started = time.perf_counter()
-            while (stored := _facts(memory)) < size:
-                memory.add(graph=data.filler(min(BATCH, size - stored)), session="fill", at=data.tick())
+            while (stored := _facts(next(iter(memories.values())))) < size:
+                graph, at = data.filler(min(BATCH, size - stored)), data.tick()
+                for memory in memories.values():
+                    memory.add(graph=graph, session="fill", at=at)
             fill = time.perf_counter() - started
-            if memory.store == "postgresql":  # fresh statistics, as autovacuum would give a long-lived database
-                memory._store.execute("ANALYZE")
-            adds, abouts, found = [], [], []
-            for i in range(timed):
-                speaker, text, graph = data.utterance()
-                at = data.tick()
-                t = time.perf_counter()
-                memory.add(text, graph=graph, speaker=speaker, session=f"chat {i % 20}", at=at)
-                adds.append(time.perf_counter() - t)
-            for _ in range(timed):
-                question = data.question()
-                t = time.perf_counter()
-                found.append(len(memory.about(question)))
-                abouts.append(time.perf_counter() - t)
-            stats = memory.stats()
-            row = {"store": memory.store, "facts": stats["facts"], "valid_facts": stats["valid_facts"],
-                   "entities": stats["entities"], "fill_s": round(fill, 1), "add": _percentiles(adds),
-                   "about": _percentiles(abouts), "about_facts_mean": round(statistics.mean(found), 1)}
-            print(f"{row['store']:10} {row['facts']:>7} facts  add p50 {row['add']['p50_ms']:6.2f} ms "
-                  f"p95 {row['add']['p95_ms']:6.2f} ms   about p50 {row['about']['p50_ms']:6.2f} ms "
-                  f"p95 {row['about']['p95_ms']:6.2f} ms  ({row['about_facts_mean']} facts)   fill {fill:.0f} s",
-                  flush=True)
-            rows.append(row)
+            for memory in memories.values():
+                if memory.store == "postgresql":  # fresh statistics, as autovacuum would give a long-lived database
+                    memory._store.execute("ANALYZE")
+            adds = _time_adds(memories, data, timed)
+            abouts: dict[str, list[float]] = {label: [] for label in memories}
+            found = [len(_timed(memories, abouts, i, "about", data.question())) for i in range(timed)]
+            for label, (memory, target) in targets.items():
+                memories[label].close()
+                memories[label] = memory(target)
+            reopened = _time_adds(memories, data, timed)
+            for label, memory in memories.items():
+                stats = memory.stats()
+                row = {"code": label, "store": memory.store, "facts": stats["facts"],
+                       "valid_facts": stats["valid_facts"], "entities": stats["entities"], "fill_s": round(fill, 1),
+                       "add": _percentiles(adds[label]), "add_reopened": _percentiles(reopened[label]),
+                       "about": _percentiles(abouts[label]), "about_facts_mean": round(statistics.mean(found), 1)}
+                if label != "this":  # paired: each add of this code over the same add by the other, next to it
+                    row["this_over_it"] = {
+                        "add_p50": round(statistics.median(a / b for a, b in zip(adds["this"], adds[label])), 3),
+                        "add_reopened_p50": round(statistics.median(
+                            a / b for a, b in zip(reopened["this"], reopened[label])), 3)}
+                print(f"{label:8} {row['store']:10} {row['facts']:>7} facts  add p50 {row['add']['p50_ms']:6.2f} ms "
+                      f"p95 {row['add']['p95_ms']:6.2f} ms  reopened p50 {row['add_reopened']['p50_ms']:6.2f} ms "
+                      f"p95 {row['add_reopened']['p95_ms']:6.2f} ms   about p50 {row['about']['p50_ms']:6.2f} ms "
+                      f"p95 {row['about']['p95_ms']:6.2f} ms  ({row['about_facts_mean']} facts)   fill {fill:.0f} s",
+                      flush=True)
+                rows.append(row)
+    finally:
+        for memory in memories.values():
+            memory.close()
     return rows
 
 
-def _empty_postgres(dsn: str) -> None:
+def _empty_postgres(dsn: str, schema: str | None = None) -> str:
+    """Drop the memory tables of `dsn` (or of its `schema`, created if need be); the URL to reach them."""
     import psycopg
 
+    if schema is not None:
+        with psycopg.connect(dsn, autocommit=True) as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        dsn += ("&" if "?" in dsn else "?") + f"options=-csearch_path%3D{schema}"
     with psycopg.connect(dsn, autocommit=True) as con:
         for table in ("hm_meta", "hm_entities", "hm_aliases", "hm_facts", "hm_mentions", "hm_merges", "hm_sessions"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.execute("DROP SEQUENCE IF EXISTS hm_ids")
+    return dsn
 
 
 # ------------------------------------------------------------------------------------------------ DialogRE
@@ -229,16 +290,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default=None, help="a PostgreSQL URL to measure too (its hm_ tables are dropped)")
     parser.add_argument("--no-duckdb", action="store_true")
     parser.add_argument("--dialogre", type=Path, default=None, help="DialogRE train.json for the duplicate check")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another hotmem checkout whose memory runs interleaved with this one (PostgreSQL: in "
+                             "schema hm_baseline)")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = parser.parse_args(argv)
     results: dict = {"when": datetime.now().isoformat(timespec="seconds"), "sizes": args.sizes,
                      "timed": args.timed, "python": sys.version.split()[0], "stores": []}
+    baseline = _baseline_memory(args.baseline) if args.baseline else None
     with tempfile.TemporaryDirectory(prefix="hotmem-memory-bench-") as tmp:
         if not args.no_duckdb:
-            results["stores"] += bench_store(str(Path(tmp) / "bench.duckdb"), args.sizes, args.timed)
+            targets = {"this": (Memory, str(Path(tmp) / "bench.duckdb"))}
+            if baseline:
+                targets["baseline"] = (baseline, str(Path(tmp) / "baseline.duckdb"))
+            results["stores"] += bench_store(targets, args.sizes, args.timed)
         if args.postgres:
-            _empty_postgres(args.postgres)
-            results["stores"] += bench_store(args.postgres, args.sizes, args.timed)
+            targets = {"this": (Memory, _empty_postgres(args.postgres))}
+            if baseline:
+                targets["baseline"] = (baseline, _empty_postgres(args.postgres, "hm_baseline"))
+            results["stores"] += bench_store(targets, args.sizes, args.timed)
         if args.dialogre:
             results["dialogre"] = dialogre_check(args.dialogre, str(Path(tmp) / "dialogre.duckdb"))
     if args.out:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +25,7 @@ import pytest
 pytest.importorskip("duckdb")
 
 from hotmem.errors import HotmemError, InvalidInputError  # noqa: E402
-from hotmem.memory import Memory, MemoryLockedError  # noqa: E402
+from hotmem.memory import AddResult, Memory, MemoryLockedError  # noqa: E402
 from hotmem.types import Entity, Graph, Relation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -470,6 +472,90 @@ def test_a_failure_inside_add_rolls_everything_back(memory, monkeypatch):
                            types={"Bergen": LOCATION, "jazz": "MISC"}))
     assert _counts(memory) == before
     assert [f.object for f in memory.facts("Anna")] == ["Oslo"]
+    # nothing of the rolled-back add stays in the writer's cache either
+    monkeypatch.setattr(module._Writer, "write", original)
+    result = memory.add(graph=G(("Anna", "lives_in", "Bergen"), ("Ben", "likes", "jazz"),
+                                types={"Bergen": LOCATION, "jazz": "MISC"}))
+    assert [(f.object, f.ended_by) for f in result.ended] == [("Oslo", "superseded")]
+    assert [f.triple for f in result.added] == [("Anna", "lives_in", "Bergen"), ("Ben", "likes", "jazz")]
+    assert _counts(memory)["facts"] == before["facts"] + 2
+
+
+# ------------------------------------------------------------------------------------------------ the writer's cache
+
+
+def _conversation(seed: int, steps: int) -> list[tuple[str, tuple, dict]]:
+    """Random adds (negations, aliases, kin, first names, working memory, times out of order), sessions ending and
+    people forgotten: each a memory method's name and its arguments."""
+    rng = random.Random(seed)
+    people = ["Anna", "Ben", "Chandler", "Chandler Bing", "Joey", "Joey Tribbiani", "Maria", "Speaker 2", "Ross"]
+    said = people + ["I", "my sister", "Anna's sister", "Ben's mother"]
+    objects = {"lives_in": ["Oslo", "Bergen", "Rome"], "works_at": ["Equinor", "Telenor"], "likes": ["jazz", "opera"],
+               "friends_with": people, "married_to": people, "sibling_of": people, "per:alternate_names": people,
+               "child_of": people, "parent_of": people}
+    negations = {"lives_in": "I don't live in {} any more.", "works_at": "I left {} last week.",
+                 "likes": "I no longer like {}."}
+    ops, at = [], datetime(2024, 1, 1)
+    for _ in range(steps):
+        at += timedelta(hours=rng.choice([1, 1, 5, -30]))
+        session, speaker = rng.choice(["s1", "s2", "s3"]), rng.choice([*people[:5], None])
+        if rng.random() < 0.04:
+            ops.append(("end_session", (session,), {"keep": rng.random() < 0.5}))
+            continue
+        if rng.random() < 0.02:
+            ops.append(("forget", (rng.choice(people),), {}))
+            continue
+        triples = []
+        for _ in range(rng.choice([1, 2, 3])):
+            predicate = rng.choice(sorted(objects))
+            triples.append((rng.choice(said), predicate, rng.choice(objects[predicate])))
+        text = "About " + ", ".join(o for _, _, o in triples) + "."
+        if triples[0][1] in negations and rng.random() < 0.2:
+            text = negations[triples[0][1]].format(triples[0][2])
+        graph = G(*triples, types={o: "MISC" for _, p, o in triples if p in negations})
+        ops.append(("add", (text,), {"graph": graph, "speaker": speaker, "session": session, "at": at,
+                                      "persist": rng.random() < 0.85}))
+    return ops
+
+
+def test_the_writers_cache_changes_nothing(tmp_path):
+    """The only writer of a DuckDB file answers an add's reads from what earlier adds taught it: the same
+    conversation, with the cache emptied before every step, gives the same results and the same rows."""
+    dumps = []
+    for forgetful in (False, True):
+        with Memory(tmp_path / f"{forgetful}.duckdb") as memory:
+            assert memory._store.cache is not None
+            results = []
+            for method, args, kwargs in _conversation(seed=3, steps=250):
+                if forgetful:
+                    memory._store.cache.clear()
+                results.append(getattr(memory, method)(*args, **kwargs))
+            tables = {t: memory._store.fetchall(f"SELECT * FROM hm_{t} ORDER BY 1, 2")
+                      for t in ("entities", "aliases", "facts", "mentions", "merges", "sessions")}
+            dumps.append((results, tables))
+    assert dumps[0] == dumps[1]
+    adds = [r for r in dumps[0][0] if isinstance(r, AddResult)]  # the conversation went everywhere
+    assert {m.reason for r in adds for m in r.merges} == {"alias", "kinship", "first_name", "speaker"}
+    assert {f.ended_by for r in adds for f in r.ended} == {"superseded", "negated"}
+    assert any(r.strengthened for r in adds) and any(r.negated for r in adds)
+
+
+def test_a_second_writer_in_the_process_turns_the_cache_off(tmp_path):
+    path = tmp_path / "memory.duckdb"
+    with Memory(path) as first:
+        first.add(graph=G(("Anna", "lives_in", "Oslo"), types={"Oslo": LOCATION}), at="2024-01-01")
+        assert first._store.cache is not None
+        with Memory(path) as second:  # the same DuckDB database, through another connection
+            assert first._store.cache is None and second._store.cache is None
+            second.add(graph=G(("Anna", "lives_in", "Bergen"), types={"Bergen": LOCATION}), at="2024-02-01")
+            result = first.add(graph=G(("Anna", "lives_in", "Rome"), types={"Rome": LOCATION}), at="2024-03-01")
+            assert [f.object for f in result.ended] == ["Bergen"]
+        assert first._store.cache is not None  # alone again, starting from what is stored
+        result = first.add(graph=G(("Anna", "lives_in", "Oslo"), types={"Oslo": LOCATION}), at="2024-04-01")
+        assert [f.object for f in result.ended] == ["Rome"]
+    with Memory(path, read_only=True) as reader:
+        assert reader._store.cache is None
+        assert [f.object for f in reader.history("Anna", "lives_in")] == ["Oslo", "Bergen", "Rome", "Oslo"]
 
 
 # ------------------------------------------------------------------------------------------------ processes

@@ -3,7 +3,9 @@
 One SQL schema and one SQL dialect (`?` placeholders, sequences, `INSERT ... RETURNING`, arrays via
 `unnest(?::TEXT[])`) run on both; the per-store differences live here: how a connection opens, how a transaction
 starts (PostgreSQL writers take one advisory lock per transaction, so concurrent adds serialise instead of racing on
-entity resolution) and how the drivers' errors map to hotmem's. Drivers are imported when a store opens.
+entity resolution), how the drivers' errors map to hotmem's, and who may keep a `Cache` between transactions (the
+one writer of a DuckDB file: DuckDB admits one writer process, and this module counts the writers in this one).
+Drivers are imported when a store opens.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import weakref
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +24,7 @@ from hotmem.errors import ConfigurationError, MemoryLockedError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEMA_VERSION", "Store", "marks", "open_store"]
+__all__ = ["SCHEMA_VERSION", "Cache", "Store", "marks", "open_store"]
 
 SCHEMA_VERSION = "1"
 
@@ -58,8 +62,35 @@ CREATE TABLE IF NOT EXISTS hm_sessions (
 );
 """
 
+#: Row ids drawn from the sequence per round trip (an add uses a handful; unused ones are skipped numbers).
+ID_BLOCK = 64
+
 #: Constant key of the PostgreSQL advisory lock every writing transaction takes ("hotmem" in ASCII).
 _PG_WRITE_LOCK = 0x686F746D656D
+
+
+class Cache:
+    """What the only writer of a database knows of it from its earlier transactions: entities by id, their ids by
+    name key (None: no such name), open facts by id, the ids of each entity's open facts, and turn counts by session.
+    The memory fills and reads it; whatever may have made it stale empties it: a transaction that does not commit,
+    a change the memory does not follow (merges, forgetting, sessions ending, imports), another writer opening."""
+
+    #: Past this many entities or open facts it starts over (about 300 bytes an open fact: 60 MB at most).
+    LIMIT = 200_000
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.entities: dict[int, Any] = {}
+        self.names: dict[str, int | None] = {}
+        self.open: dict[int, Any] = {}
+        self.facts: dict[int, set[int]] = {}
+        self.turns: dict[str, int] = {}
+
+    def trim(self) -> None:
+        if len(self.entities) > self.LIMIT or len(self.open) > self.LIMIT:
+            self.clear()
 
 
 def marks(values: Sequence[Any]) -> str:
@@ -78,6 +109,10 @@ class Store:
         # one connection per Memory; DuckDB and psycopg connections are not for concurrent use from threads
         self.lock = threading.RLock()
         self._depth = 0
+        self._ids: deque[int] = deque()
+        #: What this connection knows of the database between transactions, when it is its only writer (see `Cache`);
+        #: None when other connections may write.
+        self.cache: Cache | None = None
         self._connect()
         if not read_only:
             with self.transaction():
@@ -115,10 +150,24 @@ class Store:
                 yield
             except BaseException:
                 self._depth = 0
+                self._forget_transaction()
                 self._end(commit=False)
                 raise
             self._depth = 0
-            self._end(commit=True)
+            if self.cache is None:
+                self._ids.clear()
+            try:
+                self._end(commit=True)
+            except BaseException:
+                self._forget_transaction()
+                raise
+
+    def _forget_transaction(self) -> None:
+        """A transaction did not commit: what the cache learnt in it is false, and its ids are not durable (DuckDB
+        logs a sequence's use with the commit, so after a restart they could be drawn again)."""
+        self._ids.clear()
+        if self.cache is not None:
+            self.cache.clear()
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
         with self.lock:
@@ -132,11 +181,6 @@ class Store:
         rows = self.fetchall(statement, params)
         return rows[0] if rows else None
 
-    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            with self.lock:
-                self._many(self.sql(statement), rows)
-
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Many rows in one statement (one round trip; DuckDB's executemany plans each row again)."""
         if rows:
@@ -144,13 +188,14 @@ class Store:
             self.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([marks] * len(rows)),
                          [value for row in rows for value in row])
 
-    def ids(self, count: int, session: str) -> tuple[list[int], int | None]:
-        """`count` fresh row ids from the shared sequence, and the session's turn count (None for a new session):
-        one round trip for the two things every add reads first."""
-        rows = self.fetchall(
-            f"SELECT nextval('hm_ids'), (SELECT turns FROM hm_sessions WHERE session = ?) FROM {self._SERIES}",
-            (session, count))
-        return [r[0] for r in rows], rows[0][1]
+    def new_id(self) -> int:
+        """A fresh row id, from the shared sequence a block at a time. A sole writer keeps the rest for its next
+        transactions (a sequence never hands a value out twice); otherwise they are dropped at commit, so that ids
+        keep following the order in which concurrent writers commit."""
+        if not self._ids:
+            rows = self.fetchall(f"SELECT nextval('hm_ids') FROM {self._SERIES}", (ID_BLOCK,))
+            self._ids.extend(r[0] for r in rows)
+        return self._ids.popleft()
 
     _SERIES = "range(?)"
 
@@ -170,15 +215,34 @@ class Store:
     def _run(self, statement: str, params: Sequence[Any], fetch: bool) -> list[tuple]:
         raise NotImplementedError
 
-    def _many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError
+
+#: Writing DuckDB stores open in this process, by file: DuckDB admits one writer process, so a store alone in its
+#: list writes its file alone and may keep a `Cache`.
+_DUCKDB_WRITERS: dict[str, weakref.WeakSet[DuckDBStore]] = {}
+_DUCKDB_WRITERS_LOCK = threading.Lock()
 
 
 class DuckDBStore(Store):
     """An embedded DuckDB file. DuckDB lets one process write a file at a time: a second process gets
-    `MemoryLockedError` when it opens the file, never a half-written one (DuckDB's WAL keeps commits atomic)."""
+    `MemoryLockedError` when it opens the file, never a half-written one (DuckDB's WAL keeps commits atomic). The
+    only writing store of a file in this process keeps a `Cache`; a second one turns both caches off."""
 
     kind = "duckdb"
+
+    def _share(self, joining: bool) -> None:
+        """Join or leave the file's writers; the cache is on exactly while one is left (and starts empty)."""
+        key = str(Path(self.target).resolve())
+        with _DUCKDB_WRITERS_LOCK:
+            writers = _DUCKDB_WRITERS.setdefault(key, weakref.WeakSet())
+            if joining:
+                writers.add(self)
+            else:
+                writers.discard(self)
+            for store in writers:
+                with store.lock:  # after any transaction in progress
+                    store.cache = Cache() if len(writers) == 1 else None
+        if not joining:
+            self.cache = None
 
     def _connect(self) -> None:
         import duckdb
@@ -199,6 +263,12 @@ class DuckDBStore(Store):
             raise ConfigurationError(f"cannot open memory {path}: {exc}") from None
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open memory {path}: {exc}") from None
+        # hotmem's statements are small lookups and writes, which a second thread only slows (hand-offs: a tenth of
+        # an add on a shared two-core machine); the setting is the database's, so other connections to this file in
+        # this process share it
+        self.con.execute("SET threads = 1")
+        if not self.read_only:
+            self._share(joining=True)
 
     def _begin(self) -> None:
         self.con.begin()
@@ -213,10 +283,9 @@ class DuckDBStore(Store):
         cursor = self.con.execute(statement, list(params))
         return cursor.fetchall() if fetch else []
 
-    def _many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.con.executemany(statement, [list(r) for r in rows])
-
     def close(self) -> None:
+        if not self.read_only:
+            self._share(joining=False)
         self.con.close()
 
 
@@ -261,10 +330,6 @@ class PostgresStore(Store):
     def _run(self, statement: str, params: Sequence[Any], fetch: bool) -> list[tuple]:
         cursor = self.con.execute(statement, list(params) if params else None)
         return cursor.fetchall() if fetch else []
-
-    def _many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self.con.cursor() as cursor:
-            cursor.executemany(statement, [list(r) for r in rows])
 
     def close(self) -> None:
         self.con.close()
