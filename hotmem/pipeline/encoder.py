@@ -88,8 +88,9 @@ class EncoderConfig:
     #: in the relation cross-entropy (most ordered pairs of entities are unrelated)
     entity_pos_weight: float = 5.0
     relation_pos_weight: float = 3.0
-    #: random non-entity spans added to each example's pairs as unrelated: at run time some decoded entities are wrong
-    pair_negatives: int = 2
+    #: non-entity spans added to each example's pairs as unrelated, those the entity head scores highest: at run time
+    #: some decoded entities are wrong, and their pairs must come out unrelated
+    pair_negatives: int = 3
     seed: int = 0
     save_steps: int = 50
     #: torch threads; None: torch's default (all cores)
@@ -283,12 +284,10 @@ def between_means(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
 
 
 def batch_loss(model: EncoderModel, tokenizer: Any, examples: Sequence[SpanExample],
-               shown: Sequence[Sequence[str]], config: EncoderConfig,
-               rngs: Sequence[random.Random] | None = None) -> tuple[torch.Tensor, int]:
+               shown: Sequence[Sequence[str]], config: EncoderConfig) -> tuple[torch.Tensor, int]:
     """Mean over the batch of entity BCE (every span x the schema's types) plus relation cross-entropy (every
-    ordered pair of gold entities and `config.pair_negatives` random non-entity spans, over "no relation" and the
-    shown predicates; teacher forcing). Returns the loss and the text tokens read. `rngs`: one per example, for
-    the negative spans (default: seeded by the example's id).
+    ordered pair of gold entities and the `config.pair_negatives` non-entity spans the entity head scores highest,
+    over "no relation" and the shown predicates; teacher forcing). Returns the loss and the text tokens read.
 
     An example is scored against every predicate shown to any example of the batch in its schema, not only its
     own sample: those labels are embedded for the batch anyway, and at run time every predicate of the schema is
@@ -321,10 +320,12 @@ def batch_loss(model: EncoderModel, tokenizer: Any, examples: Sequence[SpanExamp
         present = [n for n, k in enumerate(found) if k is not None]
         if not predicates:
             continue
+        # the spans the entity head likes best among those that are no entity: what decoding would wrongly keep
         taken = {w for i, j, _ in example.entities for w in range(i, j + 1)}
-        free = [k for k, (i, j) in enumerate(batch.spans[b]) if taken.isdisjoint(range(i, j + 1))]
-        rng = rngs[b] if rngs is not None else random.Random(example.id)
-        rows = [found[n] for n in present] + rng.sample(free, min(config.pair_negatives, len(free)))
+        liked = logits.detach().max(-1).values
+        free = sorted((k for k, (i, j) in enumerate(batch.spans[b]) if taken.isdisjoint(range(i, j + 1))),
+                      key=lambda k: -float(liked[k]))
+        rows = [found[n] for n in present] + free[: config.pair_negatives]
         if len(rows) < 2:
             continue
         labels = [predicate_label(p) for p in predicates]
@@ -417,13 +418,12 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         order = orders[epoch]
         chosen = order[position * config.batch_size: (position + 1) * config.batch_size]
         batch = [examples[i] for i in chosen]
-        shown, rngs = [], []
+        shown = []
         for i, example in zip(chosen, batch):
             rng = random.Random(f"{config.seed}:{epoch}:{i}")
             sample = shown_predicates(example.graph, example.schema, rng, config.negatives, config.whole_schema_rate)
             shown.append(example.schema.predicates if sample is None else sample)
-            rngs.append(rng)
-        loss, read = batch_loss(model, tokenizer, batch, shown, config, rngs)
+        loss, read = batch_loss(model, tokenizer, batch, shown, config)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
