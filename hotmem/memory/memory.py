@@ -695,7 +695,7 @@ class _Writer:
         self.cache: Cache | None = self.store.cache  # None: everything is read
         self.known: dict[str, _Entity] = {}  # alias key -> entity
         self.looked_up: set[str] = set()
-        self.by_id: dict[int, _Entity] = {}  # every entity this add has met, one object each
+        self.by_id: dict[int, _Entity] = {}  # every entity this add has met, one object each; merged ids: the keeper
         self.speaker_folds: dict[str, tuple[str, str]] = {}  # folded surface -> (surface, the speaker's key)
         self.created: set[int] = set()
         self.new_entities: list[_Entity] = []
@@ -875,9 +875,11 @@ class _Writer:
         if keep.type == "MISC" and drop.type != "MISC":
             keep.type = drop.type
             store.execute("UPDATE hm_entities SET type = ? WHERE id = ?", (keep.type, keep.id))
-        for alias, entity in list(self.known.items()):
-            if entity.id == drop.id:
-                self.known[alias] = keep
+        # whatever led to `drop` leads to `keep` from now on: its names, and its id (`_current`)
+        for table in (self.known, self.by_id):
+            for k, entity in list(table.items()):
+                if entity.id == drop.id:
+                    table[k] = keep
         self.merge_record(keep, drop.name, reason)
         self._dedupe(keep.id)
         return keep
@@ -1107,7 +1109,9 @@ class _Writer:
         cache.trim()
 
     def _current(self, entity: _Entity) -> _Entity:
-        return self.known.get(entity.key, entity)
+        """The entity `entity` is after this add's merges. By id: its own key may never have been looked up (it was
+        reached through another name), so `known` may not have it."""
+        return self.by_id[entity.id]
 
     def _merge_kin(self, facts: list[_Said]) -> None:
         """"Anna's sister" stored before, `sibling_of(Anna, Maria)` now: the sister is Maria."""
