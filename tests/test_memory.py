@@ -279,29 +279,33 @@ def test_stated_alias_merges_entities(memory):
     memory.add(graph=G(("Chandler Bing", "works_at", "a data company"), types={"a data company": ORG}),
                session="d1")
     result = memory.add(graph=G(("Speaker 2", "per:alternate_names", "Chandler Bing")), session="d1")
-    assert [(m.entity, m.merged, m.reason) for m in result.merges] == [("Chandler Bing", "Chandler Bing", "alias")]
+    # the name said that the entity does not show: "Speaker 2" is now Chandler Bing
+    assert [(m.entity, m.merged, m.reason) for m in result.merges] == [("Chandler Bing", "Speaker 2", "alias")]
     assert len(memory.entities()) == 3
     assert {f.predicate for f in memory.facts("Chandler Bing")} == {"lives_in", "works_at"}
     assert memory.resolve("Speaker 2") == "Chandler Bing"
 
 
-@pytest.mark.parametrize("speaker, before, now, added", [
+@pytest.mark.parametrize("speaker, before, now, added, merges", [
     # "Maria" names Ross; then Ross becomes the older Joey, and so does the subject of "Maria likes opera"
     (None, G(("Joey", "likes", "jazz"), ("Ross", "alternate_names", "Maria")),
-     G(("Maria", "alternate_names", "Joey"), ("Maria", "likes", "opera")), ("Joey", "likes", "opera")),
+     G(("Maria", "alternate_names", "Joey"), ("Maria", "likes", "opera")), ("Joey", "likes", "opera"),
+     [("Joey", "Maria", "alias"), ("Joey", "Ross", "entity")]),
     # the same through kinship, as first seen: Ben's sister is Maria, then Maria is the older Anna
     ("Ben", G(("Anna", "likes", "jazz"), ("my sister", "likes", "opera"), ("I", "sibling_of", "Maria")),
      G(("my sister", "alternate_names", "Anna"), ("my sister", "works_at", "Equinor"), types={"Equinor": ORG}),
-     ("Anna", "works_at", "Equinor")),
+     ("Anna", "works_at", "Equinor"), [("Anna", "my sister", "alias"), ("Anna", "Maria", "entity")]),
 ], ids=["alias", "kinship"])
 def test_a_fact_about_an_entity_merged_in_the_same_add_lands_on_what_it_became(
-        memory, tmp_path, speaker, before, now, added):
+        memory, tmp_path, speaker, before, now, added, merges):
     """A name may reach an entity through another key than its own, and that entity be merged away later in the
-    same add: the add's facts follow it to the entity it became, never to the deleted one."""
+    same add: the add's facts follow it to the entity it became, never to the deleted one. The merge records say
+    both the alias said and the stored entity it reached."""
     memory.add(graph=before, speaker=speaker, session="s1")
     result = memory.add(graph=now, speaker=speaker, session="s1")
     _assert_consistent(memory, result)
     assert [f.triple for f in result.added] == [added]
+    assert [(m.entity, m.merged, m.reason) for m in result.merges] == merges
     path = tmp_path / "memory.jsonl"
     assert memory.export(path) == len(path.read_text().splitlines())
 
@@ -426,6 +430,73 @@ def test_forget_deletes_a_person(memory):
     assert memory.forget("Nobody") == 0
 
 
+def test_forget_takes_her_kin_and_her_name_from_what_stays(memory, tmp_path):
+    """A privacy request: her facts go, so do the entities named only through her ("Anna's mother", "Anna's cat")
+    with theirs; her sister, named Maria since, stays Maria's without the names through Anna, and the provenance
+    that stays keeps no word of her (speaker or text); another's own words stay whole."""
+    memory.add("My sister lives in Rome. My mother likes opera.", speaker="Anna", session="s1", at="2024-01-01",
+               graph=G(("my sister", "lives_in", "Rome"), ("my mother", "likes", "opera"),
+                       types={"Rome": LOCATION, "opera": "MISC"}))
+    memory.add("My cousin likes chess.", speaker="Anna", session="s1", at="2024-01-02",
+               graph=G(("my cousin", "likes", "chess"), types={"chess": "MISC"}))
+    memory.add("My sister Maria is visiting.", speaker="Anna", session="s2", at="2024-02-01",
+               graph=G(("I", "sibling_of", "Maria")))
+    # named by an alias, the cousin keeps showing as "Anna's cousin" (the older entity keeps its name)
+    memory.add("Anna's cousin is Ross.", speaker="Ben", session="s2", at="2024-02-02",
+               graph=G(("Anna's cousin", "alternate_names", "Ross")))
+    memory.add("Maria works at Equinor, Anna says. Anna's cat likes fish.", speaker="Ben", session="s3",
+               at="2024-03-01", graph=G(("Maria", "works_at", "Equinor"), ("Anna's cat", "likes", "fish"),
+                                        types={"Equinor": ORG, "fish": "FOOD", "Anna's cat": "ANIMAL"}))
+    memory.add("Ben likes jazz.", speaker="Anna", session="s3", at="2024-03-02",
+               graph=G(("Ben", "likes", "jazz"), types={"jazz": "MISC"}))
+    memory.add("I live in Oslo.", speaker="Ben", session="s3", at="2024-03-03",
+               graph=G(("I", "lives_in", "Oslo"), types={"Oslo": LOCATION}))
+    assert memory.resolve("Ross") == "Anna's cousin"
+    mentions = memory.stats()["mentions"]
+
+    # hers (sibling_of Maria), her mother's (opera), her cat's (fish)
+    assert memory.forget("Anna") == 3
+    _assert_consistent(memory)
+    for name in ("Anna", "Anna's sister", "Anna's mother", "Anna's cat", "Anna's cousin"):
+        assert memory.resolve(name) is None, name
+    assert memory.resolve("Maria") == "Maria" and memory.resolve("Ross") == "Ross"
+    facts = {f.triple: f for f in memory.graph().relations}
+    assert set(facts) == {("Maria", "lives_in", "Rome"), ("Maria", "works_at", "Equinor"), ("Ross", "likes", "chess"),
+                          ("Ben", "likes", "jazz"), ("Ben", "lives_in", "Oslo")}
+    provenance = {f.triple: [(m.speaker, m.text) for m in memory.provenance(f)] for f in memory.facts("Maria")}
+    assert provenance == {("Maria", "lives_in", "Rome"): [(None, "")],  # she said it
+                          ("Maria", "works_at", "Equinor"): [("Ben", "")]}  # Ben said it, naming her
+    [jazz] = [f for f in memory.facts("Ben") if f.object == "jazz"]
+    assert [(m.speaker, m.text, m.session) for m in memory.provenance(jazz)] == [(None, "", "s3")]
+    [oslo] = [f for f in memory.facts("Ben") if f.object == "Oslo"]
+    assert [(m.speaker, m.text) for m in memory.provenance(oslo)] == [("Ben", "I live in Oslo.")]
+    assert memory.stats()["mentions"] == mentions - 3  # the facts that stay keep their mention rows
+    # nothing stored names her any more: names, merge records, provenance
+    path = tmp_path / "memory.jsonl"
+    memory.export(path)
+    assert "anna" not in path.read_text().casefold()
+    assert memory.forget("Anna") == 0
+
+
+def test_forget_is_one_transaction(memory, monkeypatch):
+    from hotmem.memory import memory as module
+
+    memory.add("My sister lives in Rome.", speaker="Anna", graph=G(("my sister", "lives_in", "Rome"),
+                                                                   ("I", "likes", "jazz")))
+    memory.add("Anna is nice, and I like jazz.", speaker="Ben",
+               graph=G(("Ben", "likes", "Anna"), ("I", "likes", "jazz")))
+    before = memory._store.fetchall("SELECT * FROM hm_mentions ORDER BY id"), _counts(memory)
+
+    def fail(*args):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(module, "says", fail)  # the last step: every deletion made, not yet committed
+    with pytest.raises(RuntimeError):
+        memory.forget("Anna")
+    assert (memory._store.fetchall("SELECT * FROM hm_mentions ORDER BY id"), _counts(memory)) == before
+    assert memory.resolve("Anna's sister") == "Anna's sister"
+
+
 def test_export_import_roundtrip_across_stores(target, tmp_path):
     path = tmp_path / "memory.jsonl"
     with Memory(target) as memory:
@@ -478,6 +549,8 @@ def test_import_of_a_bad_file_changes_nothing(memory, tmp_path):
     lambda m: m.facts(""),
     lambda m: m.about(None),
     lambda m: m.history("Anna", ""),
+    lambda m: m.forget(""),
+    lambda m: m.forget(["Anna"]),
 ])
 def test_bad_input_raises_typed_error_and_changes_nothing(memory, call):
     memory.add(graph=G(("Anna", "lives_in", "Oslo"), types={"Oslo": LOCATION}))
@@ -511,6 +584,19 @@ def test_a_failure_inside_add_rolls_everything_back(memory, monkeypatch):
     assert [(f.object, f.ended_by) for f in result.ended] == [("Oslo", "superseded")]
     assert [f.triple for f in result.added] == [("Anna", "lives_in", "Bergen"), ("Ben", "likes", "jazz")]
     assert _counts(memory)["facts"] == before["facts"] + 2
+
+
+def test_an_entity_an_add_never_met_is_an_internal_error(memory, monkeypatch):
+    """An add names its facts' entities by what it met; an id it did not is a bug, raised (and rolled back) rather
+    than shown as a number."""
+    from hotmem.memory import memory as module
+
+    memory.add(graph=G(("Anna", "lives_in", "Oslo"), types={"Oslo": LOCATION}), at="2024-01-01")
+    before = _counts(memory)
+    monkeypatch.setattr(module._Writer, "entities", lambda self, ids: {})  # Oslo, the ended value, never read
+    with pytest.raises(AssertionError, match="internal error: entity"):
+        memory.add(graph=G(("Anna", "lives_in", "Bergen"), types={"Bergen": LOCATION}), at="2024-02-01")
+    assert _counts(memory) == before
 
 
 # ------------------------------------------------------------------------------------------------ the writer's cache
@@ -570,7 +656,7 @@ def test_the_writers_cache_changes_nothing(tmp_path):
             dumps.append((results, tables))
     assert dumps[0] == dumps[1]
     adds = [r for r in dumps[0][0] if isinstance(r, AddResult)]  # the conversation went everywhere
-    assert {m.reason for r in adds for m in r.merges} == {"alias", "kinship", "first_name", "speaker"}
+    assert {m.reason for r in adds for m in r.merges} == {"alias", "entity", "kinship", "first_name", "speaker"}
     assert {f.ended_by for r in adds for f in r.ended} == {"superseded", "negated"}
     assert any(r.strengthened for r in adds) and any(r.negated for r in adds)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -23,11 +24,13 @@ from hotmem.memory.store import Cache, Store, marks, open_store
 from hotmem.memory.text import (
     ALIAS_PREDICATES,
     KIN_WORDS,
+    POSSESSIVE,
     NegatedClause,
     entity_key,
     name_candidates,
     negated_clauses,
     predicate_cues,
+    says,
     split_possessive,
 )
 from hotmem.names import SPEAKER, is_grounded, names_nothing, normalize_name, snake_case
@@ -55,6 +58,27 @@ def _facts_by(column: str, ids: Sequence[Any]) -> str:
     above the index lookup, since DuckDB scans the whole table rather than use an index for a scan with more filters
     than the indexed one."""
     return f"(SELECT * FROM hm_facts WHERE {column} IN {marks(ids)} OFFSET 0)"
+
+
+def _one_of(keys: set[str]) -> Callable[[str], bool]:
+    """Whether a key is one of `keys` or a name through one ("anna 's sister", "anna 's sister 's husband")."""
+    owned = tuple(k + POSSESSIVE for k in keys)
+    return lambda key: key in keys or key.startswith(owned)
+
+
+def _may_say(columns: Sequence[str], keys: Iterable[str]) -> tuple[str, list[str]]:
+    """A filter that keeps every row whose `columns` may say one of the name keys (`says` decides): each key's longest
+    ASCII run of letters and digits, in the lower-cased column, so that the database scans and Python reads only the
+    candidates. A key with no such run keeps every row; no keys, none."""
+    stems = []
+    for key in keys:
+        runs = re.findall(r"[a-z0-9]+", key)
+        if not runs:
+            return "TRUE", []
+        stem = max(runs, key=len)
+        stems.append(stem.removesuffix("y"))  # "Henries" keys to "henry"
+    tests = [f"strpos(lower({c}), ?) > 0" for c in columns for _ in stems]
+    return "(" + (" OR ".join(tests) or "FALSE") + ")", [stem for _ in columns for stem in stems]
 
 
 def _utc(value: datetime | date | str | None, what: str = "at") -> datetime:
@@ -508,21 +532,83 @@ class Memory:
             self._store.execute("DELETE FROM hm_mentions WHERE fact_id IN (SELECT unnest(?::BIGINT[]))", (ids,))
             self._store.execute("DELETE FROM hm_facts WHERE id IN (SELECT unnest(?::BIGINT[]))", (ids,))
 
+    def _for_ids(self, statement: str, ids: list[Any]) -> None:
+        """`statement` with its `{}` the IN list of `ids`; none, no statement."""
+        if ids:
+            self._store.execute(statement.format(marks(ids)), ids)
+
     def forget(self, entity: str, *, speaker: str | None = None) -> int:
-        """Delete a person (or any entity) for privacy: every fact they are part of, with its mentions, their
-        names and merge records. Returns how many facts were deleted."""
-        with self._store.transaction():
+        """Delete a person (or any entity) for a privacy request, in one transaction. Returns how many facts were
+        deleted.
+
+        * The entity goes with every fact it is part of (and their mentions), its names and its merge records.
+        * So does every entity named only through it: possessive names such as "Anna's sister", "Anna's cat" or
+          "Anna's sister's husband" that were never resolved to a name of their own, with their facts.
+        * An entity such a name was resolved to stays: "Anna's sister" merged into Maria is Maria's. She loses the
+          names through Anna (`resolve("Anna's sister")` is None afterwards), takes her earliest other name if she
+          was displayed through Anna, and the merge records that name Anna ("Anna's sister" -> Maria) are deleted.
+        * Provenance of the facts that stay keeps its rows (a fact keeps its mention count and confidence) but not
+          her name: a mention she spoke loses its speaker and its text, and a mention whose text says one of her
+          names, word for word ("Anna" in "Anna's sister" or "Anna Smith", not in "Annabel"), loses its text
+          (it becomes "").
+
+        Session names, chosen by the caller, stay as they are. Deleted rows leave the database's files as the
+        database reclaims space (DuckDB's checkpoints, PostgreSQL's vacuum).
+
+        >>> memory.forget("Anna")  # her facts, her sister's (unnamed), and her name in the provenance of the rest
+        """
+        store = self._store
+        with store.transaction():
             ids = self._entity_ids(entity, speaker)
             if not ids:
                 return 0
             self._uncache()
-            facts = [r[0] for r in self._store.fetchall(
+            keys = {r[0] for r in store.fetchall(
+                f"SELECT key FROM hm_aliases WHERE entity_id IN {marks(ids)} "
+                f"UNION SELECT key FROM hm_entities WHERE id IN {marks(ids)}", [*ids, *ids])}
+            owned = [k + POSSESSIVE for k in sorted(keys)]
+            hers = _one_of(keys)
+            # what texts and records may say: not the key every unnamed "I" and "my ..." fold to, which names nobody
+            names = {k for k in keys if k != SPEAKER and not k.startswith(SPEAKER + POSSESSIVE)}
+            said_hers = _one_of(names)
+
+            # entities with a name through hers: gone if every name they have is one, else they lose those names
+            through = " OR ".join(["starts_with(key, ?)"] * len(owned))
+            reached = [r[0] for r in store.fetchall(
+                f"SELECT entity_id FROM hm_aliases WHERE {through} UNION SELECT id FROM hm_entities WHERE {through}",
+                owned + owned) if r[0] not in ids]
+            aliases: dict[int, list[tuple[str, str]]] = {i: [] for i in reached}
+            for entity_id, key, name in store.fetchall(
+                    f"SELECT entity_id, key, name FROM hm_aliases WHERE entity_id IN {marks(reached)} "
+                    "ORDER BY said_at, key", reached):
+                aliases[entity_id].append((key, name))
+            gone = [*ids, *(i for i in reached if all(hers(k) for k, _ in aliases[i]))]
+            facts = [r[0] for r in store.fetchall(
                 "SELECT id FROM hm_facts WHERE subject_id IN (SELECT unnest(?::BIGINT[])) "
-                "OR object_id IN (SELECT unnest(?::BIGINT[]))", (ids, ids))]
+                "OR object_id IN (SELECT unnest(?::BIGINT[]))", (gone, gone))]
             self._delete_facts(facts)
             for table, column in (("hm_aliases", "entity_id"), ("hm_merges", "entity_id"), ("hm_entities", "id")):
-                self._store.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT unnest(?::BIGINT[]))", (ids,))
-        logger.info("forgot %s: %d facts", entity, len(facts))
+                store.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT unnest(?::BIGINT[]))", (gone,))
+            kept = [i for i in reached if i not in gone]
+            self._for_ids("DELETE FROM hm_aliases WHERE key IN {}", [k for i in kept for k, _ in aliases[i] if hers(k)])
+            for entity_id, key, name in store.fetchall(
+                    f"SELECT id, key, name FROM hm_entities WHERE id IN {marks(kept)}", kept):
+                if hers(key) or hers(normalize_name(name)):
+                    store.execute("UPDATE hm_entities SET key = ?, name = ? WHERE id = ?",
+                                  (*next(a for a in aliases[entity_id] if not hers(a[0])), entity_id))
+            # what is left that carries her name: merge records of the entities kept, and provenance texts
+            where, params = _may_say(("name", "merged"), names)
+            self._for_ids("DELETE FROM hm_merges WHERE id IN {}", [
+                r[0] for r in store.fetchall(f"SELECT id, name, merged FROM hm_merges WHERE {where}", params)
+                if said_hers(normalize_name(r[1])) or said_hers(normalize_name(r[2]))])
+            where, params = _may_say(("speaker", "text"), names)
+            rows = store.fetchall(f"SELECT id, speaker, text FROM hm_mentions WHERE {where}", params)
+            spoken = {r[0] for r in rows if r[1] is not None and said_hers(normalize_name(r[1]))}
+            self._for_ids("UPDATE hm_mentions SET speaker = NULL WHERE id IN {}", sorted(spoken))
+            self._for_ids("UPDATE hm_mentions SET text = '' WHERE id IN {}",
+                          [r[0] for r in rows if r[0] in spoken or says(r[2], names)])
+        # no name in the log: the request is to forget it
+        logger.info("forgot an entity: %d entities, %d facts", len(gone), len(facts))
         return len(facts)
 
     # ------------------------------------------------------------------------------------------------ JSONL
@@ -856,8 +942,12 @@ class _Writer:
         self.known.setdefault(row[1], entity)
         return entity
 
-    def merge_entities(self, keep: _Entity, drop: _Entity, reason: str) -> _Entity:
-        """`drop` becomes `keep`: names, facts and records move over; facts that became one are merged."""
+    def merge_entities(self, keep: _Entity, drop: _Entity, reason: str, said: Sequence[str] = (),
+                       speaker: str | None = None) -> _Entity:
+        """`drop` becomes `keep`: names, facts and records move over; facts that became one are merged. `said` are
+        the names a stated alias gave `drop` and `keep` (by `speaker`): the record shows the one that is not the
+        name `keep` ends with ("Speaker 2" -> Chandler Bing), and a second record (`entity`) the name of `drop`
+        when the alias reached it under another ("Maria" -> Joey, where Maria named Ross: Ross -> Joey too)."""
         if keep.id == drop.id:
             return keep
         self.uncache()
@@ -880,7 +970,11 @@ class _Writer:
             for k, entity in list(table.items()):
                 if entity.id == drop.id:
                     table[k] = keep
-        self.merge_record(keep, drop.name, reason)
+        shown = normalize_name(keep.name)
+        said_keys = {entity_key(name, speaker): name for name in said}
+        self.merge_record(keep, next((n for k, n in said_keys.items() if k != shown), drop.name), reason)
+        if said and normalize_name(drop.name) not in {shown, *said_keys}:
+            self.merge_record(keep, drop.name, "entity")
         self._dedupe(keep.id)
         return keep
 
@@ -987,8 +1081,10 @@ class _Writer:
         facts: list[_Said] = []
         for item in said:
             if snake_case(item.relation.predicate) in ALIAS_PREDICATES:
-                older, newer = sorted((self._current(item.subject), self._current(item.object)), key=lambda e: e.id)
-                self.merge_entities(older, newer, "alias")
+                (older, older_as), (newer, newer_as) = sorted(
+                    ((self._current(item.subject), item.relation.subject),
+                     (self._current(item.object), item.relation.object)), key=lambda side: side[0].id)
+                self.merge_entities(older, newer, "alias", said=(newer_as, older_as), speaker=item.speaker)
             else:
                 facts.append(item)
         self._merge_kin(facts)
@@ -1111,7 +1207,14 @@ class _Writer:
     def _current(self, entity: _Entity) -> _Entity:
         """The entity `entity` is after this add's merges. By id: its own key may never have been looked up (it was
         reached through another name), so `known` may not have it."""
-        return self.by_id[entity.id]
+        return self.met(entity.id)
+
+    def met(self, entity_id: int) -> _Entity:
+        """An entity this add has met (created, looked up, or read by `entities`); any other id is a bug here."""
+        entity = self.by_id.get(entity_id)
+        if entity is None:
+            raise AssertionError(f"internal error: entity {entity_id} was neither read nor created by this add")
+        return entity
 
     def _merge_kin(self, facts: list[_Said]) -> None:
         """"Anna's sister" stored before, `sibling_of(Anna, Maria)` now: the sister is Maria."""
@@ -1136,7 +1239,6 @@ class _Writer:
 
     def _negate(self, facts: list[_Said], turns: list[Turn], negations: dict[int, list[NegatedClause]],
                 open_facts: dict[int, _Open], speaker: str | None) -> list[_Said]:
-        names = {e.id: e for e in [*self.known.values(), *self.new_entities]}
         kept = []
         for item in facts:
             clauses = negations.get(item.turn, [])
@@ -1145,42 +1247,42 @@ class _Writer:
                 self.changes.negated.append((item.subject.name, item.predicate, item.object.name))
             else:
                 kept.append(item)
-        names.update(self.entities({f.object for f in open_facts.values()} - set(names)))
+        self.entities({f.object for f in open_facts.values()})  # what the clauses must name
         for index, clauses in negations.items():
             turn = turns[index]
             who = self.known.get(entity_key(turn.speaker or speaker or SPEAKER, None))
             for fact in list(open_facts.values()):
-                if fact.scope not in (None, self.scope) or fact.object not in names:
+                if fact.scope not in (None, self.scope):
                     continue
-                subject = names.get(fact.subject)
+                subject = self.by_id.get(fact.subject)  # None: read for its object, a subject this add never met
                 said_subject = subject is not None and (
                     (who is not None and subject.id == who.id) or any(c.names(subject.key) for c in clauses)
                     or is_grounded(subject.name, turn.text, [turn.speaker] if turn.speaker else []))
                 if not said_subject:
                     continue
                 cues = self.memory._predicate_cues(fact.predicate)
-                if any(c.names(names[fact.object].key) and c.speaks_of(fact.predicate, cues) for c in clauses):
+                if any(c.names(self.met(fact.object).key) and c.speaks_of(fact.predicate, cues) for c in clauses):
                     self.end(fact, self.at, "negated", open_facts)
         return kept
 
     def _result(self) -> AddResult:
-        names: dict[int, _Entity] = {e.id: e for e in [*self.known.values(), *self.new_entities]}
+        changes = self.changes
+        ended = [f for f, _, _ in changes.ended.values()]
+        self.entities({i for f in [*changes.added.values(), *changes.strengthened.values(), *ended]
+                       for i in (f.subject, f.object)})  # an ended rival's object may be new to this add
 
         def fact(f: _Open) -> Fact:
-            s, o = names.get(f.subject), names.get(f.object)
-            return Fact(id=f.id, subject=s.name if s else str(f.subject), predicate=f.predicate,
-                        object=o.name if o else str(f.object), subject_type=s.type if s else "MISC",
-                        object_type=o.type if o else "MISC", valid_from=_aware(f.valid_from),
-                        valid_to=_aware(f.valid_to), ended_by=f.ended_by, mentions=f.mentions,
-                        confidence=min(1.0, f.confidence), max_confidence=min(1.0, f.max_confidence),
-                        first_seen=_aware(f.first_seen), last_seen=_aware(f.last_seen), session=f.scope)
+            s, o = self.met(f.subject), self.met(f.object)
+            return Fact(id=f.id, subject=s.name, predicate=f.predicate, object=o.name, subject_type=s.type,
+                        object_type=o.type, valid_from=_aware(f.valid_from), valid_to=_aware(f.valid_to),
+                        ended_by=f.ended_by, mentions=f.mentions, confidence=min(1.0, f.confidence),
+                        max_confidence=min(1.0, f.max_confidence), first_seen=_aware(f.first_seen),
+                        last_seen=_aware(f.last_seen), session=f.scope)
 
-        ended = self.changes.ended
-        names.update(self.entities({i for f, _, _ in ended.values() for i in (f.subject, f.object)} - set(names)))
         return AddResult(
-            added=[fact(f) for f in self.changes.added.values()],
-            strengthened=[fact(f) for f in self.changes.strengthened.values()],
-            ended=[fact(f) for f, _, _ in ended.values()],
-            merges=self.changes.merges,
-            negated=self.changes.negated,
+            added=[fact(f) for f in changes.added.values()],
+            strengthened=[fact(f) for f in changes.strengthened.values()],
+            ended=[fact(f) for f in ended],
+            merges=changes.merges,
+            negated=changes.negated,
         )

@@ -67,8 +67,9 @@ class Mention(BaseModel):
 
 class Merge(BaseModel):
     """A record that a name was folded into an entity, and why: `speaker` (I/me/the speaker's name),
-    `kinship` (a possessive name resolved through its possessor, or a kin named later), `alias` (stated),
-    `first_name` (a unique person's first name), `entity` (two stored entities became one)."""
+    `kinship` (a possessive name resolved through its possessor, or a kin named later), `alias` (stated: the name
+    said that is not the entity's), `first_name` (a unique person's first name), `entity` (a stored entity an alias
+    reached under another name, by its own name: "Maria is Joey" where Maria named Ross records Maria and Ross)."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from hotmem.names import SPEAKER, normalize_name
 from hotmem.schema import RelationSchema
 
-__all__ = ["entity_key", "name_candidates", "negated_clauses", "predicate_cues", "stem"]
+__all__ = ["entity_key", "name_candidates", "negated_clauses", "predicate_cues", "says", "stem"]
 
 POSSESSIVE = " 's "
 
@@ -56,6 +56,21 @@ def split_possessive(key: str) -> tuple[str, str] | None:
     """`anna 's sister` -> (`anna`, `sister`); None for a plain name."""
     head, sep, rest = key.partition(POSSESSIVE)
     return (head, rest) if sep and head and rest else None
+
+
+def _words(key: str) -> list[str]:
+    return [w.rstrip("'") for w in key.split() if w != "'s"]  # "Anna's." normalises to "anna'"
+
+
+def says(text: str, keys: Iterable[str]) -> bool:
+    """Whether `text` says one of the name keys: its words in a row, any case or punctuation ("Anna's sister" and
+    "Anna Smith" say `anna`; "Annabel" does not)."""
+    words = _words(normalize_name(text))
+    for key in keys:
+        wanted = _words(key)
+        if wanted and any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1)):
+            return True
+    return False
 
 
 _WORD = re.compile(r"[\w'\u2019-]+")
