@@ -274,6 +274,75 @@ def test_kinship_names_resolve_and_merge_when_named(memory):
     assert memory.resolve("my sister", speaker="Anna") == "Maria"
 
 
+_SIBLINGS = ("My sister lives in Rome. My brother likes jazz.",
+             G(("my sister", "lives_in", "Rome"), ("my brother", "likes", "jazz"), types={"Rome": LOCATION}))
+_PARENTS = ("My mother likes opera. My father likes jazz.",
+            G(("my mother", "likes", "opera"), ("my father", "likes", "jazz")))
+
+
+@pytest.mark.parametrize("stored, named, merges", [
+    # nothing in `sibling_of` says Maria's gender: the sister and the brother both stay
+    (_SIBLINGS, ("Maria is visiting.", G(("I", "sibling_of", "Maria"))), []),
+    # ... unless the same add does: the turn's text, or a gendered predicate
+    (_SIBLINGS, ("My sister Maria is visiting.", G(("I", "sibling_of", "Maria"))), [("Maria", "Anna's sister")]),
+    (_SIBLINGS, ("Maria is visiting.", G(("Maria", "sister_of", "Anna"))), [("Maria", "Anna's sister")]),
+    (("My sister lives in Rome.", G(("my sister", "lives_in", "Rome"))),
+     ("Maria is visiting.", G(("I", "sibling_of", "Maria"))), [("Maria", "Anna's sister")]),
+    (("My sibling lives in Rome.", G(("my sibling", "lives_in", "Rome"))),
+     ("Sam is visiting.", G(("Anna", "sibling_of", "Sam"))), [("Sam", "Anna's sibling")]),
+    # a brother is not the sister; two named siblings and one sister: which one is she?
+    (("My sister lives in Rome.", G(("my sister", "lives_in", "Rome"))),
+     ("Tom is visiting.", G(("Tom", "brother_of", "Anna"))), []),
+    (("My sister lives in Rome.", G(("my sister", "lives_in", "Rome"))),
+     ("Maria and Joanna are visiting.", G(("I", "sibling_of", "Maria"), ("I", "sibling_of", "Joanna"))), []),
+    (_PARENTS, ("Eva is visiting.", G(("Eva", "parent_of", "Anna"))), []),
+    (_PARENTS, ("Eva is visiting.", G(("Eva", "mother_of", "Anna"))), [("Eva", "Anna's mother")]),
+    # two words of one role are one person
+    (("My mom likes opera. My mother likes jazz.", G(("my mom", "likes", "opera"), ("my mother", "likes", "jazz"))),
+     ("Eva is visiting.", G(("Anna", "child_of", "Eva"))), [("Eva", "Anna's mother"), ("Eva", "Anna's mom")]),
+], ids=["sister-and-brother", "said-sister", "sister_of", "sister-alone", "sibling-alone", "brother-is-no-sister",
+        "two-named", "mother-and-father", "mother_of", "mom-and-mother"])
+def test_a_named_relative_becomes_the_one_stored_kin_that_fits(memory, stored, named, merges):
+    """A kin word may say a gender ("sister", "father"; "sibling" and "parent" do not): a named relative becomes the
+    stored kin only when exactly one fits, never one of the other gender, and not when the relation leaves it open."""
+    memory.add(stored[0], speaker="Anna", session="s1", graph=stored[1])
+    kin = {e.name for e in memory.entities() if "'s " in e.name}
+    result = memory.add(named[0], speaker="Anna", session="s2", graph=named[1])
+    _assert_consistent(memory, result)
+    assert [(m.entity, m.merged) for m in result.merges if m.reason == "kinship"] == merges
+    merged = {m for _, m in merges}
+    assert {e.name for e in memory.entities() if "'s " in e.name} == kin - merged
+    for name in kin:
+        assert memory.resolve(name) == next((e for e, m in merges if m == name), name)
+
+
+def test_kin_named_already_is_not_named_again(memory):
+    """"Anna's sister" has a name of her own (a stated alias): a new sibling is another person, not her."""
+    memory.add("My sister lives in Rome.", speaker="Anna", graph=G(("my sister", "lives_in", "Rome")))
+    memory.add("My sister is called Maria.", speaker="Anna", graph=G(("my sister", "alternate_names", "Maria")))
+    assert memory.resolve("Maria") == memory.resolve("my sister", speaker="Anna")
+    result = memory.add("Joanna is visiting.", speaker="Anna", graph=G(("I", "sibling_of", "Joanna")))
+    assert result.merges == []
+    assert memory.resolve("Joanna") == "Joanna" and memory.resolve("Maria") != "Joanna"
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("My sister Maria is visiting.", "maria", {"sister"}),
+    ("Maria, my little sister, is here.", "maria", {"sister"}),
+    ("Maria is Anna's sister.", "maria", {"sister"}),
+    ("My brother is Tom.", "tom", {"brother"}),
+    ("My sister Maria and my brother Tom came.", "tom", {"brother"}),
+    ("Maria's sister is here.", "maria", set()),
+    ("My sister's friend Maria is here.", "maria", set()),
+    ("I have a sister. Maria is nice.", "maria", set()),
+    ("My sister and Maria came.", "maria", set()),
+])
+def test_kin_said_of_a_name(text, key, words):
+    from hotmem.memory.text import kin_said_of
+
+    assert kin_said_of(text, key) == words
+
+
 def test_stated_alias_merges_entities(memory):
     memory.add(graph=G(("Speaker 2", "lives_in", "New York"), types={"New York": LOCATION}), session="d1")
     memory.add(graph=G(("Chandler Bing", "works_at", "a data company"), types={"a data company": ORG}),

@@ -27,6 +27,7 @@ from hotmem.memory.text import (
     POSSESSIVE,
     NegatedClause,
     entity_key,
+    kin_said_of,
     name_candidates,
     negated_clauses,
     predicate_cues,
@@ -159,6 +160,7 @@ class _Said:
     subject: _Entity | None = None
     object: _Entity | None = None
     predicate: str = ""
+    swapped: bool = False  # the canonical predicate runs the other way: `object` is the relation's subject
 
 
 @dataclass
@@ -1072,8 +1074,8 @@ class _Writer:
             item.object = self.resolve(item.relation.object, kind(item.relation.object), item.speaker)
             if item.subject is None or item.object is None:
                 continue
-            item.predicate, swap = memory._predicate(item.relation.predicate)
-            if swap:
+            item.predicate, item.swapped = memory._predicate(item.relation.predicate)
+            if item.swapped:
                 item.subject, item.object = item.object, item.subject
         said = [s for s in said if s.subject is not None and s.object is not None]
 
@@ -1087,7 +1089,7 @@ class _Writer:
                 self.merge_entities(older, newer, "alias", said=(newer_as, older_as), speaker=item.speaker)
             else:
                 facts.append(item)
-        self._merge_kin(facts)
+        self._merge_kin(facts, turns)
         for item in facts:
             item.subject, item.object = self._current(item.subject), self._current(item.object)
 
@@ -1216,26 +1218,86 @@ class _Writer:
             raise AssertionError(f"internal error: entity {entity_id} was neither read nor created by this add")
         return entity
 
-    def _merge_kin(self, facts: list[_Said]) -> None:
-        """"Anna's sister" stored before, `sibling_of(Anna, Maria)` now: the sister is Maria."""
-        wanted: list[tuple[_Entity, str, _Entity]] = []
+    def _merge_kin(self, facts: list[_Said], turns: list[Turn]) -> None:
+        """"Anna's sister" stored before, `sibling_of(Anna, Maria)` now: the sister is Maria. Every stored, still
+        unnamed kin of Anna the relation may name is a candidate ("Anna's sister", "Anna's brother", "Anna's
+        sibling"); Maria becomes the one that fits (`_kin_fit`), when it is no other named relative's candidate and
+        has no name of its own yet (two names are two people)."""
+        asked: dict[tuple[int, int], tuple[_Entity, _Entity, list[str]]] = {}  # (owner, named) ids -> kin words
         for item in facts:
             s, o = self._current(item.subject), self._current(item.object)
             symmetric = item.predicate in self.memory._symmetric
-            for word, (predicate, kin_is_subject) in KIN_WORDS.items():
-                if predicate != item.predicate:
+            for word, kin in KIN_WORDS.items():
+                if kin.predicate != item.predicate:
                     continue
-                pairs = [(s, o), (o, s)] if symmetric else [(o, s)] if kin_is_subject else [(s, o)]
+                pairs = [(s, o), (o, s)] if symmetric else [(o, s)] if kin.kin_is_subject else [(s, o)]
                 for owner, named in pairs:
                     if not split_possessive(named.key) and not split_possessive(owner.key):
-                        wanted.append((owner, f"{owner.key} 's {word}", named))
-        if not wanted:
+                        words = asked.setdefault((owner.id, named.id), (owner, named, []))[2]
+                        if word not in words:
+                            words.append(word)
+        if not asked:
             return
-        self.load(k for _, k, _ in wanted)
-        for owner, key, named in wanted:
-            kin = self.known.get(key)
-            if kin is not None and kin.id != named.id and split_possessive(kin.key):
+        self.load(f"{owner.key} 's {word}" for owner, _, words in asked.values() for word in words)
+        options = []
+        for owner, named, words in asked.values():
+            stored = {w: kin for w in words if (kin := self.known.get(f"{owner.key} 's {w}")) is not None
+                      and kin.id != named.id and split_possessive(kin.key)}  # a kin named already has a plain key
+            if stored:
+                options.append((named, stored))
+        if not options:
+            return
+        said = self._kin_said(facts, turns)
+        claims: dict[int, tuple[_Entity, list[_Entity]]] = {}  # kin id -> (kin, the named relatives it may be)
+        for named, stored in options:
+            for kin in self._kin_fit(stored, said.get(named.id, set())):
+                claims.setdefault(kin.id, (kin, []))[1].append(named)
+        claims = {i: c for i, c in claims.items() if len({n.id for n in c[1]}) == 1}
+        named_already = self._named(list(claims))
+        for kin_id, (kin, (named, *_)) in claims.items():
+            if kin_id not in named_already:
                 self.merge_entities(self._current(named), kin, "kinship")
+
+    @staticmethod
+    def _kin_fit(stored: dict[str, _Entity], said: set[str]) -> list[_Entity]:
+        """Of the stored kin a named relative may be (by kin word), those they are: the only candidate whose word
+        fits the gender said of them (a "sister" is no "brother"; "sibling" fits both), or several of one role
+        ("Anna's mom" and "Anna's mother"); when more fit, the one role this add says of them ("my sister Maria").
+        None when it stays ambiguous."""
+        genders = {KIN_WORDS[w].gender for w in said} - {None}
+        fit = {w: kin for w, kin in stored.items()
+               if KIN_WORDS[w].gender is None or not genders or genders == {KIN_WORDS[w].gender}}
+        roles = {KIN_WORDS[w].role for w in said}
+        for chosen in (fit, {w: kin for w, kin in fit.items() if KIN_WORDS[w].role in roles}):
+            kin = list({k.id: k for k in chosen.values()}.values())
+            if len(kin) == 1 or (kin and len({KIN_WORDS[w].role for w in chosen}) == 1):
+                return kin
+        return []
+
+    def _kin_said(self, facts: list[_Said], turns: list[Turn]) -> dict[int, set[str]]:
+        """Kin words this add says of each entity (by id): the word of a gendered predicate for its subject
+        (`sister_of`, `mother_of`), and those its turn's text gives its name ("my sister Maria"), which the
+        relation alone (`sibling_of`) does not keep."""
+        said: dict[int, set[str]] = {}
+        for item in facts:
+            subject, obj = (item.object, item.subject) if item.swapped else (item.subject, item.object)
+            word, _, of = snake_case(item.relation.predicate).rpartition("_")
+            if of == "of" and word in KIN_WORDS:
+                said.setdefault(self._current(subject).id, set()).add(word)
+            text = turns[item.turn].text if turns else ""
+            for entity, name in ((subject, item.relation.subject), (obj, item.relation.object)):
+                words = kin_said_of(text, entity_key(name, item.speaker)) if text else set()
+                said.setdefault(self._current(entity).id, set()).update(words)
+        return said
+
+    def _named(self, ids: list[int]) -> set[int]:
+        """Of `ids`, the entities with a name of their own: any name not through a possessor, nor a transcript's
+        label ("Speaker 2") or the unnamed speaker."""
+        if not ids:
+            return set()
+        rows = self.store.fetchall(f"SELECT entity_id, key FROM hm_aliases WHERE entity_id IN {marks(ids)}", ids)
+        rows += [(a[1], a[0]) for a in self.new_aliases if a[1] in ids]  # not written yet
+        return {i for i, key in rows if not split_possessive(key) and not key.startswith(_LABEL_PREFIX)}
 
     def _negate(self, facts: list[_Said], turns: list[Turn], negations: dict[int, list[NegatedClause]],
                 open_facts: dict[int, _Open], speaker: str | None) -> list[_Said]:

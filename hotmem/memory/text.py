@@ -4,6 +4,9 @@ The negation rule is a documented heuristic over the words of a turn, not a mode
 ("don't", "no longer", "not ... any more", "used to") and names both an object and a word of the predicate
 ("live" for `lives_in`), or an ending verb that implies the predicate ("left Google", "moved out of Oslo",
 "divorced"), ends that fact. It reads English only.
+
+So is the kinship rule (`kin_said_of`): a kin word said next to a name ("my sister Maria", "Maria, my sister") says
+what that person is, which a relation alone (`sibling_of`) does not.
 """
 
 from __future__ import annotations
@@ -11,17 +14,31 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import NamedTuple
 
 from hotmem.names import SPEAKER, normalize_name
 from hotmem.schema import RelationSchema
 
-__all__ = ["entity_key", "name_candidates", "negated_clauses", "predicate_cues", "says", "stem"]
+__all__ = [
+    "KIN_WORDS", "Kin", "entity_key", "kin_said_of", "name_candidates", "negated_clauses", "predicate_cues", "says",
+    "stem",
+]
 
 POSSESSIVE = " 's "
 
-#: Kinship words of a possessive name ("Anna's sister") and the relation that names the same person:
-#: (predicate, the kin is the subject). Symmetric predicates match either direction.
-KIN_WORDS: dict[str, tuple[str, bool]] = {
+
+class Kin(NamedTuple):
+    """What a kinship word says of the person it names: the relation to its possessor (`predicate`, and whether the
+    kin is its subject; symmetric predicates match either direction), the gender it says if any ("f", "m"), and its
+    `role`, the word its synonyms share ("mom" and "mum" are "mother")."""
+
+    predicate: str
+    kin_is_subject: bool
+    gender: str | None
+    role: str
+
+
+_KIN_RELATIONS: dict[str, tuple[str, bool]] = {
     **{w: ("sibling_of", False) for w in ("sister", "brother", "sibling")},
     **{w: ("married_to", False) for w in ("wife", "husband", "spouse")},
     **{w: ("dating", False) for w in ("girlfriend", "boyfriend", "partner")},
@@ -29,6 +46,18 @@ KIN_WORDS: dict[str, tuple[str, bool]] = {
     **{w: ("parent_of", False) for w in ("son", "daughter", "child", "kid")},
     **{w: ("manages", True) for w in ("boss", "manager")},
     **{w: ("relative_of", False) for w in ("cousin", "aunt", "uncle", "grandmother", "grandfather", "niece", "nephew")},
+}
+_FEMALE = frozenset({
+    "sister", "wife", "girlfriend", "mother", "mom", "mum", "daughter", "aunt", "grandmother", "niece",
+})
+_MALE = frozenset({"brother", "husband", "boyfriend", "father", "dad", "son", "uncle", "grandfather", "nephew"})
+_SAME_ROLE = {"mom": "mother", "mum": "mother", "dad": "father", "kid": "child"}
+
+#: Kinship words of a possessive name ("Anna's sister") and what each says of the person it names.
+KIN_WORDS: dict[str, Kin] = {
+    word: Kin(predicate, kin_is_subject, "f" if word in _FEMALE else "m" if word in _MALE else None,
+              _SAME_ROLE.get(word, word))
+    for word, (predicate, kin_is_subject) in _KIN_RELATIONS.items()
 }
 
 #: Aliases a graph may state as a relation: the two names are one entity (DialogRE's `per:alternate_names`).
@@ -74,6 +103,45 @@ def says(text: str, keys: Iterable[str]) -> bool:
 
 
 _WORD = re.compile(r"[\w'\u2019-]+")
+
+
+#: Words that may stand between a kin word and the name it gives: "Maria, my little sister", "my brother is Tom".
+_KIN_LINKS = frozenset({
+    "my", "our", "your", "his", "her", "their", "is", "was", "named", "called", "little", "big", "older", "younger",
+    "elder", "twin",
+})
+
+
+def kin_said_of(text: str, key: str) -> set[str]:
+    """The kin words `text` gives the name `key` in one breath, within a sentence: next to it, or with at most three
+    link words or possessors between ("my sister Maria", "Maria, my little sister", "Maria is Anna's sister"); never
+    a kin word or a name that is a possessor ("Maria's sister", "my sister's friend Maria"). A heuristic over English
+    words, as the negation rule is."""
+    name = [w for w in key.split() if w != "'s"]
+    found: set[str] = set()
+    if not name:
+        return found
+    for sentence in re.split(r"(?<=[.!?;])\s+|\n", text):
+        tokens: list[tuple[str, str, bool]] = []  # (word as said, as keyed, is a possessor)
+        for word in _WORD.findall(sentence):
+            word = word.casefold().replace("\u2019", "'")
+            possessor = word.endswith("'s")
+            parts = normalize_name(word.removesuffix("'s")).split()
+            tokens += [(word, part, possessor and i == len(parts) - 1) for i, part in enumerate(parts)]
+        keyed = [t[1] for t in tokens]
+        for start in range(len(tokens) - len(name) + 1):
+            if keyed[start:start + len(name)] != name:
+                continue
+            end = start + len(name)
+            for i, (_, kin, possessor) in enumerate(tokens):
+                if kin not in KIN_WORDS or possessor or start <= i < end:
+                    continue
+                between = tokens[i + 1:start] if i < start else tokens[end:i]
+                if i > start and tokens[end - 1][2]:  # "Maria's sister" is not Maria
+                    continue
+                if len(between) <= 3 and all(w in _KIN_LINKS or p for w, _, p in between):
+                    found.add(kin)
+    return found
 
 
 def name_candidates(text: str, speaker: str | None, longest: int = 4) -> list[str]:
