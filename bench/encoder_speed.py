@@ -21,17 +21,13 @@ from pathlib import Path
 from hotmem import GraphExtractor
 from hotmem.data import load_gold
 from hotmem.io import write_atomic
+from hotmem.pipeline.evaluate import percentile
 from hotmem.students.encoder import STUDENT_FILE, EncoderStudent
 
 COLD = ("import time, sys; started = time.perf_counter(); from hotmem import GraphExtractor; "
         "from hotmem.students.encoder import EncoderStudent; "
         "GraphExtractor(backend=EncoderStudent(sys.argv[1], model_file=sys.argv[2]))('I moved to Lisbon last May.'); "
         "print(time.perf_counter() - started)")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(folder: Path, model_file: str, passes: int, cold_runs: int) -> dict:

@@ -39,7 +39,7 @@ from torch import nn
 from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
 from hotmem.io import write_atomic
-from hotmem.pipeline.mixture import SOURCES, Mixture, draw, model_card, shown_predicates
+from hotmem.pipeline.mixture import Mixture, draw, model_card, shown_predicates, source_report
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
     ENCODER_KIND,
@@ -160,11 +160,8 @@ def mixture_pairs(mixture: Mixture) -> tuple[list[tuple[Record, RelationSchema]]
     report: dict[str, dict[str, Any]] = {}
     for spec, available, drawn in draw(mixture):
         pairs += drawn * spec.repeats
-        source = SOURCES[spec.name]
-        report[spec.name] = {"records": available, "drawn": len(drawn), "repeats": spec.repeats,
-                             "examples": len(drawn) * spec.repeats,
-                             "with_relations": sum(bool(r.graph.relations) for r, _ in drawn) * spec.repeats,
-                             "description": source.description, "licence": source.licence}
+        report[spec.name] = source_report(spec, available, drawn, len(drawn) * spec.repeats,
+                                          sum(bool(r.graph.relations) for r, _ in drawn) * spec.repeats)
     return pairs, report
 
 

@@ -49,7 +49,8 @@ class Row:
     graph: dict = field(default_factory=dict)
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank `q` quantile (0 for no values): how every hotmem report states p95."""
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -85,7 +86,7 @@ class Report:
             "triple_f1": tf,
             "schema_valid_rate": (sum(r.valid_relations for r in rows) / rel[1]) if rel[1] else 1.0,
             "latency_p50_s": statistics.median(latencies) if latencies else 0.0,
-            "latency_p95_s": _percentile(latencies, 0.95),
+            "latency_p95_s": percentile(latencies, 0.95),
             "lm_calls_per_example": sum(r.lm_calls for r in rows) / n,
             "output_tokens_per_example": sum(r.output_tokens for r in rows) / n,
             "relation_f1_by_category": {

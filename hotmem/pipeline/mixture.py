@@ -32,7 +32,7 @@ from hotmem.students.format import graph_to_target, schema_prompt, student_messa
 from hotmem.types import Graph, Record, Turn, speakers_of
 
 __all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "example_rows", "model_card",
-           "sft_example", "shown_predicates"]
+           "sft_example", "shown_predicates", "source_report"]
 
 #: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
 MIXTURES = Path(__file__).with_name("mixtures")
@@ -230,6 +230,15 @@ def draw(mixture: Mixture) -> Iterator[tuple[MixtureSource, int, list[tuple[Reco
         yield spec, len(pairs), (pairs if spec.limit is None else pairs[: spec.limit])
 
 
+def source_report(spec: MixtureSource, available: int, drawn: Sequence[tuple[Record, RelationSchema]],
+                  examples: int, with_relations: int, **extra: Any) -> dict[str, Any]:
+    """What one source put into a student's training (a row of its model card): records it holds, drawn, repeats,
+    examples made, how many carry a relation, its description and licence."""
+    source = SOURCES[spec.name]
+    return {"records": available, "drawn": len(drawn), "repeats": spec.repeats, "examples": examples,
+            "with_relations": with_relations, **extra, "description": source.description, "licence": source.licence}
+
+
 def build_examples(mixture: Mixture) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Chat-format SFT rows and, per source, what went in: records read, examples drawn and kept, with relations,
     dropped as too long, its licence."""
@@ -237,13 +246,10 @@ def build_examples(mixture: Mixture) -> tuple[list[dict[str, Any]], dict[str, di
     rows: list[dict[str, Any]] = []
     report: dict[str, dict[str, Any]] = {}
     for spec, available, drawn in draw(mixture):
-        source = SOURCES[spec.name]
         added, counts = example_rows(drawn, spec.name, mixture, rng, spec.repeats)
         rows += added
-        report[spec.name] = {"records": available, "drawn": len(drawn), "repeats": spec.repeats,
-                             "examples": counts["examples"], "with_relations": counts["with_relations"],
-                             "too_long": counts["too_long"], "description": source.description,
-                             "licence": source.licence}
+        report[spec.name] = source_report(spec, available, drawn, counts["examples"], counts["with_relations"],
+                                          too_long=counts["too_long"])
     if not rows:
         raise DistillError("the mixture holds no example")
     random.Random(mixture.seed).shuffle(rows)

@@ -239,10 +239,11 @@ def optimize(
 
         sources = tuple(config.retrieve) if isinstance(config.retrieve, dict) else config.pool
         student.retriever = DemoRetriever(pool_from(sources, schema), k=config.retrieve)
+    out = Path(config.out_dir)
+    made_with = {"config": asdict(config), "task_lm": getattr(task_lm, "model", str(task_lm)),
+                 "trainset": [r.id for r in trainset], "versions": {"dspy": dspy.__version__}}
     if str(config.budget) == "0":  # the seed program as it is: demos without GEPA
-        out = Path(config.out_dir)
-        manifest = {"config": asdict(config), "task_lm": getattr(task_lm, "model", str(task_lm)),
-                    "trainset": [r.id for r in trainset], "gepa": None, "versions": {"dspy": dspy.__version__}}
+        manifest = {**made_with, "gepa": None}
         save_program(student, out, manifest)
         return OptimizeResult(student, out, {**manifest_for(student), **manifest})
     seed_instructions = _instructions(student)
@@ -268,7 +269,6 @@ def optimize(
         )
     elapsed = time.perf_counter() - started
     results = optimized.detailed_results
-    out = Path(config.out_dir)
     candidates = [
         {
             "index": i,
@@ -280,10 +280,8 @@ def optimize(
         for i, candidate in enumerate(results.candidates)
     ]
     manifest = {
-        "config": asdict(config),
-        "task_lm": getattr(task_lm, "model", str(task_lm)),
+        **made_with,
         "reflection_lm": getattr(reflection_lm, "model", str(reflection_lm)),
-        "trainset": [r.id for r in trainset],
         "valset": [r.id for r in valset],
         "total_metric_calls": results.total_metric_calls,
         "num_full_val_evals": results.num_full_val_evals,
@@ -291,7 +289,6 @@ def optimize(
         "best_val_score": results.val_aggregate_scores[results.best_idx],
         "seed_val_score": results.val_aggregate_scores[0],
         "seconds": round(elapsed, 1),
-        "versions": {"dspy": dspy.__version__},
     }
     save_program(optimized, out, manifest)
     write_atomic(out / "candidates.json", json.dumps(candidates, indent=1))
