@@ -186,6 +186,13 @@ class SchemaAlignment(BaseModel):
     def unmapped(self) -> tuple[str, ...]:
         return tuple(k for k, v in self.predicates.items() if v is None)
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The target predicates the map can produce, in the target schema's order: what a mapped corpus annotates
+        (`schema.restrict(alignment.targets)` is the part of the schema its labels speak for)."""
+        named = {m.predicate for m in self.mapped.values()} | {r.predicate for r in self.rules if r.predicate}
+        return tuple(p for p in self.schema.predicates if p in named)
+
     def lists(self, predicate: str) -> bool:
         """Whether the map decides this source predicate (by name or by a rule)."""
         return predicate in self.predicates or any(fnmatch.fnmatchcase(predicate, r.match) for r in self.rules)
@@ -231,11 +238,13 @@ class SchemaAlignment(BaseModel):
 
         Every kept relation is schema-valid (`schema.allows(relation, head_type, tail_type)`); a mapped relation
         that is not (a head of the wrong type, say "we" typed MISC for a PERSON-only predicate) is dropped and
-        counted as `invalid`. Entities kept: the endpoints of kept relations, plus (`keep_orphans`) entities that
-        were in no relation of the input. Entities that only took part in dropped relations go: as labels they would
-        teach extracting things nothing is said about. `tally`, when given, is updated with one count per input
-        relation under its outcome (`kept`, `unmapped`, `invalid`, `duplicate`), plus `triples`, `mapped` and
-        `unlisted` (not in the map at all; also counted as `unmapped`).
+        counted as `invalid`; a fact already kept (the same triple, or its symmetric or inverse restatement: DialogRE
+        lists both) is counted as `duplicate`, one edge per fact as assembly keeps it. Entities kept: the endpoints
+        of kept relations, plus (`keep_orphans`) entities that were in no relation of the input. Entities that only
+        took part in dropped relations go: as labels they would teach extracting things nothing is said about.
+        `tally`, when given, is updated with one count per input relation under its outcome (`kept`, `unmapped`,
+        `invalid`, `duplicate`), plus `triples`, `mapped` and `unlisted` (not in the map at all; also counted as
+        `unmapped`).
         """
         mapped_graph, outcomes = self._align(graph, schema or self.schema, keep_orphans)
         if tally is not None:
@@ -269,6 +278,7 @@ class SchemaAlignment(BaseModel):
             return allowed[0] if len(allowed) == 1 else "MISC"
 
         kept: list[Relation] = []
+        said: set[tuple[str, str, str]] = set()
         outcomes: list[str] = []
         for relation, new in zip(graph.relations, mapped):
             if new is None:
@@ -281,11 +291,16 @@ class SchemaAlignment(BaseModel):
             conflicting = forced is not None and retyped.get(relation.object.casefold()) != forced
             if conflicting or not schema.allows(new, head, tail):
                 outcomes.append("invalid")
-            elif any(r.triple == new.triple for r in kept):  # two source predicates can land on one triple
+            elif new.triple in said:  # two source predicates, or a fact and its inverse, land on one fact
                 outcomes.append("duplicate")
             else:
                 kept.append(new)
                 outcomes.append("kept")
+                # one edge per fact, as assembly keeps it: its symmetric or inverse restatement is the same fact
+                said.add(new.triple)
+                inverse = schema.inverse_of(new.predicate)
+                if inverse:
+                    said.add((new.object, inverse, new.subject))
                 for name, type_ in ((new.subject, head), (new.object, tail)):
                     if name.casefold() not in types:
                         added.setdefault(name.casefold(), type_)

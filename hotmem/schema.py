@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -181,6 +181,20 @@ class RelationSchema(BaseModel):
 
     def functional_predicates(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.relations if r.functional)
+
+    def restrict(self, predicates: Iterable[str]) -> RelationSchema:
+        """The same schema with only `predicates` (kept in the schema's order; every entity type stays): what a
+        corpus mapped onto this schema annotates, so training shows a model only predicates whose absence means
+        something. An inverse outside the subset is dropped from the predicate that names it."""
+        keep = set(predicates)
+        unknown = keep - set(self.predicates)
+        if unknown:
+            raise ValueError(f"not predicates of schema {self.name!r}: {sorted(unknown)}")
+        relations = tuple(r if r.inverse in keep or r.inverse is None else r.model_copy(update={"inverse": None})
+                          for r in self.relations if r.name in keep)
+        # built anew, not model_copy: the lookup caches live in the instance dict and would be copied stale
+        return type(self)(name=self.name, entity_types=self.entity_types, relations=relations,
+                          description=self.description)
 
 
 def relation_type(

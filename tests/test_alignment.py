@@ -372,3 +372,33 @@ def test_conflicting_retype_and_duplicates(alignment):
     assert [r.triple for r in mapped.relations] == [("speaker", "likes", "salmon"), ("speaker", "owns", "boat")]
     assert (mapped.entity("salmon").type, mapped.entity("boat").type) == ("FOOD", "PRODUCT")
     assert (tally["kept"], tally["invalid"], tally["duplicate"]) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("name, source_predicates, targets", [
+    ("conll04-conversation", ["Live_In", "Work_For", "OrgBased_In", "Located_In", "Kill"],
+     ("lives_in", "works_at", "located_in", "headquartered_in")),
+    ("dialogre-conversation", None, None),
+])
+def test_the_shipped_maps_of_annotated_corpora(name, source_predicates, targets):
+    alignment = SchemaAlignment.load(name)
+    assert name in shipped_alignments()
+    assert set(alignment.targets) <= set(CONVERSATION_SCHEMA.predicates)
+    if targets is not None:
+        assert alignment.targets == targets
+        assert all(alignment.lists(p) for p in source_predicates)
+
+
+def test_dialogre_directions_follow_the_corpus():
+    """DialogRE's `x per:parents y` says y is x's parent; its inverse listing is the same fact."""
+    alignment = SchemaAlignment.load("dialogre-conversation")
+    graph = Graph(entities=[Entity(name="Emma", type="PERSON"), Entity(name="Rachel", type="PERSON"),
+                            Entity(name="Tag", type="PERSON"), Entity(name="Italian", type="MISC")],
+                  relations=[Relation(subject="Emma", predicate="per:parents", object="Rachel"),
+                             Relation(subject="Rachel", predicate="per:children", object="Emma"),
+                             Relation(subject="Tag", predicate="per:boss", object="Rachel"),
+                             Relation(subject="Tag", predicate="per:origin", object="Italian")])
+    tally = Counter()
+    mapped = alignment.map_graph(graph, tally=tally)
+    assert {r.triple for r in mapped.relations} == {("Emma", "child_of", "Rachel"), ("Tag", "reports_to", "Rachel")}
+    assert tally["duplicate"] == 1  # "Rachel parent_of Emma" is the same fact: one edge per fact
+    assert tally["invalid"] == 1  # a nationality is no place: `from` takes a LOCATION

@@ -157,6 +157,13 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     again = distill(DistillConfig(**{**config.__dict__, "max_steps": 3}), dataset,
                     base=(model, tokenizer, "tiny-qwen2"), progress=False)
     assert again.manifest["global_step"] == 3
+    # resuming on other examples would mix two runs: refused
+    from hotmem.errors import DistillError
+
+    other = sft_dataset(example_rows(pairs[:6], "test", Mixture(sources=[]), random.Random(1))[0])
+    with pytest.raises(DistillError, match="trained on other examples"):
+        distill(DistillConfig(**{**config.__dict__, "max_steps": 4}), other,
+                base=(Qwen2ForCausalLM(model.config), tokenizer, "tiny-qwen2"), progress=False)
 
 
 def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):

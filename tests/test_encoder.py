@@ -131,6 +131,26 @@ def test_unmatched_entities_are_dropped_and_counted():
     assert counts["hotmem-gold"]["entities_dropped"] == 1 and counts["hotmem-gold"]["relations_dropped"] == 1
 
 
+def test_symmetric_and_inverse_facts_are_taught_both_ways_round():
+    from hotmem.types import Entity, Record, Relation
+
+    record = Record(id="x", turns=[Turn(speaker="Anna", text="My husband Ben and our son Tom.")],
+                    graph=Graph(entities=[Entity(name="Anna", type="PERSON"), Entity(name="Ben", type="PERSON"),
+                                          Entity(name="Tom", type="PERSON")],
+                                relations=[Relation(subject="Anna", predicate="married_to", object="Ben"),
+                                           Relation(subject="Tom", predicate="child_of", object="Anna"),
+                                           Relation(subject="Anna", predicate="parent_of", object="Tom")]))
+    [example], counts = span_examples([(record, CONVERSATION_SCHEMA)])
+    assert sorted(example.relations) == [(0, 1, "married_to"), (0, 2, "parent_of"), (1, 0, "married_to"),
+                                         (2, 0, "child_of")]
+    assert counts["hotmem-gold"]["relations_restated"] == 1  # the inverse pair was already both ways round
+    # the restated predicate is among those the example is shown, so it is not taught as a negative
+    assert {r.predicate for r in example.graph.relations} == {"married_to", "child_of", "parent_of"}
+    # a part of the schema without the inverse restates nothing
+    [partial], _ = span_examples([(record, CONVERSATION_SCHEMA.restrict(["child_of"]))])
+    assert partial.relations == [(2, 0, "child_of")]
+
+
 def test_training_exports_a_student_that_answers_in_the_schema(trained):
     out = trained.out_dir
     assert is_encoder_student(out)

@@ -56,7 +56,8 @@ def test_over_long_examples_are_dropped_and_counted_not_cut():
 
 def test_a_mixture_file_is_checked(tmp_path):
     shipped = Mixture.load(MIXTURES / "default.json")
-    assert [s.name for s in shipped.sources] == ["gold", "personaext", "personaext-conversation", "convai2",
+    assert [s.name for s in shipped.sources] == ["gold", "personaext", "personaext-conversation",
+                                                  "dialogre-conversation", "conll04-conversation", "convai2",
                                                   "dialogre", "conll04"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"sources": [{"name": "wikipedia"}]}))
@@ -92,3 +93,17 @@ def test_dialogre_chunks_keep_only_relations_whose_arguments_they_contain():
         assert record.graph.relations and all({r.subject, r.object} <= names for r in record.graph.relations)
         assert all(r.predicate in schema.predicates for r in record.graph.relations)
         assert sum(len(t.text) for t in record.turns) <= 1200
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["personaext-conversation", "dialogre-conversation", "conll04-conversation"])
+def test_a_mapped_corpus_is_taught_only_the_predicates_its_map_produces(name):
+    from hotmem.alignment import SchemaAlignment
+
+    targets = SchemaAlignment.load(name).targets
+    pairs = list(SOURCES[name].read(None))
+    assert len(pairs) > 500
+    for record, schema in pairs[:200]:
+        assert record.id.endswith("@conversation") and record.graph.relations
+        assert schema.predicates == targets and schema.name == CONVERSATION_SCHEMA.name
+        assert all(schema.get(r.predicate) for r in record.graph.relations)

@@ -120,3 +120,14 @@ def test_names_nothing():
 
     assert names_nothing("than") and names_nothing("in and") and names_nothing("she") and names_nothing(" ")
     assert not names_nothing("Onitsha") and not names_nothing("the Louvre")
+
+
+def test_a_schema_restricted_to_some_predicates():
+    part = CONVERSATION_SCHEMA.restrict(["likes", "child_of", "lives_in"])
+    assert part.predicates == ("lives_in", "child_of", "likes")  # the schema's order
+    assert part.entity_types == CONVERSATION_SCHEMA.entity_types and part.name == CONVERSATION_SCHEMA.name
+    assert part.get("child_of").inverse is None and part.get("married_to") is None  # parent_of is not in it
+    assert part.fingerprint() != CONVERSATION_SCHEMA.fingerprint()
+    assert CONVERSATION_SCHEMA.get("married_to") is not None  # the original keeps its lookups
+    with pytest.raises(ValueError, match="not predicates"):
+        CONVERSATION_SCHEMA.restrict(["likes", "kills"])

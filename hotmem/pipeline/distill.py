@@ -6,11 +6,13 @@ The student answers in one call, in a compact format designed for few output tok
 
 One recipe (LoRA on every linear projection, the same hyperparameters) trains on either backend: Unsloth's
 `FastLanguageModel` where a CUDA GPU exists, TRL's `SFTTrainer` with PEFT otherwise. Checkpoints go to
-`out_dir/checkpoints`; running again resumes from the last one.
+`out_dir/checkpoints`; running again resumes from the last one, on the same examples only (a digest of the data
+set is kept beside the checkpoints: resuming on other data would silently mix two runs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -204,6 +206,25 @@ def _last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+#: beside the checkpoints: which examples they were trained on
+DATA_RECORD = "data.json"
+
+
+def _same_data(checkpoints: Path, dataset, resuming: bool) -> None:
+    """Record the data set's digest beside the checkpoints; when resuming, refuse other data."""
+    rows = json.dumps(dataset.to_list(), sort_keys=True, ensure_ascii=False).encode()
+    digest = hashlib.sha256(rows).hexdigest()[:16]
+    record = checkpoints / DATA_RECORD
+    if resuming and record.is_file():
+        before = json.loads(record.read_text())
+        if before.get("sha256") != digest:
+            raise DistillError(f"the checkpoints in {checkpoints} were trained on other examples "
+                               f"({before.get('examples')} rows, digest {before.get('sha256')}; now {len(dataset)}, "
+                               f"{digest}): remove them or choose another out_dir")
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_atomic(record, json.dumps({"sha256": digest, "examples": len(dataset)}) + "\n")
+
+
 def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progress: bool = True,
             sources: dict[str, dict[str, Any]] | None = None, mixture: Mixture | None = None) -> DistillResult:
     """Train the student's LoRA on a chat-format SFT data set (see `sft_dataset`), then export it.
@@ -234,6 +255,7 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     if len(trainer.train_dataset) == 0:  # TRL drops examples whose answer was cut off entirely
         raise DistillError(f"no example fits max_seq_length={config.max_seq_length} with its answer: raise it")
     resume = _last_checkpoint(Path(args.output_dir))
+    _same_data(Path(args.output_dir), dataset, bool(resume))
     if resume:
         logger.info("resuming from %s", resume)
     started = time.perf_counter()

@@ -52,7 +52,7 @@ from hotmem.students.encoder import (
     predicate_label,
     type_label,
 )
-from hotmem.types import Graph, Record
+from hotmem.types import Graph, Record, Relation
 
 __all__ = ["EncoderConfig", "EncoderModel", "EncoderResult", "SpanExample", "calibrate_thresholds", "export_encoder",
            "mixture_pairs", "span_examples", "train_encoder"]
@@ -125,7 +125,8 @@ class EncoderResult:
 
 def span_example(record: Record, schema: RelationSchema, max_width: int, counts: Counter) -> SpanExample:
     """Entities are matched to the first case-insensitive word-sequence occurrence in the marked text; names the
-    text does not contain (a span model cannot output them) and their relations are dropped and counted."""
+    text does not contain (a span model cannot output them) and their relations are dropped and counted. Each
+    relation's symmetric or inverse restatement is added (counted as `relations_restated`)."""
     text = marked_text(record.turns)
     words = [w.casefold() for w in WORD.findall(text)]
     where: dict[str, int] = {}
@@ -148,8 +149,21 @@ def span_example(record: Record, schema: RelationSchema, max_width: int, counts:
             continue
         counts["relations_kept"] += 1
         relations.append((ends[0], ends[1], relation.predicate))
+    # Assembly keeps one edge per fact, so at run time either statement of a symmetric or inverse fact is right
+    # ("A married_to B" / "B married_to A", "A child_of B" / "B parent_of A"): teach both, or the pair read the other
+    # way round would be taught as unrelated.
+    names = {index: name for name, index in where.items()}
+    restated = []
+    for head, tail, predicate in list(relations):
+        inverse = schema.inverse_of(predicate)
+        if inverse and schema.get(inverse) and (tail, head, inverse) not in relations:
+            relations.append((tail, head, inverse))
+            restated.append(Relation(subject=names[tail], predicate=inverse, object=names[head]))
+    counts["relations_restated"] += len(restated)
     counts["examples"] += 1
-    return SpanExample(record.id, record.source, text, entities, relations, record.graph, schema)
+    graph = record.graph.model_copy(update={"relations": [*record.graph.relations, *restated]}) if restated \
+        else record.graph
+    return SpanExample(record.id, record.source, text, entities, relations, graph, schema)
 
 
 def mixture_pairs(mixture: Mixture) -> tuple[list[tuple[Record, RelationSchema]], dict[str, dict[str, Any]]]:

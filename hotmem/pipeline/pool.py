@@ -80,6 +80,8 @@ def pool_from(sources: Sequence[str], schema: RelationSchema) -> list[dict[str, 
     for name in sources:
         if name not in SOURCES:
             raise InvalidInputError(f"unknown pool source {name!r}; known: {sorted(SOURCES)}")
+        # a mapped corpus comes with the part of the schema it annotates: its records are in `schema` all the same
         pool += demo_pool((record for record, its_schema in SOURCES[name].read(None)
-                           if its_schema.fingerprint() == schema.fingerprint()), source=name)
+                           if its_schema.name == schema.name and set(its_schema.predicates) <= set(schema.predicates)),
+                          source=name)
     return pool
