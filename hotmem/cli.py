@@ -168,7 +168,8 @@ def _mixture(args: argparse.Namespace):
 
 
 def _distill_encoder(args: argparse.Namespace) -> int:
-    from hotmem.pipeline.encoder import EncoderConfig, mixture_pairs, train_encoder
+    from hotmem.data import load_gold
+    from hotmem.pipeline.encoder import EncoderConfig, calibrate_thresholds, mixture_pairs, train_encoder
 
     mixture = _mixture(args)
     config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
@@ -176,8 +177,11 @@ def _distill_encoder(args: argparse.Namespace) -> int:
                            whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed, int8=True)
     pairs, sources = mixture_pairs(mixture)
     result = train_encoder(config, pairs, sources=sources, mixture=mixture)
+    # decoding thresholds chosen on gold dev (held out of every mixture), written into student.json
+    calibrated = calibrate_thresholds(result.out_dir, load_gold("dev"))
     m = result.manifest
     print(f"encoder: {json.dumps({k: v for k, v in m.items() if not isinstance(v, (dict, list))})}; "
+          f"thresholds {calibrated['thresholds']} (gold dev relation F1 {calibrated['relation_f1']}); "
           f"exported to {result.out_dir}")
     return 0
 

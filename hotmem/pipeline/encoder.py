@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
@@ -373,13 +374,14 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationSchema]], *,
                   schema: RelationSchema = CONVERSATION_SCHEMA, sources: dict[str, dict[str, Any]] | None = None,
-                  mixture: Mixture | None = None,
+                  mixture: Mixture | None = None, progress: bool = True,
                   on_step: Callable[[int, float], None] | None = None) -> EncoderResult:
     """Train on `(record, schema)` pairs (e.g. `mixture_pairs(mixture)`'s), export to `config.out_dir`, write the
     manifest, and with `sources` (`mixture_pairs`' report) the model card `card.md`.
 
     Resumes from `out_dir/checkpoint` when one exists for the same examples. `schema`: whose label keys are
-    shipped with the export (any other schema is embedded at first use). `on_step(step, loss)` after each step.
+    shipped with the export (any other schema is embedded at first use). `progress`: a progress bar;
+    `on_step(step, loss)` after each step.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -422,6 +424,7 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
     model.train()
     started, tokens = time.perf_counter(), 0
     orders: dict[int, list[int]] = {}
+    bar = tqdm(total=total_steps, initial=step, desc="encoder student", unit="step", disable=not progress)
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
         if epoch not in orders:
@@ -442,6 +445,8 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         scheduler.step()
         step, tokens = step + 1, tokens + read
         history.append(round(loss.item(), 5))
+        bar.update()
+        bar.set_postfix(loss=f"{history[-1]:.3f}", refresh=False)
         if step % config.save_steps == 0 or step == total_steps:
             _save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -452,6 +457,7 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
             logger.info("step %d/%d loss %.4f", step, total_steps, sum(history[-25:]) / len(history[-25:]))
         if on_step is not None:
             on_step(step, history[-1])
+    bar.close()
     seconds = time.perf_counter() - started
     export = export_encoder(model, encoder_folder / TOKENIZER_FILE, out, config, schema)
     done_now = step - resumed_from
