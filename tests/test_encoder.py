@@ -151,6 +151,28 @@ def test_symmetric_and_inverse_facts_are_taught_both_ways_round():
     assert partial.relations == [(2, 0, "child_of")]
 
 
+def test_only_the_annotated_pairs_of_a_partly_annotated_record_teach_relations(tiny_encoder):
+    from hotmem.pipeline.encoder import batch_loss
+    from hotmem.students.encoder import load_tokenizer
+    from hotmem.types import Entity, Record, Relation
+
+    graph = Graph(entities=[Entity(name=n, type="PERSON") for n in ("Speaker 1", "Frank", "Rachel")],
+                  relations=[Relation(subject="Speaker 1", predicate="sibling_of", object="Frank")])
+    turns = [Turn(speaker="Speaker 1", text="Frank is always late, Rachel says.")]
+    partial = Record(id="d", turns=turns, graph=graph, scored_pairs=[("Speaker 1", "Frank")])
+    [example], _ = span_examples([(partial, CONVERSATION_SCHEMA)])
+    assert example.scored == {(0, 1), (1, 0)}
+    [full], _ = span_examples([(partial.model_copy(update={"scored_pairs": None}), CONVERSATION_SCHEMA)])
+    assert full.scored is None
+    torch.manual_seed(0)
+    model = load_model(tiny_encoder, 8)
+    tokenizer = load_tokenizer(tiny_encoder / "tokenizer.json")
+    config = EncoderConfig(pair_negatives=0)
+    shown = [["sibling_of", "married_to"]]
+    losses = [batch_loss(model, tokenizer, [e], shown, config)[0].item() for e in (example, full)]
+    assert all(loss == loss and loss > 0 for loss in losses) and losses[0] != losses[1]
+
+
 def test_training_exports_a_student_that_answers_in_the_schema(trained):
     out = trained.out_dir
     assert is_encoder_student(out)

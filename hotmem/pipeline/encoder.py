@@ -113,6 +113,8 @@ class SpanExample:
     relations: list[tuple[int, int, str]]
     graph: Graph
     schema: RelationSchema
+    #: entity index pairs whose relation was annotated (either order), when only some were (DialogRE); None: all
+    scored: frozenset[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -127,7 +129,9 @@ class EncoderResult:
 def span_example(record: Record, schema: RelationSchema, max_width: int, counts: Counter) -> SpanExample:
     """Entities are matched to the first case-insensitive word-sequence occurrence in the marked text; names the
     text does not contain (a span model cannot output them) and their relations are dropped and counted. Each
-    relation's symmetric or inverse restatement is added (counted as `relations_restated`)."""
+    relation's symmetric or inverse restatement is added (counted as `relations_restated`). A record annotated only
+    between some argument pairs (`scored_pairs`, DialogRE) keeps them as `scored`: other pairs of its entities teach
+    nothing."""
     text = marked_text(record.turns)
     words = [w.casefold() for w in WORD.findall(text)]
     where: dict[str, int] = {}
@@ -164,7 +168,11 @@ def span_example(record: Record, schema: RelationSchema, max_width: int, counts:
     counts["examples"] += 1
     graph = record.graph.model_copy(update={"relations": [*record.graph.relations, *restated]}) if restated \
         else record.graph
-    return SpanExample(record.id, record.source, text, entities, relations, graph, schema)
+    scored = None
+    if record.scored_pairs is not None:
+        scored = frozenset(pair for a, b in record.scored_pairs if a in where and b in where
+                           for pair in ((where[a], where[b]), (where[b], where[a])))
+    return SpanExample(record.id, record.source, text, entities, relations, graph, schema, scored)
 
 
 def mixture_pairs(mixture: Mixture) -> tuple[list[tuple[Record, RelationSchema]], dict[str, dict[str, Any]]]:
@@ -299,7 +307,8 @@ def batch_loss(model: EncoderModel, tokenizer: Any, examples: Sequence[SpanExamp
                shown: Sequence[Sequence[str]], config: EncoderConfig) -> tuple[torch.Tensor, int]:
     """Mean over the batch of entity BCE (every span x the schema's types) plus relation cross-entropy (every
     ordered pair of gold entities and the `config.pair_negatives` non-entity spans the entity head scores highest,
-    over "no relation" and the shown predicates; teacher forcing). Returns the loss and the text tokens read.
+    over "no relation" and the shown predicates; teacher forcing; for a partly annotated record only its `scored`
+    pairs of entities). Returns the loss and the text tokens read.
 
     An example is scored against every predicate shown to any example of the batch in its schema, not only its
     own sample: those labels are embedded for the batch anyway, and at run time every predicate of the schema is
@@ -354,7 +363,12 @@ def batch_loss(model: EncoderModel, tokenizer: Any, examples: Sequence[SpanExamp
         per_pair = -(rel_target * F.log_softmax(rel_logits, -1)).sum(-1)
         weight = torch.where(rel_target[..., 0] == 0, config.relation_pos_weight, 1.0) \
             * (1 - torch.eye(len(rows)))
-        total = total + (per_pair * weight).sum() / weight.sum()
+        if example.scored is not None:  # a pair of entities the annotators did not label is neither yes nor no
+            for a, n in enumerate(present):
+                for b, m in enumerate(present):
+                    if (n, m) not in example.scored:
+                        weight[a, b] = 0.0
+        total = total + (per_pair * weight).sum() / weight.sum().clamp(min=1.0)
     return total / len(examples), int(batch.feeds["attention_mask"].sum())
 
 

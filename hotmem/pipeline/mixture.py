@@ -114,8 +114,10 @@ def _dialogre(path: str | None):
             said = {e.name for e in record.graph.entities if is_grounded(e.name, text, speakers_of(chunk))}
             graph = Graph(entities=[e for e in record.graph.entities if e.name in said],
                           relations=[r for r in record.graph.relations if {r.subject, r.object} <= said])
+            scored = [(a, b) for a, b in record.scored_pairs or () if {a, b} <= said]
             if graph.relations and speakers:
-                yield Record(id=f"{record.id}#{i}", turns=chunk, graph=graph, source="dialogre"), DIALOGRE_SCHEMA
+                yield Record(id=f"{record.id}#{i}", turns=chunk, graph=graph, source="dialogre",
+                             scored_pairs=scored), DIALOGRE_SCHEMA
 
 
 def _conll04(path: str | None):
