@@ -173,6 +173,28 @@ def test_only_the_annotated_pairs_of_a_partly_annotated_record_teach_relations(t
     assert all(loss == loss and loss > 0 for loss in losses) and losses[0] != losses[1]
 
 
+def test_partial_entities_leave_unannotated_mentions_out_of_the_entity_loss(tiny_encoder):
+    from hotmem.pipeline.encoder import batch_loss
+    from hotmem.students.encoder import load_tokenizer
+    from hotmem.types import Entity, Record, Relation
+
+    graph = Graph(entities=[Entity(name="i", type="PERSON"), Entity(name="hiking", type="ACTIVITY")],
+                  relations=[Relation(subject="i", predicate="likes", object="hiking")])
+    record = Record(id="p", turns=[Turn(text="i like hiking with my husband mark")], graph=graph, source="personaext")
+    [example], _ = span_examples([(record, CONVERSATION_SCHEMA)])
+    torch.manual_seed(0)
+    model = load_model(tiny_encoder, 8)
+    tokenizer = load_tokenizer(tiny_encoder / "tokenizer.json")
+
+    def loss(example, partial):
+        config = EncoderConfig(pair_negatives=0, partial_entities=partial)
+        return batch_loss(model, tokenizer, [example], [["likes"]], config)[0].item()
+
+    assert loss(example, True) != loss(example, False)
+    gold = example.__class__(**{**example.__dict__, "source": "hotmem-gold"})  # a complete corpus: every span
+    assert loss(gold, True) == loss(gold, False)
+
+
 def test_training_exports_a_student_that_answers_in_the_schema(trained):
     out = trained.out_dir
     assert is_encoder_student(out)

@@ -61,6 +61,8 @@ __all__ = ["EncoderConfig", "EncoderModel", "EncoderResult", "SpanExample", "cal
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint/state.pt"
+#: `Record.source`s whose every entity mention is annotated (our gold, CoNLL04, teacher labels)
+ENTITY_COMPLETE_SOURCES = frozenset({"hotmem-gold", "conll04", "labels"})
 ONNX_FILE, INT8_FILE, HEADS_FILE, TOKENIZER_FILE = "model.onnx", "model.int8.onnx", "heads.npz", "tokenizer.json"
 #: The ONNX graph's interface (the runtime feeds and reads these names).
 GRAPH_INPUTS = ("input_ids", "attention_mask", "span_idx", "span_width", "type_keys")
@@ -94,6 +96,10 @@ class EncoderConfig:
     pair_negatives: int = 3
     seed: int = 0
     save_steps: int = 50
+    #: for records whose corpus annotates only some entity mentions (not in `ENTITY_COMPLETE_SOURCES`: PersonaExt's
+    #: one triple a line, Dialogue-NLI, DialogRE's arguments), score in the entity loss only the annotated spans and
+    #: the spans overlapping them (boundaries), not every other span as "no entity"
+    partial_entities: bool = False
     #: torch threads; None: torch's default (all cores)
     threads: int | None = None
     thresholds: dict[str, float] = field(default_factory=lambda: {"entity": 0.5, "relation": 0.5})
@@ -337,7 +343,15 @@ def batch_loss(model: EncoderModel, tokenizer: Any, examples: Sequence[SpanExamp
         for k, (_, _, entity_type) in zip(found, example.entities):
             if k is not None:
                 target[k, types.index(type_label(entity_type))] = 1.0
-        total = total + F.binary_cross_entropy_with_logits(logits, target, pos_weight=entity_weight)
+        if config.partial_entities and example.source not in ENTITY_COMPLETE_SOURCES:
+            # unannotated mentions are unknown, not absent: keep the annotated spans and those overlapping them
+            marked = {w for i, j, _ in example.entities for w in range(i, j + 1)}
+            near = torch.tensor([not marked.isdisjoint(range(i, j + 1)) for i, j in batch.spans[b]], dtype=torch.bool)
+            entity_loss = F.binary_cross_entropy_with_logits(logits[near], target[near], pos_weight=entity_weight) \
+                if near.any() else logits.new_zeros(())
+        else:
+            entity_loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=entity_weight)
+        total = total + entity_loss
         present = [n for n, k in enumerate(found) if k is not None]
         if not predicates:
             continue
