@@ -174,7 +174,8 @@ def _distill_encoder(args: argparse.Namespace) -> int:
     mixture = _mixture(args)
     config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
                            max_steps=args.max_steps if args.max_steps > 0 else None, negatives=mixture.negatives,
-                           whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed, int8=True)
+                           whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed, int8=True,
+                           partial_entities=args.partial_entities)
     pairs, sources = mixture_pairs(mixture)
     result = train_encoder(config, pairs, sources=sources, mixture=mixture)
     # decoding thresholds chosen on gold dev (held out of every mixture), written into student.json
@@ -270,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha is twice the rank)")
     dist.add_argument("--max-seq-length", type=int, default=2048)
     dist.add_argument("--save-steps", type=int, default=25)
+    dist.add_argument("--partial-entities", action="store_true",
+                      help="encoder: corpora that annotate only some entity mentions teach no 'not an entity' away "
+                           "from their annotated spans")
     dist.add_argument("--gold-repeats", type=int, default=0,
                       help="mix our gold train split into the labels this many times (dev and test stay held out)")
     dist.set_defaults(func=_distill)
