@@ -195,6 +195,30 @@ def test_partial_entities_leave_unannotated_mentions_out_of_the_entity_loss(tiny
     assert loss(gold, True) == loss(gold, False)
 
 
+def test_unnamed_kin_is_the_span_after_my_and_is_named_for_its_owner():
+    from hotmem.students.encoder import WORD, owned_name, owner_of
+    from hotmem.types import Entity, Record, Relation
+
+    turns = [Turn(speaker="Hamid", text="My mum lives in Tehran."), Turn(speaker="Zara", text="And my dad?")]
+    text = marked_text(turns)
+    words = [m.span() for m in WORD.finditer(text)]
+    said = [text[a:b] for a, b in words]
+    assert owner_of(text, words, said.index("mum")) == "Hamid" and owner_of(text, words, said.index("dad")) == "Zara"
+    assert owner_of(text, words, said.index("Tehran")) is None
+    anonymous = marked_text([Turn(text="my grandpa collects stamps")])
+    assert owned_name(owner_of(anonymous, [m.span() for m in WORD.finditer(anonymous)], 3), "grandpa") \
+        == "speaker's grandpa"
+    # training finds "Hamid's mum" as the span "mum" of Hamid's turn (not Zara's "my ...")
+    record = Record(id="k", turns=turns,
+                    graph=Graph(entities=[Entity(name="Hamid's mum", type="PERSON"),
+                                          Entity(name="Tehran", type="LOCATION"), Entity(name="Zara's mum", type="PERSON")],
+                                relations=[Relation(subject="Hamid's mum", predicate="lives_in", object="Tehran")]))
+    [example], counts = span_examples([(record, CONVERSATION_SCHEMA)])
+    mum = said.index("mum")
+    assert example.entities[0] == (mum, mum, "PERSON") and example.relations == [(0, 1, "lives_in")]
+    assert counts["hotmem-gold"]["entities_dropped"] == 1  # Zara never says "my mum"
+
+
 def test_training_exports_a_student_that_answers_in_the_schema(trained):
     out = trained.out_dir
     assert is_encoder_student(out)

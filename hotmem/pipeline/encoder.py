@@ -44,12 +44,14 @@ from hotmem.pipeline.mixture import Mixture, draw, model_card, shown_predicates,
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
     ENCODER_KIND,
+    OWNED_TYPES,
     STUDENT_FILE,
     WORD,
     EncoderStudent,
     featurize,
     load_tokenizer,
     marked_text,
+    owner_of,
     predicate_label,
     type_label,
 )
@@ -139,12 +141,16 @@ def span_example(record: Record, schema: RelationSchema, max_width: int, counts:
     between some argument pairs (`scored_pairs`, DialogRE) keeps them as `scored`: other pairs of its entities teach
     nothing."""
     text = marked_text(record.turns)
-    words = [w.casefold() for w in WORD.findall(text)]
+    offsets = [m.span() for m in WORD.finditer(text)]
+    words = [text[a:b].casefold() for a, b in offsets]
     where: dict[str, int] = {}
     entities: list[tuple[int, int, str]] = []
     for entity in record.graph.entities:
         name = [w.casefold() for w in WORD.findall(entity.name)]
         start = next((i for i in range(len(words) - len(name) + 1) if words[i: i + len(name)] == name), None)
+        if start is None and entity.type in OWNED_TYPES:
+            # "Hamid's mum" is said "my mum" in a turn of Hamid's: the span is "mum", as decoding names it
+            name, start = _owned_mention(entity.name, text, offsets, words)
         if not name or start is None or len(name) > max_width or entity.type not in schema.entity_types \
                 or any(e[:2] == (start, start + len(name) - 1) for e in entities):
             counts["entities_dropped"] += 1
@@ -179,6 +185,18 @@ def span_example(record: Record, schema: RelationSchema, max_width: int, counts:
         scored = frozenset(pair for a, b in record.scored_pairs if a in where and b in where
                            for pair in ((where[a], where[b]), (where[b], where[a])))
     return SpanExample(record.id, record.source, text, entities, relations, graph, schema, scored)
+
+
+def _owned_mention(name: str, text: str, offsets: Sequence[tuple[int, int]], words: Sequence[str]
+                   ) -> tuple[list[str], int | None]:
+    """The words and first word of the "my <mention>" an owned name (`owned_name`) was said as, if any."""
+    owner, _, mention = name.partition("'s ")
+    said = [w.casefold() for w in WORD.findall(mention)]
+    for i in range(1, len(words) - len(said) + 1):
+        if said and words[i: i + len(said)] == said and (owner_of(text, offsets, i) or "").casefold() == \
+                owner.casefold():
+            return said, i
+    return said, None
 
 
 def mixture_pairs(mixture: Mixture) -> tuple[list[tuple[Record, RelationSchema]], dict[str, dict[str, Any]]]:

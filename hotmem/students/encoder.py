@@ -10,7 +10,8 @@ How it reads a conversation (the contract training follows, so both sides import
 * words are `\\w+(?:[-_]\\w+)*|\\S`; every run of up to `max_width` words within a turn is a candidate span;
 * the graph scores each span against the schema's entity types, whose label vectors come from the same graph
   (its pooled sentence embedding of the type name, projected by a small MLP in numpy);
-* entities are decoded greedily (best score first, no overlap); every ordered pair of them (its two span vectors
+* entities are decoded greedily (best score first, no overlap); a person or animal right after "my" is named for
+  the turn's speaker ("Hamid: my mum" -> "Hamid's mum", as gold names unnamed kin); every ordered pair of them (its two span vectors
   and the mean token state between them) is scored in numpy against a "no relation" key and the predicates' label
   vectors, a softmax over those the schema allows for the pair's types. Labels are embedded once per schema and cached by its fingerprint, so
   any schema runs without retraining (closed extraction: only its types and predicates can come out).
@@ -40,8 +41,8 @@ from hotmem.shipped import shipped_root
 from hotmem.types import Graph, Turn, render_turns, speakers_of
 
 __all__ = ["ENCODER_KIND", "EncoderStudent", "SpanBatch", "between_means", "decode_entities", "featurize",
-           "is_encoder_student", "label_keys", "load_tokenizer", "marked_text", "pair_logits", "predicate_label",
-           "shipped_encoder_dir", "type_label"]
+           "is_encoder_student", "label_keys", "load_tokenizer", "marked_text", "owned_name", "owner_of",
+           "pair_logits", "predicate_label", "shipped_encoder_dir", "type_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,29 @@ MAX_TOKENS = 512
 def marked_text(turns: Sequence[Turn]) -> str:
     """`<speaker>: <text>` per turn; an anonymous speaker is the word `speaker` (a span the model can tag)."""
     return "\n".join(f"{t.speaker or SPEAKER}: {t.text}" for t in turns)
+
+
+#: Types whose unnamed mention after "my" is named for its owner ("Hamid: my mum" -> "Hamid's mum"), as our gold
+#: and the teacher name unnamed kin and pets; "my celiac disease" stays "celiac disease".
+OWNED_TYPES = frozenset({"PERSON", "ANIMAL"})
+
+
+def owner_of(text: str, words: Sequence[tuple[int, int]], first: int) -> str | None:
+    """The speaker whose "my" stands right before word `first` of a marked text ("Hamid: my mum" -> "Hamid";
+    an anonymous speaker -> "speaker"), else None."""
+    if first == 0:
+        return None
+    start, end = words[first - 1]
+    if text[start:end].casefold() != "my":
+        return None
+    line = text.rfind("\n", 0, start) + 1
+    colon = text.find(": ", line)
+    return text[line:colon] if 0 <= colon < start else None
+
+
+def owned_name(owner: str, mention: str) -> str:
+    """How an unnamed mention is named for its owner: `speaker's grandpa`, `Hamid's mother-in-law`."""
+    return f"{owner}'s {mention}"
 
 
 def type_label(entity_type: str) -> str:
@@ -317,8 +341,12 @@ class EncoderStudent:
             probs = sigmoid(ent_logits[b, : len(spans)])
             chosen = decode_entities(spans, probs, self.entity_threshold)
             words = batch.words[b]
-            entities = [ExtractedEntity(name=text[words[i][0]: words[j][1]], type=self.types[t])
-                        for (i, j), t, _ in chosen]
+            entities = []
+            for (i, j), t, _ in chosen:
+                name, owner = text[words[i][0]: words[j][1]], owner_of(text, words, i)
+                if owner is not None and self.types[t] in OWNED_TYPES:
+                    name = owned_name(owner, name)
+                entities.append(ExtractedEntity(name=name, type=self.types[t]))
             relations = []
             if len(chosen) > 1:
                 index = [k for _, _, k in chosen]
