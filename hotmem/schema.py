@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from hotmem.errors import InvalidInputError
 from hotmem.names import snake_case
 from hotmem.types import Relation
 
@@ -189,7 +190,7 @@ class RelationSchema(BaseModel):
         keep = set(predicates)
         unknown = keep - set(self.predicates)
         if unknown:
-            raise ValueError(f"not predicates of schema {self.name!r}: {sorted(unknown)}")
+            raise InvalidInputError(f"not predicates of schema {self.name!r}: {sorted(unknown)}")
         relations = tuple(r if r.inverse in keep or r.inverse is None else r.model_copy(update={"inverse": None})
                           for r in self.relations if r.name in keep)
         # built anew, not model_copy: the lookup caches live in the instance dict and would be copied stale

@@ -129,5 +129,5 @@ def test_a_schema_restricted_to_some_predicates():
     assert part.get("child_of").inverse is None and part.get("married_to") is None  # parent_of is not in it
     assert part.fingerprint() != CONVERSATION_SCHEMA.fingerprint()
     assert CONVERSATION_SCHEMA.get("married_to") is not None  # the original keeps its lookups
-    with pytest.raises(ValueError, match="not predicates"):
+    with pytest.raises(InvalidInputError, match="not predicates"):
         CONVERSATION_SCHEMA.restrict(["likes", "kills"])
