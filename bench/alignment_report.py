@@ -20,7 +20,7 @@ from hotmem.alignment import SchemaAlignment
 from hotmem.names import is_pronoun
 from hotmem.schema import CONVERSATION_SCHEMA
 
-MAP = "personaext-conversation"
+MAP = "personaext"
 OUT = Path(__file__).resolve().parent / "results" / "alignment-personaext" / "README.md"
 #: (label, first line, last line or None) of dev.jsonl, 1-based and inclusive.
 SLICES = (
@@ -60,7 +60,7 @@ def report(data: Path) -> str:
     w = out.append
     w("# PersonaExt -> hotmem-conversation: how many triples the schema alignment maps\n")
     w(
-        f"Map `hotmem/alignments/{MAP}.json` (target fingerprint `{alignment.target_fingerprint}`, schema now "
+        f"Map `hotmem/alignments/{MAP}/hotmem-conversation.json` (target fingerprint `{alignment.target_fingerprint}`, schema now "
         f"`{CONVERSATION_SCHEMA.fingerprint()}`), data `personaext/dev.jsonl` ({len(records):,} lines, "
         f"sha256 `{digest}`). Made by `python bench/alignment_report.py`; no model runs. Counts and predicate names "
         "only: PersonaExt is research-only, none of its text is copied here.\n"

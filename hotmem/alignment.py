@@ -1,13 +1,16 @@
 """Schema alignment: a declarative map from another corpus's predicates to a hotmem schema's, shipped as data.
 
-A map (`hotmem/alignments/<name>.json`) lists every predicate of the source corpus and decides for each: it becomes
+A map (`hotmem/alignments/<source>/<target schema>.json`) decides for each predicate of the source corpus: it becomes
 one of our predicates (optionally with subject and object swapped, and with a fixed type for the source tail), or it
 stays out (`null`) because none of ours means the same. Listing the ones left out makes each a decision, not an
 omission. The demonstration pool, labelling and evaluation read corpora through the same map, so they agree.
 
-    alignment = SchemaAlignment.load("personaext-conversation")
+    alignment = SchemaAlignment.load("personaext")   # onto the built-in conversation schema
     alignment.map_graph(record.graph)             # a PersonaExt gold graph in hotmem-conversation predicates
     alignment.coverage(records)["kept"]           # how many of a corpus's triples carry over, schema-valid
+
+A map holds our decisions keyed by the source's predicate names, never the corpus itself: its inventory is read where
+the data lies (`expand`), and no text, entity or triple of it is stored here.
 
 Runtime-side: imports only the contract modules (no data loaders, no DSPy, no torch).
 """
@@ -71,7 +74,7 @@ class Rule(BaseModel):
 
 
 class SchemaAlignment(BaseModel):
-    """A map from a source corpus's predicates to a target schema's. The contract of `hotmem/alignments/*.json`.
+    """A map from a source corpus's predicates to a target schema's. The contract of `hotmem/alignments/*/*.json`.
 
     Loading checks the map against the target schema and fails with `SchemaMismatchError` when a target predicate or
     entity type does not exist, or a `tail_type` is not one the target predicate allows at that end: such a map
@@ -105,11 +108,13 @@ class SchemaAlignment(BaseModel):
     def load(
         cls, name_or_path: str | Path, schema: RelationSchema | None = None, *, strict: bool = False
     ) -> SchemaAlignment:
-        """A shipped map by name (`"personaext-conversation"`) or a JSON file by path, checked against `schema`.
+        """The shipped map from a source corpus (`"personaext"`) onto `schema`, or a JSON file by path; checked
+        against `schema`.
 
-        `schema` defaults to the built-in schema the map names as its target.
+        `schema` defaults to the built-in schema the map names as its target (for a shipped map: the conversation
+        schema).
         """
-        text, where = _read(name_or_path)
+        text, where = _read(name_or_path, schema.name if schema is not None else CONVERSATION_SCHEMA.name)
         try:
             alignment = cls.model_validate_json(text)
         except ValidationError as exc:
@@ -373,12 +378,13 @@ def _target(mapping: PredicateMapping | None) -> str | None:
 # --------------------------------------------------------------------------- shipped maps
 
 
-def shipped_alignments() -> tuple[str, ...]:
-    """Names of the maps shipped in `hotmem/alignments/`."""
+def shipped_alignments(target: str = CONVERSATION_SCHEMA.name) -> tuple[str, ...]:
+    """The source corpora with a shipped map onto the schema named `target`."""
     folder = _folder()
     if folder is None:
         return ()
-    return tuple(sorted(f.name.removesuffix(".json") for f in folder.iterdir() if f.name.endswith(".json")))
+    return tuple(sorted(source.name for source in folder.iterdir()
+                        if source.is_dir() and source.joinpath(f"{target}.json").is_file()))
 
 
 def _folder():
@@ -389,17 +395,18 @@ def _folder():
     return folder if folder.is_dir() else None
 
 
-def _read(name_or_path: str | Path) -> tuple[str, str]:
-    """The map's text and where it came from: a path when one exists there, else a shipped name."""
+def _read(name_or_path: str | Path, target: str) -> tuple[str, str]:
+    """The map's text and where it came from: a path when one exists there, else the shipped map of a source."""
     path = Path(name_or_path)
     if isinstance(name_or_path, Path) or path.suffix == ".json" or len(path.parts) > 1:
         if not path.is_file():
             raise AlignmentNotFoundError(f"no schema alignment file at {path}")
         return path.read_text(encoding="utf-8"), str(path)
     folder = _folder()
-    file = folder.joinpath(f"{name_or_path}.json") if folder is not None else None
+    file = folder.joinpath(str(name_or_path), f"{target}.json") if folder is not None else None
     if file is None or not file.is_file():
         raise AlignmentNotFoundError(
-            f"no shipped schema alignment {str(name_or_path)!r}; shipped: {', '.join(shipped_alignments()) or 'none'}"
+            f"no shipped map from {str(name_or_path)!r} onto schema {target!r}; shipped sources: "
+            f"{', '.join(shipped_alignments(target)) or 'none'}"
         )
-    return file.read_text(encoding="utf-8"), f"alignments/{name_or_path}.json"
+    return file.read_text(encoding="utf-8"), f"alignments/{name_or_path}/{target}.json"

@@ -15,7 +15,7 @@ from hotmem.errors import HotmemError, SchemaMismatchError
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema, relation_type
 from hotmem.types import Entity, Graph, Relation
 
-NAME = "personaext-conversation"
+NAME = "personaext"
 
 
 #: Names the tests below use, to expand the map over where the corpus's own inventory is not here
@@ -64,7 +64,7 @@ def test_shipped_map_loads_by_name_and_by_path(alignment):
     assert NAME in shipped_alignments()
     assert alignment.source == "personaext" and alignment.target == CONVERSATION_SCHEMA.name
     assert alignment.schema is CONVERSATION_SCHEMA
-    path = Path(__file__).resolve().parent.parent / "hotmem" / "alignments" / f"{NAME}.json"
+    path = Path(__file__).resolve().parent.parent / "hotmem" / "alignments" / NAME / "hotmem-conversation.json"
     assert SchemaAlignment.load(path) == SchemaAlignment.load(NAME)
     assert SchemaAlignment.load(path).rules == alignment.rules and alignment.rules
     # the shipped file decides by rules and copies no inventory: names are listed only once expanded
@@ -74,7 +74,7 @@ def test_shipped_map_loads_by_name_and_by_path(alignment):
 def test_shipped_map_is_current_for_the_schema(alignment):
     """A stale fingerprint only warns at load; here it fails, so whoever edits the schema reviews the map too."""
     assert alignment.target_fingerprint == CONVERSATION_SCHEMA.fingerprint(), (
-        "CONVERSATION_SCHEMA changed: review hotmem/alignments/personaext-conversation.json, then update its "
+        "CONVERSATION_SCHEMA changed: review hotmem/alignments/personaext/hotmem-conversation.json, then update its "
         "target_fingerprint"
     )
 
@@ -306,8 +306,10 @@ def test_other_target_schema_must_be_passed(tmp_path):
 
 
 def test_missing_map_raises():
-    with pytest.raises(AlignmentNotFoundError, match="personaext-conversation"):
-        SchemaAlignment.load("no-such-map")
+    with pytest.raises(AlignmentNotFoundError, match="shipped sources: conll04, dialogre, personaext"):
+        SchemaAlignment.load("no-such-corpus")
+    with pytest.raises(AlignmentNotFoundError, match="onto schema 'tiny'"):
+        SchemaAlignment.load("personaext", schema=RelationSchema(name="tiny", entity_types=("PERSON",), relations=()))
     with pytest.raises(HotmemError):
         SchemaAlignment.load(Path("/nonexistent/map.json"))
 
@@ -375,9 +377,9 @@ def test_conflicting_retype_and_duplicates(alignment):
 
 
 @pytest.mark.parametrize("name, source_predicates, targets", [
-    ("conll04-conversation", ["Live_In", "Work_For", "OrgBased_In", "Located_In", "Kill"],
+    ("conll04", ["Live_In", "Work_For", "OrgBased_In", "Located_In", "Kill"],
      ("lives_in", "works_at", "located_in", "headquartered_in")),
-    ("dialogre-conversation", None, None),
+    ("dialogre", None, None),
 ])
 def test_the_shipped_maps_of_annotated_corpora(name, source_predicates, targets):
     alignment = SchemaAlignment.load(name)
@@ -390,7 +392,7 @@ def test_the_shipped_maps_of_annotated_corpora(name, source_predicates, targets)
 
 def test_dialogre_directions_follow_the_corpus():
     """DialogRE's `x per:parents y` says y is x's parent; its inverse listing is the same fact."""
-    alignment = SchemaAlignment.load("dialogre-conversation")
+    alignment = SchemaAlignment.load("dialogre")
     graph = Graph(entities=[Entity(name="Emma", type="PERSON"), Entity(name="Rachel", type="PERSON"),
                             Entity(name="Tag", type="PERSON"), Entity(name="Italian", type="MISC")],
                   relations=[Relation(subject="Emma", predicate="per:parents", object="Rachel"),

@@ -96,11 +96,12 @@ def test_dialogre_chunks_keep_only_relations_whose_arguments_they_contain():
 
 
 @needs_data
-@pytest.mark.parametrize("name", ["personaext-conversation", "dialogre-conversation", "conll04-conversation"])
-def test_a_mapped_corpus_is_taught_only_the_predicates_its_map_produces(name):
+@pytest.mark.parametrize("corpus", ["personaext", "dialogre", "conll04"])
+def test_a_mapped_corpus_is_taught_only_the_predicates_its_map_produces(corpus):
     from hotmem.alignment import SchemaAlignment
 
-    targets = SchemaAlignment.load(name).targets
+    name = f"{corpus}-conversation"
+    targets = SchemaAlignment.load(corpus).targets
     pairs = list(SOURCES[name].read(None))
     assert len(pairs) > 500
     for record, schema in pairs[:200]:

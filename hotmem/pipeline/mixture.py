@@ -8,7 +8,7 @@ A mixture file names the sources and how much of each to take:
      "negatives": 8, "whole_schema_rate": 0.1, "seed": 0}
 
 A corpus mapped onto the conversation schema (`personaext-conversation`, `dialogre-conversation`,
-`conll04-conversation`, by the maps in `hotmem/alignments/`) comes with the part of the schema its map produces: the
+`conll04-conversation`, by the maps in `hotmem/alignments/<corpus>/`) comes with the part of the schema its map produces: the
 corpus does not annotate the other predicates, so they are never shown as absent.
 
 Each example shows the student the predicates it may use, as GLiNER- and NuExtract-style models are trained: the
@@ -76,13 +76,13 @@ def _personaext(path: str | None):
             yield record, schema
 
 
-def _mapped(alignment_name: str, read: Callable[[str | None], Iterator[tuple[Record, RelationSchema]]]):
-    """A corpus's training records mapped onto the conversation schema by a shipped alignment, each with the part of
+def _mapped(corpus: str, read: Callable[[str | None], Iterator[tuple[Record, RelationSchema]]]):
+    """A corpus's training records mapped onto the conversation schema by its shipped alignment, each with the part of
     the schema the map can produce: the corpus annotates only those predicates, so only they may be taught absent."""
     from hotmem.alignment import SchemaAlignment
 
     def mapped(path: str | None):
-        alignment = SchemaAlignment.load(alignment_name)
+        alignment = SchemaAlignment.load(corpus)
         annotated = CONVERSATION_SCHEMA.restrict(alignment.targets)
         for record, _ in read(path):
             graph = alignment.map_graph(record.graph)
@@ -145,8 +145,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("personaext", f"PersonaExt dev.jsonl from line {PERSONAEXT_HELD_OUT + 1}, its own 108 predicates",
            RESEARCH_ONLY, _personaext),
     Source("personaext-conversation", "the same lines mapped onto the conversation schema "
-           "(hotmem/alignments/personaext-conversation.json)", RESEARCH_ONLY,
-           _mapped("personaext-conversation", _personaext_train)),
+           "(hotmem/alignments/personaext/hotmem-conversation.json)", RESEARCH_ONLY,
+           _mapped("personaext", _personaext_train)),
     Source("convai2", "ConvAI2 persona lines and utterances with Dialogue-NLI triples, DNLI schema, minus PersonaExt's "
            "evaluation texts", RESEARCH_ONLY, _convai2),
     Source("dialogre", "DialogRE v2 train dialogues, chunked as GraphExtractor chunks them; relations whose two "
@@ -154,11 +154,11 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("conll04", "CoNLL04 train sentences, its own 5 predicates",
            "research only: no licence stated (Roth & Yih 2004)", _conll04),
     Source("dialogre-conversation", "the same chunks mapped onto the conversation schema "
-           "(hotmem/alignments/dialogre-conversation.json)", "non-commercial research only (DialogRE LICENSE.txt)",
-           _mapped("dialogre-conversation", _dialogre)),
+           "(hotmem/alignments/dialogre/hotmem-conversation.json)", "non-commercial research only (DialogRE LICENSE.txt)",
+           _mapped("dialogre", _dialogre)),
     Source("conll04-conversation", "the same sentences mapped onto the conversation schema "
-           "(hotmem/alignments/conll04-conversation.json)", "research only: no licence stated (Roth & Yih 2004)",
-           _mapped("conll04-conversation", _conll04)),
+           "(hotmem/alignments/conll04/hotmem-conversation.json)", "research only: no licence stated (Roth & Yih 2004)",
+           _mapped("conll04", _conll04)),
     Source("labels", "teacher labels of real conversation (`hotmem label`), conversation schema",
            "those of the labelled corpus", _labels),
 )}
