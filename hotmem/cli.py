@@ -169,13 +169,15 @@ def _mixture(args: argparse.Namespace):
 
 def _distill_encoder(args: argparse.Namespace) -> int:
     from hotmem.data import load_gold
-    from hotmem.pipeline.encoder import EncoderConfig, calibrate_thresholds, mixture_pairs, train_encoder
+    from hotmem.pipeline.encoder import (STAGE_TWO_LEARNING_RATES, EncoderConfig, calibrate_thresholds,
+                                         mixture_pairs, train_encoder)
 
     mixture = _mixture(args)
     config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
                            max_steps=args.max_steps if args.max_steps > 0 else None, negatives=mixture.negatives,
                            whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed, int8=True,
-                           partial_entities=args.partial_entities)
+                           partial_entities=args.partial_entities, init_from=args.init_from,
+                           **(STAGE_TWO_LEARNING_RATES if args.init_from else {}))
     pairs, sources = mixture_pairs(mixture)
     result = train_encoder(config, pairs, sources=sources, mixture=mixture)
     # decoding thresholds chosen on gold dev (held out of every mixture), written into student.json
@@ -274,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--partial-entities", action="store_true",
                       help="encoder: corpora that annotate only some entity mentions teach no 'not an entity' away "
                            "from their annotated spans")
+    dist.add_argument("--init-from", default=None, metavar="RUN",
+                      help="encoder: start from a finished run's weights, at lower learning rates (a second stage: "
+                           "`--mixture encoder-conversation` after `--mixture encoder`)")
     dist.add_argument("--gold-repeats", type=int, default=0,
                       help="mix our gold train split into the labels this many times (dev and test stay held out)")
     dist.set_defaults(func=_distill)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from hotmem.embedding import minilm_folder
-from hotmem.errors import ModelNotAvailableError, StudentNotFoundError
+from hotmem.errors import DistillError, ModelNotAvailableError, StudentNotFoundError
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.types import Graph, Turn
 
@@ -114,6 +114,32 @@ def test_training_from_a_mixture_writes_a_model_card(tmp_path, tiny_encoder):
     card = (result.out_dir / "card.md").read_text()
     assert "| gold (hotmem's gold train split (96), conversation schema) | 3 |" in card
     assert "research only" in card and f"{result.manifest['params']['total']:,} parameters" in card
+
+
+def test_a_second_stage_starts_from_the_first_and_its_card_lists_both(tmp_path, tiny_encoder):
+    import numpy as np
+
+    from hotmem.pipeline.encoder import mixture_pairs
+    from hotmem.pipeline.mixture import Mixture, MixtureSource
+
+    first_mixture = Mixture(sources=[MixtureSource("gold", limit=3)])
+    pairs, sources = mixture_pairs(first_mixture)
+    first = train_encoder(_config(tmp_path / "one", tiny_encoder, max_steps=1), pairs, sources=sources,
+                          mixture=first_mixture)
+    second_mixture = Mixture(sources=[MixtureSource("gold", limit=2, repeats=2)], seed=1)
+    pairs, sources = mixture_pairs(second_mixture)
+    # learning rates 0: the second stage's weights are exactly those it started from
+    second = train_encoder(_config(tmp_path / "two", tiny_encoder, max_steps=1, init_from=str(first.out_dir),
+                                   encoder_lr=0.0, head_lr=0.0), pairs, sources=sources, mixture=second_mixture)
+    with np.load(first.out_dir / "heads.npz") as a, np.load(second.out_dir / "heads.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert second.manifest["init_from"]["folder"] == "one"
+    assert second.manifest["init_from"]["mixture_sources"]["gold"]["examples"] == 3
+    card = (second.out_dir / "card.md").read_text()
+    assert "| gold (hotmem's gold train split (96), conversation schema) | 4 |" in card
+    assert "### Earlier stage: `one`" in card and "| gold (hotmem's gold train split (96), conversation schema) | 3 |" in card
+    with pytest.raises(DistillError, match="no trained encoder student"):
+        train_encoder(_config(tmp_path / "three", tiny_encoder, init_from=str(tmp_path / "nowhere")), pairs)
 
 
 def test_unmatched_entities_are_dropped_and_counted():

@@ -102,11 +102,19 @@ class EncoderConfig:
     #: one triple a line, Dialogue-NLI, DialogRE's arguments), score in the entity loss only the annotated spans and
     #: the spans overlapping them (boundaries), not every other span as "no entity"
     partial_entities: bool = False
+    #: a finished run's folder to start from (its trained encoder and heads): a second stage on other data, such as
+    #: the conversation-schema examples after the whole mixture. Its optimizer state and schedule are not carried over
+    init_from: str | None = None
     #: torch threads; None: torch's default (all cores)
     threads: int | None = None
     thresholds: dict[str, float] = field(default_factory=lambda: {"entity": 0.5, "relation": 0.5})
     #: also write an int8 (dynamic, per-channel) graph and run it by default; gate it on hotmem's eval first
     int8: bool = False
+
+
+#: learning rates of a second stage (`EncoderConfig.init_from`): the heads and encoder are trained already, and the
+#: stage's small data set would pull them far from what the first one taught
+STAGE_TWO_LEARNING_RATES = {"encoder_lr": 2e-5, "head_lr": 3e-4}
 
 
 @dataclass
@@ -453,6 +461,12 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
 
     step, history, seconds_before, tokens_before = 0, [], 0.0, 0
     checkpoint = out / CHECKPOINT
+    if config.init_from and not checkpoint.is_file():
+        earlier = Path(config.init_from) / CHECKPOINT
+        if not earlier.is_file():
+            raise DistillError(f"init_from: no trained encoder student at {earlier}")
+        model.load_state_dict(torch.load(earlier, weights_only=False)["model"])
+        logger.info("starting from the weights of %s", config.init_from)
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         if state["data_id"] != data_id or state["total_steps"] != total_steps:
@@ -526,6 +540,8 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         "loss_last": history[-10:],
         "export": export,
     }
+    if config.init_from:
+        manifest["init_from"] = _earlier_stage(Path(config.init_from))
     if sources is not None:
         manifest["mixture_sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
@@ -534,8 +550,20 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
     return EncoderResult(out, manifest)
 
 
+def _earlier_stage(folder: Path) -> dict[str, Any]:
+    """What a second stage started from, as its manifest and card carry it: the first stage's sources and cost (and
+    any stage before that)."""
+    try:
+        earlier = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DistillError(f"init_from: {folder} has no readable manifest.json ({exc})") from None
+    keep = ("mixture_sources", "mixture", "examples", "steps", "seconds_total", "peak_rss_gb", "init_from")
+    return {"folder": folder.name, **{key: earlier.get(key) for key in keep}}
+
+
 def encoder_card(manifest: dict[str, Any], sources: dict[str, dict[str, Any]], mixture: Mixture) -> str:
-    """The encoder student's model card (`hotmem.pipeline.mixture.model_card`) from its training manifest."""
+    """The encoder student's model card (`hotmem.pipeline.mixture.model_card`) from its training manifest; a run
+    started from another (`init_from`) lists every earlier stage's sources too."""
     params = manifest["params"]
     model = (f"A span extractor on all-MiniLM-L6-v2 ({params['total']:,} parameters, the encoder "
              f"{params['encoder']:,}) run with onnxruntime: entity spans typed against the schema's type names and "
@@ -545,7 +573,13 @@ def encoder_card(manifest: dict[str, Any], sources: dict[str, dict[str, Any]], m
     training = (f"PyTorch on CPU, {manifest['steps']} steps of {manifest['recipe']['batch_size']} examples, "
                 f"{manifest['seconds_total'] / 3600:.2f} h, {manifest['examples_per_second']} examples/s, peak RSS "
                 f"{manifest['peak_rss_gb']} GB. ONNX files: {sizes}.")
-    return model_card(sources, mixture, model=model, training=training)
+    earlier, stage = [], manifest.get("init_from")
+    while stage:  # this run started from the weights of an earlier one: its data is in the model too
+        earlier.append((f"`{stage['folder']}`", stage.get("mixture_sources") or {}, stage.get("mixture") or {},
+                        f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
+                        f"peak RSS {stage.get('peak_rss_gb')} GB."))
+        stage = stage.get("init_from")
+    return model_card(sources, mixture, model=model, training=training, earlier=earlier)
 
 
 # --------------------------------------------------------------------------- export

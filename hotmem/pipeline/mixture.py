@@ -275,16 +275,23 @@ def build_examples(mixture: Mixture) -> tuple[list[dict[str, Any]], dict[str, di
     return rows, report
 
 
-def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, *, model: str, training: str) -> str:
+def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, *, model: str, training: str,
+               earlier: Sequence[tuple[str, dict[str, dict[str, Any]], dict[str, Any], str]] = ()) -> str:
     """A student's card: what it is (`model`), what it learned from (every source, its size and licence; `report`
-    as `build_examples` or `hotmem.pipeline.encoder.mixture_pairs` give it), and how (`training`)."""
-    lines = ["# hotmem student", "", model, "",
-             "## Training data", "",
-             "| source | examples | with relations | records | licence |", "|---|---|---|---|---|"]
-    lines += [f"| {name} ({r['description']}) | {r['examples']:,} | {r['with_relations']:,} | {r['records']:,} | "
-              f"{r['licence']} |" for name, r in report.items()]
-    lines += ["", "Several sources are licensed for research only: so is a model trained on them.", "",
-              f"Mixture: {json.dumps(mixture.to_dict())}", "",
+    as `build_examples` or `hotmem.pipeline.encoder.mixture_pairs` give it), and how (`training`). `earlier`: the
+    stages this model was trained in before, as (name, report, mixture as a dict, training): their data is in it too."""
+    lines = ["# hotmem student", "", model, "", "## Training data", ""]
+    lines += _sources_table(report, mixture.to_dict())
+    for name, stage_report, stage_mixture, stage_training in earlier:
+        lines += [f"### Earlier stage: {name}", "", stage_training, ""] + _sources_table(stage_report, stage_mixture)
+    lines += ["Several sources are licensed for research only: so is a model trained on them.", "",
               "## Training", "", training, ""]
     return "\n".join(lines)
+
+
+def _sources_table(report: dict[str, dict[str, Any]], mixture: dict[str, Any]) -> list[str]:
+    lines = ["| source | examples | with relations | records | licence |", "|---|---|---|---|---|"]
+    lines += [f"| {name} ({r['description']}) | {r['examples']:,} | {r['with_relations']:,} | {r['records']:,} | "
+              f"{r['licence']} |" for name, r in report.items()]
+    return lines + ["", f"Mixture: {json.dumps(mixture)}", ""]
 
