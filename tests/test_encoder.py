@@ -420,3 +420,24 @@ def test_between_means_averages_the_tokens_strictly_between_two_spans():
     assert means[0, 1, 0] == means[1, 0, 0] == 4.0  # tokens 3, 4, 5 in either order
     assert means[0, 2, 0] == means[0, 0, 0] == 0.0  # overlapping spans, a span with itself: nothing between
     assert means[2, 1, 0] == 4.5  # tokens 4, 5
+
+
+def test_pair_logits_of_chosen_pairs_equal_those_of_all_pairs():
+    import numpy as np
+
+    from hotmem.students.encoder import between_means, pair_logits
+
+    rng = np.random.default_rng(0)
+    size, hidden, predicates, entities = 6, 5, 3, 4
+    heads = {"pair_mlp.0.weight": rng.normal(size=(hidden, 4 * size)).astype(np.float32),
+             "pair_mlp.0.bias": rng.normal(size=hidden).astype(np.float32),
+             "pair_mlp.2.weight": rng.normal(size=(hidden, hidden)).astype(np.float32),
+             "pair_mlp.2.bias": rng.normal(size=hidden).astype(np.float32),
+             "none_key": rng.normal(size=hidden).astype(np.float32), "none_bias": np.float32(0.5)}
+    reps = rng.normal(size=(entities, size)).astype(np.float32)
+    keys = rng.normal(size=(predicates, hidden)).astype(np.float32)
+    context = between_means(rng.normal(size=(12, size)).astype(np.float32), np.array([[0, 1], [3, 3], [5, 7], [9, 10]]))
+    full = pair_logits(heads, reps, keys, context)
+    assert full.shape == (entities, entities, 1 + predicates)
+    chosen = (np.array([0, 2, 3, 1]), np.array([1, 0, 2, 3]))
+    np.testing.assert_allclose(pair_logits(heads, reps, keys, context, pairs=chosen), full[chosen], rtol=1e-5, atol=1e-5)

@@ -350,16 +350,21 @@ class EncoderStudent:
             relations = []
             if len(chosen) > 1:
                 index = [k for _, _, k in chosen]
-                context = between_means(states[b], batch.feeds["span_idx"][b, index])
-                logits = pair_logits(self.heads, span_rep[b, index], self.predicate_keys, context)
                 kinds = [t for _, t, _ in chosen]
                 allowed = self.type_fit[np.ix_(kinds, kinds)]  # (E,E,P)
-                logits[..., 1:] = np.where(allowed, logits[..., 1:], -np.inf)
-                probs = softmax(logits)[..., 1:]
-                probs[np.arange(len(index)), np.arange(len(index))] = 0.0  # never an entity to itself
-                for h, t, p in zip(*np.nonzero(probs > self.relation_threshold)):
-                    relations.append(ExtractedRelation(subject=entities[h].name, predicate=self.predicates[p],
-                                                       object=entities[t].name))
+                candidates = allowed.any(-1)
+                np.fill_diagonal(candidates, False)  # never an entity to itself
+                heads_, tails = np.nonzero(candidates)
+                if len(heads_):
+                    context = between_means(states[b], batch.feeds["span_idx"][b, index])
+                    logits = pair_logits(self.heads, span_rep[b, index], self.predicate_keys, context,
+                                         pairs=(heads_, tails))
+                    logits[:, 1:] = np.where(allowed[heads_, tails], logits[:, 1:], -np.inf)
+                    probs = softmax(logits)[:, 1:]
+                    for n, p in zip(*np.nonzero(probs > self.relation_threshold)):
+                        relations.append(ExtractedRelation(subject=entities[heads_[n]].name,
+                                                           predicate=self.predicates[p],
+                                                           object=entities[tails[n]].name))
             out.append((entities, relations))
         return out
 
@@ -404,11 +409,12 @@ def between_means(states: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return (sums[hi] - sums[lo]) / np.maximum(count, 1)[..., None] * valid[..., None]
 
 
-def pair_logits(heads: dict[str, np.ndarray], reps: np.ndarray, predicate_keys: np.ndarray, context: np.ndarray
-                ) -> np.ndarray:
+def pair_logits(heads: dict[str, np.ndarray], reps: np.ndarray, predicate_keys: np.ndarray, context: np.ndarray,
+                pairs: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """(E,E,1+P) logits of `head -predicate-> tail` for E entity span vectors, index 0 being "no relation": the
     pair MLP on [h; t; h*t; words between], scored against the "none" key and each predicate key. Numpy mirror of
-    `hotmem.pipeline.encoder.EncoderModel.pair_logits`; `context` is `between_means(...)`.
+    `hotmem.pipeline.encoder.EncoderModel.pair_logits`; `context` is `between_means(...)`. With `pairs` (head and
+    tail index arrays), (N,1+P) logits of those N pairs only: decoding skips the pairs no predicate allows.
 
     The first layer is split by its input blocks, so the h and t parts are computed once per entity and only the
     h*t and context parts per pair."""
@@ -416,9 +422,15 @@ def pair_logits(heads: dict[str, np.ndarray], reps: np.ndarray, predicate_keys: 
     weight, bias = heads["pair_mlp.0.weight"], heads["pair_mlp.0.bias"]
     as_head = reps @ weight[:, :size].T
     as_tail = reps @ weight[:, size: 2 * size].T
-    products = (reps[:, None, :] * reps[None, :, :]) @ weight[:, 2 * size: 3 * size].T
-    between = context @ weight[:, 3 * size:].T
-    hidden = gelu(as_head[:, None, :] + as_tail[None, :, :] + products + between + bias)
+    if pairs is None:
+        products = (reps[:, None, :] * reps[None, :, :]) @ weight[:, 2 * size: 3 * size].T
+        between = context @ weight[:, 3 * size:].T
+        hidden = gelu(as_head[:, None, :] + as_tail[None, :, :] + products + between + bias)
+    else:
+        heads_, tails = pairs
+        products = (reps[heads_] * reps[tails]) @ weight[:, 2 * size: 3 * size].T
+        between = context[heads_, tails] @ weight[:, 3 * size:].T
+        hidden = gelu(as_head[heads_] + as_tail[tails] + products + between + bias)
     pair = hidden @ heads["pair_mlp.2.weight"].T + heads["pair_mlp.2.bias"]
     none = pair @ heads["none_key"] + heads["none_bias"]
     return np.concatenate([none[..., None], pair @ predicate_keys.T], -1)
