@@ -467,6 +467,8 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
             raise DistillError(f"init_from: no trained encoder student at {earlier}")
         model.load_state_dict(torch.load(earlier, weights_only=False)["model"])
         logger.info("starting from the weights of %s", config.init_from)
+    # read before training, so a folder without its manifest fails now, not after the run
+    earlier_stage = _earlier_stage(Path(config.init_from)) if config.init_from else None
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         if state["data_id"] != data_id or state["total_steps"] != total_steps:
@@ -540,8 +542,8 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         "loss_last": history[-10:],
         "export": export,
     }
-    if config.init_from:
-        manifest["init_from"] = _earlier_stage(Path(config.init_from))
+    if earlier_stage is not None:
+        manifest["init_from"] = earlier_stage
     if sources is not None:
         manifest["mixture_sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
