@@ -60,7 +60,8 @@ def report(data: Path) -> str:
     w = out.append
     w("# PersonaExt -> hotmem-conversation: how many triples the schema alignment maps\n")
     w(
-        f"Map `hotmem/alignments/{MAP}/hotmem-conversation.json` (target fingerprint `{alignment.target_fingerprint}`, schema now "
+        f"Map `hotmem/alignments/{MAP}/hotmem-conversation.json` "
+        f"(target fingerprint `{alignment.target_fingerprint}`, schema now "
         f"`{CONVERSATION_SCHEMA.fingerprint()}`), data `personaext/dev.jsonl` ({len(records):,} lines, "
         f"sha256 `{digest}`). Made by `python bench/alignment_report.py`; no model runs. Counts and predicate names "
         "only: PersonaExt is research-only, none of its text is copied here.\n"

@@ -52,7 +52,8 @@ def measure(folder: Path, model_file: str, threads: int, passes: int, cold_runs:
     cold = []
     for _ in range(cold_runs):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", COLD, str(folder), model_file, str(threads)], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", COLD, str(folder), model_file, str(threads)], check=True,
+                       capture_output=True)
         cold.append(time.perf_counter() - started)
     return {"model": model_file, "threads": threads, "size_mb": round((folder / model_file).stat().st_size / 2**20, 1),
             "utterances": len(single), "p50_ms": round(1000 * statistics.median(single), 1),
@@ -75,7 +76,8 @@ def main() -> None:
     print("| graph | threads | size MB | p50 ms | p95 ms | batched utt/s | cold start s |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['threads']} | {r['size_mb']} | {r['p50_ms']} | {r['p95_ms']} | {r['batched_utterances_per_s']} | "
+        print(f"| {r['model']} | {r['threads']} | {r['size_mb']} | {r['p50_ms']} | {r['p95_ms']} | "
+              f"{r['batched_utterances_per_s']} | "
               f"{r['cold_start_s']} |")
     if args.out:
         write_atomic(args.out, json.dumps({"folder": str(args.folder), "rows": rows}, indent=1) + "\n")

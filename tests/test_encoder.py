@@ -137,7 +137,8 @@ def test_a_second_stage_starts_from_the_first_and_its_card_lists_both(tmp_path, 
     assert second.manifest["init_from"]["mixture_sources"]["gold"]["examples"] == 3
     card = (second.out_dir / "card.md").read_text()
     assert "| gold (hotmem's gold train split (96), conversation schema) | 4 |" in card
-    assert "### Earlier stage: `one`" in card and "| gold (hotmem's gold train split (96), conversation schema) | 3 |" in card
+    assert "### Earlier stage: `one`" in card
+    assert "| gold (hotmem's gold train split (96), conversation schema) | 3 |" in card
     with pytest.raises(DistillError, match="no trained encoder student"):
         train_encoder(_config(tmp_path / "three", tiny_encoder, init_from=str(tmp_path / "nowhere")), pairs)
 
@@ -440,4 +441,5 @@ def test_pair_logits_of_chosen_pairs_equal_those_of_all_pairs():
     full = pair_logits(heads, reps, keys, context)
     assert full.shape == (entities, entities, 1 + predicates)
     chosen = (np.array([0, 2, 3, 1]), np.array([1, 0, 2, 3]))
-    np.testing.assert_allclose(pair_logits(heads, reps, keys, context, pairs=chosen), full[chosen], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pair_logits(heads, reps, keys, context, pairs=chosen), full[chosen],
+                               rtol=1e-5, atol=1e-5)

@@ -8,8 +8,8 @@ A mixture file names the sources and how much of each to take:
      "negatives": 8, "whole_schema_rate": 0.1, "seed": 0}
 
 A corpus mapped onto the conversation schema (`personaext-conversation`, `dialogre-conversation`,
-`conll04-conversation`, by the maps in `hotmem/alignments/<corpus>/`) comes with the part of the schema its map produces: the
-corpus does not annotate the other predicates, so they are never shown as absent.
+`conll04-conversation`, by the maps in `hotmem/alignments/<corpus>/`) comes with the part of the schema its map
+produces: the corpus does not annotate the other predicates, so they are never shown as absent.
 
 Each example shows the student the predicates it may use, as GLiNER- and NuExtract-style models are trained: the
 example's own predicates plus `negatives` random others from its schema, shuffled, or (with probability
@@ -154,7 +154,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("conll04", "CoNLL04 train sentences, its own 5 predicates",
            "research only: no licence stated (Roth & Yih 2004)", _conll04),
     Source("dialogre-conversation", "the same chunks mapped onto the conversation schema "
-           "(hotmem/alignments/dialogre/hotmem-conversation.json)", "non-commercial research only (DialogRE LICENSE.txt)",
+           "(hotmem/alignments/dialogre/hotmem-conversation.json)",
+           "non-commercial research only (DialogRE LICENSE.txt)",
            _mapped("dialogre", _dialogre)),
     Source("conll04-conversation", "the same sentences mapped onto the conversation schema "
            "(hotmem/alignments/conll04/hotmem-conversation.json)", "research only: no licence stated (Roth & Yih 2004)",
