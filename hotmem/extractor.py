@@ -57,25 +57,42 @@ class GraphExtractor:
         logger.debug("GraphExtractor runs the %s on %s", self.backend.name, self.backend.model)
 
     def __call__(self, text: str | Sequence[Turn | dict | tuple[str, str]], speaker: str | None = None) -> Graph:
+        return self.batch([text], speaker=speaker)[0]
+
+    def batch(self, texts: Sequence[str | Sequence[Turn | dict | tuple[str, str]]],
+              speaker: str | None = None) -> list[Graph]:
+        """Graphs for many inputs (utterances or conversations), in order. A backend with `extract_many` (the
+        encoder student) takes all their chunks in one call; each graph is the one its input gets alone."""
+        if isinstance(texts, str):
+            raise InvalidInputError("batch() takes a list of inputs; pass one string to the extractor itself")
+        chunked = [chunk_turns(turns) if turns else [] for turns in map(self._turns, texts, [speaker] * len(texts))]
+        chunks = [chunk for chunks in chunked for chunk in chunks]
+        try:
+            many = getattr(self.backend, "extract_many", None)
+            graphs = iter(many(chunks) if many is not None and chunks else [self.backend(c) for c in chunks])
+        except HotmemError:
+            raise
+        except Exception as exc:  # any model or parse failure, from any backend, is one error type
+            raise ExtractionError(f"the {self.backend.name} ({self.backend.model}) failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        out = []
+        for text, chunks in zip(texts, chunked):
+            parts = [next(graphs) for _ in chunks]
+            if len(parts) > 1:
+                out.append(merge_graphs(parts, speakers_of([t for c in chunks for t in c])))
+            else:
+                out.append(parts[0] if parts else Graph())
+        return out
+
+    def _turns(self, text: str | Sequence[Turn | dict | tuple[str, str]], speaker: str | None) -> list[Turn]:
         turns = [t for t in as_turns(text, speaker=speaker) if t.text.strip()]
-        if not turns:
-            return Graph()
         total = sum(len(t.text) for t in turns)
         if total > self.max_chars:
             raise InvalidInputError(
                 f"input is {total:,} characters; this extractor takes at most {self.max_chars:,}. "
                 "Pass max_chars= to GraphExtractor for longer input, or extract turn by turn."
             )
-        graphs = []
-        for chunk in chunk_turns(turns):
-            try:
-                graphs.append(self.backend(chunk))
-            except HotmemError:
-                raise
-            except Exception as exc:  # any model or parse failure, from any backend, is one error type
-                raise ExtractionError(f"the {self.backend.name} ({self.backend.model}) failed: "
-                                      f"{type(exc).__name__}: {exc}") from exc
-        return graphs[0] if len(graphs) == 1 else merge_graphs(graphs, speakers_of(turns))
+        return turns
 
     def usage(self) -> dict[str, int]:
         """LM calls and tokens the backend has answered so far."""

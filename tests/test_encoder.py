@@ -5,6 +5,7 @@ plumbing, not quality. Tests on the real MiniLM weights are marked integration.
 """
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -197,7 +198,7 @@ def test_only_the_annotated_pairs_of_a_partly_annotated_record_teach_relations(t
     config = EncoderConfig(pair_negatives=0)
     shown = [["sibling_of", "married_to"]]
     losses = [batch_loss(model, tokenizer, [e], shown, config)[0].item() for e in (example, full)]
-    assert all(loss == loss and loss > 0 for loss in losses) and losses[0] != losses[1]
+    assert all(math.isfinite(loss) and loss > 0 for loss in losses) and losses[0] != losses[1]
 
 
 def test_partial_entities_leave_unannotated_mentions_out_of_the_entity_loss(tiny_encoder):
@@ -238,7 +239,8 @@ def test_unnamed_kin_is_the_span_after_my_and_is_named_for_its_owner():
     # training finds "Hamid's mum" as the span "mum" of Hamid's turn (not Zara's "my ...")
     record = Record(id="k", turns=turns,
                     graph=Graph(entities=[Entity(name="Hamid's mum", type="PERSON"),
-                                          Entity(name="Tehran", type="LOCATION"), Entity(name="Zara's mum", type="PERSON")],
+                                          Entity(name="Tehran", type="LOCATION"),
+                                          Entity(name="Zara's mum", type="PERSON")],
                                 relations=[Relation(subject="Hamid's mum", predicate="lives_in", object="Tehran")]))
     [example], counts = span_examples([(record, CONVERSATION_SCHEMA)])
     mum = said.index("mum")
@@ -376,9 +378,7 @@ def test_the_runtime_module_imports_no_training_stack():
 
 @pytest.mark.integration
 def test_minilm_student_end_to_end(tmp_path, gold_pairs):
-    """On the real MiniLM: two training steps, fp32 and int8 export, sizes and per-utterance latency."""
-    import time
-
+    """On the real MiniLM: two training steps, fp32 and int8 export, sizes; a batch gives each text its own graph."""
     try:
         minilm_folder()
     except ModelNotAvailableError:
@@ -388,15 +388,16 @@ def test_minilm_student_end_to_end(tmp_path, gold_pairs):
     export = result.manifest["export"]
     assert 80 < export["size_mb"]["fp32"] < 100 and export["size_mb"]["int8"] < 30
     assert 24e6 < result.manifest["params"]["total"] < 30e6
+    texts = ["I moved to Lisbon with my wife Carla last May.", "Hi!", "My brother Tom works at Google in Zurich now.",
+             "We adopted a dog called Rex, and my sister Anna, who lives in Oslo, visits him every summer."]
     for model_file in ("model.onnx", "model.int8.onnx"):
         student = EncoderStudent(tmp_path, model_file=model_file)
-        turns = [Turn(text="I moved to Lisbon with my wife Carla last May.")]
-        student(turns)
-        started = time.perf_counter()
-        for _ in range(5):
-            graph = student(turns)
-        assert (time.perf_counter() - started) / 5 < 0.2  # ~11 ms fp32 / 4 ms int8 measured on one thread
-        assert {r.predicate for r in graph.relations} <= set(CONVERSATION_SCHEMA.predicates)
+        student.entity_threshold = student.relation_threshold = 0.05  # two steps in: let weak scores through
+        alone = [student([Turn(text=text)]) for text in texts]
+        assert student.extract_many([[Turn(text=text)] for text in texts]) == alone
+        assert any(graph.relations for graph in alone)
+        for graph in alone:
+            assert {r.predicate for r in graph.relations} <= set(CONVERSATION_SCHEMA.predicates)
 
 
 def test_decoding_offers_each_pair_only_the_predicates_its_types_allow():

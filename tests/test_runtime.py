@@ -394,3 +394,48 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+class Recorder:
+    """A backend that names one entity per chunk after its first word and records how it was called."""
+
+    name, model = "recorder", "recorder"
+
+    def __init__(self, many: bool):
+        self.calls: list[int] = []
+        if many:
+            self.extract_many = lambda chunks: [self._graph(c) for c in self._record(chunks)]
+
+    def _record(self, chunks):
+        self.calls.append(len(chunks))
+        return chunks
+
+    @staticmethod
+    def _graph(turns):
+        return hotmem.Graph(entities=[hotmem.Entity(name=turns[0].text.split()[0], type="PERSON")])
+
+    def __call__(self, turns):
+        return self._graph(self._record([turns])[0])
+
+    def usage(self):
+        return {"calls": len(self.calls), "prompt_tokens": 0, "output_tokens": 0}
+
+
+@pytest.mark.parametrize("many", [True, False])
+def test_batch_gives_each_input_the_graph_it_gets_alone(many):
+    long_input = " ".join(f"Sentence{i} is here, and it is a long sentence about nothing much." for i in range(40))
+    inputs = ["Anna lives in Oslo.", [("Ben", "Carla works at Acme."), ("Anna", "Nice.")], "   ", long_input]
+    alone = [hotmem.GraphExtractor(backend=Recorder(many))(text) for text in inputs]
+    backend = Recorder(many)
+    together = hotmem.GraphExtractor(backend=backend).batch(inputs)
+    assert together == alone and together[2] == hotmem.Graph() and len(together[3].entities) > 1
+    chunks = len(together[3].entities) + 2  # one entity per chunk of the long input; one chunk each for the first two
+    assert backend.calls == ([chunks] if many else [1] * chunks)  # with extract_many: every chunk in one call
+
+
+def test_batch_refuses_a_bare_string_and_long_input():
+    extractor = hotmem.GraphExtractor(backend=Recorder(True), max_chars=50)
+    with pytest.raises(InvalidInputError):
+        extractor.batch("Anna lives in Oslo.")
+    with pytest.raises(InvalidInputError):
+        extractor.batch(["ok", "x" * 51])
