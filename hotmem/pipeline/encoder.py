@@ -578,8 +578,8 @@ def encoder_card(manifest: dict[str, Any], sources: dict[str, dict[str, Any]], m
     earlier, stage = [], manifest.get("init_from")
     while stage:  # this run started from the weights of an earlier one: its data is in the model too
         earlier.append((f"`{stage['folder']}`", stage.get("mixture_sources") or {}, stage.get("mixture") or {},
-                        f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
-                        f"peak RSS {stage.get('peak_rss_gb')} GB."))
+                        (f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
+                         f"peak RSS {stage.get('peak_rss_gb')} GB.")))
         stage = stage.get("init_from")
     return model_card(sources, mixture, model=model, training=training, earlier=earlier)
 
