@@ -164,11 +164,8 @@ def assemble_graph(
                     by_key[key] = by_key[key].model_copy(update={"type": allowed[0]})
                     untyped.discard(key)
         subject, obj = (by_key[key] for key in ends)
-        # one edge per fact: a symmetric or inverse restatement is the same fact
-        inverse = schema.inverse_of(predicate)
-        if (subject.name, predicate, obj.name) in kept or (
-            inverse and (obj.name, inverse, subject.name) in kept
-        ):
+        fact = schema.fact(subject.name, predicate, obj.name)  # one edge per fact, however it is restated
+        if fact in kept:
             continue
         confidence = min(subject.confidence, obj.confidence)
         head_type, tail_type = (None if key in untyped else by_key[key].type for key in ends)
@@ -177,7 +174,7 @@ def assemble_graph(
             if closed:
                 continue
             confidence *= TYPE_MISMATCH_FACTOR
-        kept[(subject.name, predicate, obj.name)] = Relation(
+        kept[fact] = Relation(
             subject=subject.name, predicate=predicate, object=obj.name, confidence=round(confidence, 3)
         )
 

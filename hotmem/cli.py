@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hotmem.errors import HotmemError
+from hotmem.errors import HotmemError, InvalidInputError
 
 _CONFIGURED = "the configured LM (HOTMEM_LM), else hotmem's default"
 
@@ -44,7 +44,7 @@ def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int |
         backend, program = spec, None
     else:
         backend, program = "teacher", spec
-    return GraphExtractor(lm, schema=schema, closed=not args.open, backend=backend, program=program,
+    return GraphExtractor(lm, schema=schema, closed=not getattr(args, "open", False), backend=backend, program=program,
                           max_chars=max_chars or DEFAULT_MAX_CHARS)
 
 
@@ -89,7 +89,6 @@ def _records(name: str, path: str | None, split: str | None, skip: int, limit: i
 
 def _retrieve(value: str) -> int | dict[str, int]:
     """`--retrieve 4` or `--retrieve gold=3,personaext-conversation=1`."""
-    from hotmem.errors import InvalidInputError
 
     try:
         if "=" not in value:
@@ -149,11 +148,17 @@ def _label(args: argparse.Namespace) -> int:
     from hotmem.pipeline.label import LabelConfig, label_corpus
     from hotmem.schema import CONVERSATION_SCHEMA
 
+    if args.samples < 1 or not 1 <= (args.agree or 1) <= args.samples:
+        raise InvalidInputError(f"--samples must be at least 1 and --agree between 1 and it (got {args.samples}, "
+                                f"{args.agree})")
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
-                         clean_items=not args.drop_whole)
+                         clean_items=not args.drop_whole, agree=args.agree)
     lm = _lm(args) or configured_lm() or make_lm(LABELLING_LM)
     extractor = _extractor(args, args.program, CONVERSATION_SCHEMA, lm)
-    report = label_corpus(extractor, _corpus(args.source, args.path), config=config)
+    # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
+    samplers = [_extractor(args, args.program, CONVERSATION_SCHEMA, lm.copy(rollout_id=i, temperature=args.temperature))
+                for i in range(1, args.samples)]
+    report = label_corpus(extractor, _corpus(args.source, args.path), config=config, samplers=samplers)
     print(json.dumps(report.to_dict(), indent=1))
     return 0
 
@@ -252,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--min-confidence", type=float, default=0.7, help="remove relations with a lower confidence")
     label.add_argument("--drop-whole", action="store_true",
                        help="drop a label with any problem instead of removing just its bad entities and relations")
+    label.add_argument("--samples", type=int, default=1,
+                       help="self-consistency: labels per utterance, the main one and N-1 sampled at --temperature")
+    label.add_argument("--agree", type=int, default=None,
+                       help="keep the facts at least this many of the --samples labels state (default: a majority)")
+    label.add_argument("--temperature", type=float, default=0.7, help="the sampled labels' temperature")
     _add_lm(label, fallback=f"HOTMEM_LM, else {LABELLING_LM}")
     label.set_defaults(func=_label)
 

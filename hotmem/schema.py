@@ -146,6 +146,13 @@ class RelationSchema(BaseModel):
         # an inverse declared only on the other side still counts
         return next((r.name for r in self.relations if r.inverse == relation.name), None)
 
+    def fact(self, subject: str, predicate: str, obj: str) -> tuple[str, str, str]:
+        """One key for a fact however it is stated: the canonical predicate, and of a symmetric or inverse pair of
+        statements (`A parent_of B`, `B child_of A`) always the same one."""
+        predicate = self.canonical(predicate) or predicate
+        inverse = self.inverse_of(predicate)
+        return min((subject, predicate, obj), (obj, inverse, subject)) if inverse else (subject, predicate, obj)
+
     def allows(self, relation: Relation, head_type: str | None, tail_type: str | None) -> bool:
         """Schema-valid: the predicate is known and the endpoint types (when known) are allowed."""
         spec = self.get(self.canonical(relation.predicate) or "")

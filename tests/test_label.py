@@ -20,6 +20,7 @@ from hotmem.pipeline.label import (  # noqa: E402
     label_problems,
     load_labels,
     read_corpus,
+    vote,
 )
 from hotmem.schema import CONVERSATION_SCHEMA  # noqa: E402
 from hotmem.teacher.program import Teacher  # noqa: E402
@@ -128,6 +129,66 @@ def test_teacher_labels_chit_chat_as_an_empty_graph(tmp_path):
                           config=config, progress=False)
     assert (report.labelled, report.kept, report.kept_with_relations) == (1, 1, 0)
     assert len(lm.history) == 1  # the decompose step found no statement: nothing more was asked
+
+
+def _graph(*facts, names=()):
+    entities = {name: Entity(name=name, type="PERSON") for fact in facts for name in (fact[0], fact[2])}
+    entities.update({name: Entity(name=name, type="PERSON") for name in names})
+    return Graph(entities=list(entities.values()),
+                 relations=[Relation(subject=s, predicate=p, object=o) for s, p, o in facts])
+
+
+def test_a_vote_keeps_the_facts_enough_labels_state_however_restated():
+    main = _graph(("Anna", "parent_of", "Tom"), ("Anna", "married_to", "Ben"), names=["Oslo"])
+    sampled = [_graph(("tom", "child_of", "anna"), ("Anna", "sibling_of", "Ben")),  # names compared normalised
+               _graph(("Ben", "married_to", "Anna"), ("Anna", "sibling_of", "Ben"), ("Tom", "friends_with", "Ben"))]
+    voted = vote([main, *sampled], 2)
+    assert {r.triple for r in voted.relations} == {("Anna", "parent_of", "Tom"), ("Anna", "married_to", "Ben"),
+                                                   ("Anna", "sibling_of", "Ben")}  # the samples' majority too
+    assert [e.name for e in voted.entities] == ["Anna", "Tom", "Ben"]  # Oslo: one label; the main label's names
+    assert voted.confidence == 0.75
+    assert vote([main, *sampled], 3).relations == []  # no fact is in all three
+    assert vote([main], 1).relations == main.relations
+    with pytest.raises(InvalidInputError):
+        vote([main], 0)
+
+
+def test_sampled_labels_are_stored_and_the_data_set_keeps_what_they_agree_on(tmp_path):
+    texts = {"Anna and Ben married; Tom is their son.": _graph(("Anna", "married_to", "Ben"),
+                                                                ("Tom", "child_of", "Anna"))}
+    samples = [{text: _graph(("Ben", "married_to", "Anna")) for text in texts},
+               {text: _graph(("Anna", "married_to", "Ben"), ("Anna", "sibling_of", "Tom")) for text in texts}]
+    config = LabelConfig(out_dir=str(tmp_path), require_grounded=False)
+    report = label_corpus(canned(texts), list(texts), config=config, samplers=[canned(s) for s in samples],
+                          progress=False)
+    assert report.removed == {"unconfirmed_relation": 1}
+    [row] = load_labels(tmp_path)
+    assert [r.triple for r in Graph.from_json(row["graph"]).relations] == [("Anna", "married_to", "Ben")]
+    [item] = [json.loads(line) for line in (tmp_path / LABELS_FILE).read_text().splitlines()]
+    assert len(item["samples"]) == 2 and Graph.model_validate(item["graph"]) == texts[next(iter(texts))]
+    # a rerun with another threshold re-filters the stored samples and labels nothing again
+    again = label_corpus(canned({}), list(texts), config=LabelConfig(out_dir=str(tmp_path), require_grounded=False,
+                                                                      agree=1), progress=False)
+    assert again.labelled_this_run == 0 and not again.removed
+    [row] = load_labels(tmp_path)
+    assert len(Graph.from_json(row["graph"]).relations) == 3
+
+
+def test_the_label_command_samples_with_the_teacher(tmp_path, monkeypatch):
+    import hotmem
+    from hotmem.cli import main
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Haha, nice!\n")
+    hotmem.configure(dspy.utils.DummyLM([{"statements": []}] * 3, adapter=dspy.JSONAdapter()))
+    try:
+        assert main(["label", str(corpus), "--program", "teacher", "--samples", "3", "--out", str(tmp_path)]) == 0
+        assert main(["label", str(corpus), "--samples", "2", "--agree", "3", "--out", str(tmp_path)]) == 2
+    finally:
+        hotmem.configure()
+    [item] = [json.loads(line) for line in (tmp_path / LABELS_FILE).read_text().splitlines()]
+    assert item["error"] is None and len(item["samples"]) == 2
 
 
 KILLABLE = """

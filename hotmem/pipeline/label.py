@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.io import JsonlLog, write_atomic
-from hotmem.names import is_grounded
+from hotmem.names import is_grounded, normalize_name
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
-from hotmem.types import Graph, Turn, as_turns, render_turns, speakers_of
+from hotmem.types import Entity, Graph, Turn, as_turns, render_turns, speakers_of
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,10 @@ class LabelConfig:
     #: answers one call at a time whatever this says.
     threads: int = 1
     limit: int | None = None
+    #: Self-consistency: with sampled labels beside the main one (`label_corpus(..., samplers=...)`), keep the
+    #: facts at least this many of all the labels state; None: a majority. Changing it on a rerun re-filters the
+    #: stored samples without labelling again.
+    agree: int | None = None
 
 
 @dataclass
@@ -185,6 +189,42 @@ def clean_label(
     return graph.model_copy(update={"entities": entities, "relations": relations}), removed
 
 
+def vote(graphs: Sequence[Graph], agree: int, *, speakers: Sequence[str] = (),
+         schema: RelationSchema = CONVERSATION_SCHEMA) -> Graph:
+    """Self-consistency over several labels of one utterance: the facts at least `agree` of `graphs` state (names
+    compared normalised, a fact however restated: `A parent_of B` = `B child_of A`), the entities they connect and
+    the entities at least `agree` graphs name. Names, types and confidences come from the first graph that has them
+    (the main label); the graph's confidence is the share of facts confirmed."""
+    if agree < 1:
+        raise InvalidInputError(f"agree must be at least 1, got {agree}")
+    entities: dict[str, Entity] = {}
+    entity_votes: Counter = Counter()
+    first_statement: dict[tuple[str, str, str], Any] = {}
+    fact_votes: Counter = Counter()
+    for graph in graphs:
+        named = {normalize_name(entity.name, speakers): entity for entity in graph.entities}
+        for key, entity in named.items():
+            entities.setdefault(key, entity)
+        entity_votes.update(named.keys())
+        facts = {}
+        for relation in graph.relations:
+            subject, obj = normalize_name(relation.subject, speakers), normalize_name(relation.object, speakers)
+            facts.setdefault(schema.fact(subject, relation.predicate, obj), (subject, relation, obj))
+        for fact, statement in facts.items():
+            first_statement.setdefault(fact, statement)
+        fact_votes.update(facts.keys())
+    relations, ends = [], set()
+    for fact, votes in fact_votes.items():
+        subject, relation, obj = first_statement[fact]
+        if votes >= agree and subject in entities and obj in entities:
+            ends.update((subject, obj))
+            relations.append(relation.model_copy(update={"subject": entities[subject].name,
+                                                         "object": entities[obj].name}))
+    kept = [entity for key, entity in entities.items() if entity_votes[key] >= agree or key in ends]
+    confidence = len(relations) / len(fact_votes) if fact_votes else 1.0
+    return Graph(entities=kept, relations=relations, confidence=round(confidence, 3))
+
+
 def build_dataset(labels: Iterable[dict[str, Any]], schema: RelationSchema, config: LabelConfig):
     """The kept labels as a `datasets.Dataset` (columns id, text, turns, graph as JSON), the counts of labels
     dropped and of items removed, by reason."""
@@ -197,6 +237,16 @@ def build_dataset(labels: Iterable[dict[str, Any]], schema: RelationSchema, conf
             continue
         turns = [Turn(**t) for t in item["turns"]]
         graph = Graph.model_validate(item["graph"])
+        if item.get("samples"):
+            labels_of_item = [graph] + [Graph.model_validate(sample) for sample in item["samples"]]
+            voted = vote(labels_of_item, config.agree or len(labels_of_item) // 2 + 1,
+                         speakers=speakers_of(turns), schema=schema)
+            facts = [{schema.fact(normalize_name(r.subject, speakers_of(turns)), r.predicate,
+                                  normalize_name(r.object, speakers_of(turns))) for r in g.relations}
+                     for g in (graph, voted)]
+            if facts[0] - facts[1]:
+                removed["unconfirmed_relation"] += len(facts[0] - facts[1])
+            graph = voted
         if config.clean_items:
             graph, removed_here = clean_label(graph, turns, schema, config)
             removed.update(removed_here)
@@ -232,10 +282,15 @@ def label_corpus(
     *,
     schema: RelationSchema = CONVERSATION_SCHEMA,
     config: LabelConfig | None = None,
+    samplers: Sequence[Any] = (),
     progress: bool = True,
 ) -> LabelReport:
     """Label every utterance not yet in `out_dir/labels.jsonl` with `extractor` (a `GraphExtractor`, usually on the
-    teacher), then write the filtered data set and a report. A killed run started again loses and repeats nothing."""
+    teacher), then write the filtered data set and a report. A killed run started again loses and repeats nothing.
+
+    `samplers`: more extractors (the teacher sampling at a temperature, e.g. on `lm.copy(rollout_id=i,
+    temperature=0.7)`) whose labels are stored beside the main one; the data set keeps the facts `config.agree`
+    of them state (`vote`)."""
     config = config or LabelConfig()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,20 +307,23 @@ def label_corpus(
         logger.info("resuming: %d labels already in %s, %d to go", len(labels), log.path, len(todo))
 
     write_lock = threading.Lock()
-    before = extractor.usage()
+    everyone = [extractor, *samplers]
+    before = sum(e.usage()["output_tokens"] for e in everyone)
     started = time.perf_counter()
     done_now = 0
 
     def label_one(utterance: Utterance) -> dict[str, Any]:
         try:
             graph, error = extractor(utterance.turns), None
+            samples = [sampler(utterance.turns).model_dump() for sampler in samplers]
         except ConfigurationError:
             raise  # nothing will label: stop at once
         except Exception as exc:  # a failed label is recorded (and filtered), not fatal to the run
             logger.warning("%s failed: %s", utterance.id, exc)
-            graph, error = Graph(), f"{type(exc).__name__}: {exc}"[:300]
-        return {"id": utterance.id, "source": utterance.source,
+            graph, samples, error = Graph(), [], f"{type(exc).__name__}: {exc}"[:300]
+        item = {"id": utterance.id, "source": utterance.source,
                 "turns": [t.model_dump() for t in utterance.turns], "graph": graph.model_dump(), "error": error}
+        return item | ({"samples": samples} if samplers else {})
 
     with log.writer() as write, tqdm(total=len(todo), desc="labelling", unit="utt", disable=not progress) as bar:
 
@@ -287,7 +345,7 @@ def label_corpus(
 
     dataset, dropped, removed = build_dataset(labels.values(), schema, config)
     _save_dataset(dataset, out / DATASET_DIR)
-    after = extractor.usage()
+    after = sum(e.usage()["output_tokens"] for e in everyone)
     report = LabelReport(
         labelled=len(labels),
         failed=sum(1 for item in labels.values() if item.get("error")),
@@ -297,7 +355,7 @@ def label_corpus(
         kept_with_relations=sum(1 for n in dataset["n_relations"] if n) if len(dataset) else 0,
         seconds_this_run=round(time.perf_counter() - started, 2),
         labelled_this_run=done_now,
-        output_tokens_this_run=after["output_tokens"] - before["output_tokens"],
+        output_tokens_this_run=after - before,
     )
     write_atomic(out / REPORT_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
     logger.info("labels: %s", report.to_dict())
