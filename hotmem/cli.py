@@ -175,16 +175,19 @@ def _mixture(args: argparse.Namespace):
 def _distill_encoder(args: argparse.Namespace) -> int:
     from hotmem.data import load_gold
     from hotmem.pipeline.encoder import (STAGE_TWO_LEARNING_RATES, EncoderConfig, calibrate_thresholds,
-                                         mixture_pairs, train_encoder)
+                                         mixture_pairs, soup_encoders, train_encoder)
 
-    mixture = _mixture(args)
-    config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
-                           max_steps=args.max_steps if args.max_steps > 0 else None, negatives=mixture.negatives,
-                           whole_schema_rate=mixture.whole_schema_rate, seed=mixture.seed, int8=True,
-                           partial_entities=args.partial_entities, init_from=args.init_from,
-                           **(STAGE_TWO_LEARNING_RATES if args.init_from else {}))
-    pairs, sources = mixture_pairs(mixture)
-    result = train_encoder(config, pairs, sources=sources, mixture=mixture)
+    if args.soup:
+        result = soup_encoders(args.soup, EncoderConfig(out_dir=args.out, int8=True))
+    else:
+        mixture = _mixture(args)
+        config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
+                               max_steps=args.max_steps if args.max_steps > 0 else None,
+                               negatives=mixture.negatives, whole_schema_rate=mixture.whole_schema_rate,
+                               seed=mixture.seed, int8=True, partial_entities=args.partial_entities,
+                               init_from=args.init_from, **(STAGE_TWO_LEARNING_RATES if args.init_from else {}))
+        pairs, sources = mixture_pairs(mixture)
+        result = train_encoder(config, pairs, sources=sources, mixture=mixture)
     # decoding thresholds chosen on gold dev (held out of every mixture), written into student.json
     calibrated = calibrate_thresholds(result.out_dir, load_gold("dev"))
     m = result.manifest
@@ -289,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--init-from", default=None, metavar="RUN",
                       help="encoder: start from a finished run's weights, at lower learning rates (a second stage: "
                            "`--mixture encoder-conversation` after `--mixture encoder`)")
+    dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
+                      help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
+                           "instead of training")
     dist.add_argument("--gold-repeats", type=int, default=0,
                       help="mix our gold train split into the labels this many times (dev and test stay held out)")
     dist.set_defaults(func=_distill)

@@ -444,3 +444,30 @@ def test_pair_logits_of_chosen_pairs_equal_those_of_all_pairs():
     chosen = (np.array([0, 2, 3, 1]), np.array([1, 0, 2, 3]))
     np.testing.assert_allclose(pair_logits(heads, reps, keys, context, pairs=chosen), full[chosen],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_soup_averages_runs_from_one_start_and_its_card_lists_them(tmp_path, tiny_encoder, trained):
+    import torch
+
+    from hotmem.pipeline.encoder import CHECKPOINT, mixture_pairs, soup_encoders
+    from hotmem.pipeline.mixture import Mixture, MixtureSource
+
+    runs = []
+    for seed in (1, 2):
+        mixture = Mixture(sources=[MixtureSource("gold", limit=2)], seed=seed)
+        pairs, sources = mixture_pairs(mixture)
+        runs.append(train_encoder(_config(tmp_path / f"run{seed}", tiny_encoder, max_steps=1, seed=seed,
+                                          init_from=str(trained.out_dir)), pairs, sources=sources, mixture=mixture))
+    soup = soup_encoders([r.out_dir for r in runs], _config(tmp_path / "soup", tiny_encoder))
+    states = [torch.load(r.out_dir / CHECKPOINT, weights_only=False)["model"] for r in (*runs, soup)]
+    for key, value in states[2].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (states[0][key] + states[1][key]) / 2), key
+    assert is_encoder_student(soup.out_dir) and [r["folder"] for r in soup.manifest["soup_of"]] == ["run1", "run2"]
+    card = (soup.out_dir / "card.md").read_text()
+    for name in ("run1", "run2", trained.out_dir.name):  # both runs and the run they started from, once each
+        assert card.count(f"### Earlier stage: `{name}`") == 1
+    with pytest.raises(DistillError, match="fine-tuned from one run"):
+        soup_encoders([runs[0].out_dir, trained.out_dir], _config(tmp_path / "mixed", tiny_encoder))
+    with pytest.raises(DistillError, match="at least two"):
+        soup_encoders([runs[0].out_dir], _config(tmp_path / "one", tiny_encoder))

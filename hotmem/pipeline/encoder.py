@@ -58,7 +58,7 @@ from hotmem.students.encoder import (
 from hotmem.types import Graph, Record, Relation
 
 __all__ = ["EncoderConfig", "EncoderModel", "EncoderResult", "SpanExample", "calibrate_thresholds", "export_encoder",
-           "mixture_pairs", "span_examples", "train_encoder"]
+           "mixture_pairs", "soup_encoders", "span_examples", "train_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -552,15 +552,62 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
     return EncoderResult(out, manifest)
 
 
-def _earlier_stage(folder: Path) -> dict[str, Any]:
-    """What a second stage started from, as its manifest and card carry it: the first stage's sources and cost (and
-    any stage before that)."""
+def _earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
+    """What a run was made from, as its manifest and card carry it: that run's sources and cost (and any stage
+    before it)."""
     try:
         earlier = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
-        raise DistillError(f"init_from: {folder} has no readable manifest.json ({exc})") from None
-    keep = ("mixture_sources", "mixture", "examples", "steps", "seconds_total", "peak_rss_gb", "init_from")
+        raise DistillError(f"{role}: {folder} has no readable manifest.json ({exc})") from None
+    keep = ("mixture_sources", "mixture", "examples", "steps", "seconds_total", "peak_rss_gb", "init_from", "soup_of")
     return {"folder": folder.name, **{key: earlier.get(key) for key in keep}}
+
+
+def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig,
+                  schema: RelationSchema = CONVERSATION_SCHEMA) -> EncoderResult:
+    """A model soup (Wortsman et al., 2022): the average of the weights of finished runs that were fine-tuned from
+    the same run (`init_from`), exported to `config.out_dir` like a trained run, with a manifest and a card that
+    list every run's sources. Runs of one starting point differ little in their weights, and their average often
+    generalises better than each."""
+    if len(runs) < 2:
+        raise DistillError("a soup needs at least two runs")
+    folders = [Path(run) for run in runs]
+    manifests = []
+    for folder in folders:
+        manifest = _earlier_stage(folder, role="soup")
+        if not (folder / CHECKPOINT).is_file():
+            raise DistillError(f"soup: no trained encoder student at {folder / CHECKPOINT}")
+        manifests.append(manifest)
+    starts = {json.dumps(m.get("init_from") and m["init_from"].get("folder")) for m in manifests}
+    if len(starts) != 1 or starts == {"null"}:
+        raise DistillError(f"soup: the runs must be fine-tuned from one run (`init_from`); they start from {starts}")
+    started = time.perf_counter()
+    states = [torch.load(folder / CHECKPOINT, weights_only=False)["model"] for folder in folders]
+    soup = {key: sum(state[key].float() for state in states) / len(states) if value.is_floating_point() else value
+            for key, value in states[0].items()}
+    encoder_folder = Path(config.encoder) if config.encoder else minilm_folder()
+    model = load_model(encoder_folder, config.max_width)
+    model.load_state_dict(soup)
+    out = Path(config.out_dir)
+    _save_checkpoint(out / CHECKPOINT, {"model": model.state_dict(), "soup_of": [f.name for f in folders]})
+    export = export_encoder(model, encoder_folder / TOKENIZER_FILE, out, config, schema)
+    manifest = {
+        "kind": ENCODER_KIND,
+        "encoder": str(encoder_folder),
+        "recipe": asdict(config),
+        "params": {"encoder": sum(p.numel() for p in model.encoder.parameters()),
+                   "total": sum(p.numel() for p in model.parameters())},
+        "soup_of": manifests,
+        # the training time of every run in it, the shared start once, and the most memory any took
+        "seconds_total": round(sum(m.get("seconds_total") or 0 for m in _ancestors({"soup_of": manifests})), 1),
+        "soup_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_gb": max([m.get("peak_rss_gb") or 0 for m in _ancestors({"soup_of": manifests})]
+                           + [_peak_rss_gb()]),
+        "export": export,
+    }
+    write_atomic(out / "card.md", encoder_card(manifest, {}, Mixture(sources=[])))
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    return EncoderResult(out, manifest)
 
 
 def encoder_card(manifest: dict[str, Any], sources: dict[str, dict[str, Any]], mixture: Mixture) -> str:
@@ -572,16 +619,33 @@ def encoder_card(manifest: dict[str, Any], sources: dict[str, dict[str, Any]], m
              "entity pairs scored against its predicate names, embedded by the same encoder, so any closed schema "
              "runs without retraining.")
     sizes = ", ".join(f"{k} {v} MB" for k, v in manifest["export"]["size_mb"].items())
-    training = (f"PyTorch on CPU, {manifest['steps']} steps of {manifest['recipe']['batch_size']} examples, "
-                f"{manifest['seconds_total'] / 3600:.2f} h, {manifest['examples_per_second']} examples/s, peak RSS "
-                f"{manifest['peak_rss_gb']} GB. ONNX files: {sizes}.")
-    earlier, stage = [], manifest.get("init_from")
-    while stage:  # this run started from the weights of an earlier one: its data is in the model too
-        earlier.append((f"`{stage['folder']}`", stage.get("mixture_sources") or {}, stage.get("mixture") or {},
-                        (f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
-                         f"peak RSS {stage.get('peak_rss_gb')} GB.")))
-        stage = stage.get("init_from")
+    if manifest.get("soup_of"):
+        names = ", ".join(f"`{run['folder']}`" for run in manifest["soup_of"])
+        training = (f"The average of the weights of {names} (a model soup), runs fine-tuned from the same run; "
+                    f"{manifest['seconds_total'] / 3600:.2f} h of training in all. ONNX files: {sizes}.")
+    else:
+        training = (f"PyTorch on CPU, {manifest['steps']} steps of {manifest['recipe']['batch_size']} examples, "
+                    f"{manifest['seconds_total'] / 3600:.2f} h, {manifest['examples_per_second']} examples/s, peak "
+                    f"RSS {manifest['peak_rss_gb']} GB. ONNX files: {sizes}.")
+    earlier = []
+    for stage in _ancestors(manifest):
+        cost = (f"a soup of {', '.join(run['folder'] for run in stage['soup_of'])}." if stage.get("soup_of") else
+                f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
+                f"peak RSS {stage.get('peak_rss_gb')} GB.")
+        earlier.append((f"`{stage['folder']}`", stage.get("mixture_sources") or {}, stage.get("mixture") or {}, cost))
     return model_card(sources, mixture, model=model, training=training, earlier=earlier)
+
+
+def _ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run whose weights are in this one, once each: the runs it started from and the runs a soup averages."""
+    found, pending, seen = [], [manifest.get("init_from"), *(manifest.get("soup_of") or [])], set()
+    while pending:
+        stage = pending.pop(0)
+        if stage and stage["folder"] not in seen:
+            seen.add(stage["folder"])
+            found.append(stage)
+            pending += [stage.get("init_from"), *(stage.get("soup_of") or [])]
+    return found
 
 
 # --------------------------------------------------------------------------- export

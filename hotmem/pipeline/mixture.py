@@ -282,9 +282,11 @@ def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, *, model: st
     as `build_examples` or `hotmem.pipeline.encoder.mixture_pairs` give it), and how (`training`). `earlier`: the
     stages this model was trained in before, as (name, report, mixture as a dict, training): their data is in it too."""
     lines = ["# hotmem student", "", model, "", "## Training data", ""]
-    lines += _sources_table(report, mixture.to_dict())
+    if report:  # a model soup has no data of its own, only its runs'
+        lines += _sources_table(report, mixture.to_dict())
     for name, stage_report, stage_mixture, stage_training in earlier:
-        lines += [f"### Earlier stage: {name}", "", stage_training, ""] + _sources_table(stage_report, stage_mixture)
+        lines += [f"### Earlier stage: {name}", "", stage_training, ""]
+        lines += _sources_table(stage_report, stage_mixture) if stage_report else []
     lines += ["Several sources are licensed for research only: so is a model trained on them.", "",
               "## Training", "", training, ""]
     return "\n".join(lines)
