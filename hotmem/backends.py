@@ -6,8 +6,9 @@ alone (`resolve_backend`), in this order:
 
 1. an explicit `backend=` (a name, a student folder, or a `Backend`), or an explicit `lm=` / `program=` (the teacher);
 2. an LM the user configured: `hotmem.configure(...)`, else `HOTMEM_LM`, else DSPy's configured LM (the teacher on it);
-3. the shipped student, for closed extraction in a schema it serves (any, for a student that reads the schema from
-   its prompt; else the one it was trained on);
+3. for closed extraction, the shipped encoder student (any schema: it embeds the schema's names; when onnxruntime is
+   installed, the `encoder` extra), else the shipped LoRA student in a schema it serves (any, for a student that
+   reads the schema from its prompt; else the one it was trained on);
 4. the teacher on the embedded Qwen2.5-Coder-0.5B.
 """
 
@@ -108,6 +109,16 @@ def _configured_lm():
     return None
 
 
+def _shipped_encoder_runs(closed: bool) -> bool:
+    """The shipped encoder student runs by default for closed extraction, in any schema, where its runtime is."""
+    import importlib.util
+
+    from hotmem.students.encoder import shipped_encoder_dir
+
+    runtime = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "tokenizers"))
+    return closed and runtime and shipped_encoder_dir() is not None
+
+
 def _shipped_student_fits(schema: RelationSchema, closed: bool) -> bool:
     """A shipped student runs by default only for closed extraction in the schema it was trained on."""
     from hotmem.students.lora import reads_schema, shipped_student_dir, trained_schema_fingerprint
@@ -127,11 +138,14 @@ def resolve_backend(backend: Backend | str | Path = "auto", *, lm: Any = None,
     if not isinstance(backend, (str, Path)):
         raise ConfigurationError(f"backend is a name, a student folder or a Backend, not {type(backend).__name__}")
     if backend == "auto":
-        explicit = lm is not None or program is not None
-        if explicit or _configured_lm() is not None or not _shipped_student_fits(schema, closed):
+        if lm is not None or program is not None or _configured_lm() is not None:
             backend = "teacher"
-        else:
+        elif _shipped_encoder_runs(closed):
+            backend = "encoder"
+        elif _shipped_student_fits(schema, closed):
             backend = "student"
+        else:
+            backend = "teacher"
     if backend == "teacher":
         return teacher(lm, schema=schema, closed=closed, program=program)
     if backend == "student":

@@ -76,10 +76,12 @@ def test_checking_the_grammar_first_decodes_exactly_what_the_full_grammar_decode
 @needs_embedded
 def test_graph_extractor_on_the_embedded_default():
     from hotmem import GraphExtractor
+    from hotmem.students.encoder import shipped_encoder_dir
     from hotmem.students.lora import shipped_student_dir
 
-    extract = GraphExtractor()
-    assert extract.backend.name == ("student" if shipped_student_dir() else "teacher")  # the shipped student
+    extract = GraphExtractor()  # the shipped encoder student, else the LoRA student, else the teacher
+    assert extract.backend.name == ("encoder" if shipped_encoder_dir() else
+                                    "student" if shipped_student_dir() else "teacher")
     graph = extract("My sister Anna moved to Berlin and works at Siemens.")
     names = {e.name for e in graph.entities}
     assert "Berlin" in names and "Siemens" in names

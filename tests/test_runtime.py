@@ -165,15 +165,19 @@ def test_an_explicit_lm_wins_over_the_configured_one(unconfigured):
         hotmem.configure()
 
 
-def test_without_configuration_the_shipped_student_or_the_embedded_teacher_runs(unconfigured, monkeypatch):
+def test_without_configuration_the_shipped_students_or_the_embedded_teacher_run(unconfigured, monkeypatch):
     from hotmem import backends
-    from hotmem.students import lora
+    from hotmem.data import CONLL04_SCHEMA
+    from hotmem.shipped import shipped_root
+    from hotmem.students import encoder, lora
 
     made = []
     monkeypatch.setattr(lora, "Student", lambda *args, **kwargs: made.append(kwargs) or "the student")
-    from hotmem.shipped import shipped_root
-
     monkeypatch.setattr(lora, "shipped_student_dir", lambda: shipped_root() / "student")
+    if encoder.shipped_encoder_dir() is not None:  # the encoder student, for closed extraction in any schema
+        assert backends.resolve_backend().name == "encoder"
+        assert backends.resolve_backend(schema=CONLL04_SCHEMA).predicates == list(CONLL04_SCHEMA.predicates)
+    monkeypatch.setattr(encoder, "shipped_encoder_dir", lambda: None)
     assert backends.resolve_backend() == "the student"
     # a schema or setting the student was not trained for: the teacher, on the embedded default
     for kwargs in ({"closed": False}, {"schema": CONVERSATION_SCHEMA.model_copy(update={"name": "x",
@@ -183,6 +187,22 @@ def test_without_configuration_the_shipped_student_or_the_embedded_teacher_runs(
     monkeypatch.setattr(lora, "shipped_student_dir", lambda: None)
     assert backends.resolve_backend().model == "local/qwen2.5-coder-0.5b"
     assert len(made) == 1
+
+
+def test_open_extraction_or_a_missing_runtime_passes_the_encoder_by(unconfigured, monkeypatch):
+    import importlib.util
+
+    from hotmem import backends
+    from hotmem.students import encoder, lora
+
+    if encoder.shipped_encoder_dir() is None:
+        pytest.skip("no encoder student ships")
+    monkeypatch.setattr(lora, "Student", lambda *args, **kwargs: "the student")
+    assert backends.resolve_backend(closed=False).name == "teacher"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else
+                        find_spec(name, *a))
+    assert backends.resolve_backend() == "the student"
 
 
 def test_an_unknown_backend_is_a_configuration_error():
@@ -376,6 +396,9 @@ def test_a_schema_reading_student_serves_any_closed_schema(tmp_path, monkeypatch
     student = lora.Student(tmp_path, schema=CONLL04_SCHEMA)
     assert student.system_prompt == schema_prompt(CONLL04_SCHEMA)
     assert "Live_In(PERSON>LOCATION)" in student.system_prompt
+    from hotmem.students import encoder
+
+    monkeypatch.setattr(encoder, "shipped_encoder_dir", lambda: None)  # the LoRA student's turn
     monkeypatch.setattr(lora, "shipped_student_dir", lambda: tmp_path)
     assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA).backend.name == "student"
     assert hotmem.GraphExtractor(schema=CONLL04_SCHEMA, closed=False).backend.name == "teacher"  # open: the teacher
