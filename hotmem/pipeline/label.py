@@ -189,6 +189,12 @@ def clean_label(
     return graph.model_copy(update={"entities": entities, "relations": relations}), removed
 
 
+def _fact(relation, speakers: Sequence[str], schema: RelationSchema) -> tuple[str, str, str]:
+    """A relation as the fact it states: names normalised, one key however it is restated."""
+    return schema.fact(normalize_name(relation.subject, speakers), relation.predicate,
+                       normalize_name(relation.object, speakers))
+
+
 def vote(graphs: Sequence[Graph], agree: int, *, speakers: Sequence[str] = (),
          schema: RelationSchema = CONVERSATION_SCHEMA) -> Graph:
     """Self-consistency over several labels of one utterance: the facts at least `agree` of `graphs` state (names
@@ -208,8 +214,9 @@ def vote(graphs: Sequence[Graph], agree: int, *, speakers: Sequence[str] = (),
         entity_votes.update(named.keys())
         facts = {}
         for relation in graph.relations:
-            subject, obj = normalize_name(relation.subject, speakers), normalize_name(relation.object, speakers)
-            facts.setdefault(schema.fact(subject, relation.predicate, obj), (subject, relation, obj))
+            fact = _fact(relation, speakers, schema)
+            facts.setdefault(fact, (normalize_name(relation.subject, speakers), relation,
+                                    normalize_name(relation.object, speakers)))
         for fact, statement in facts.items():
             first_statement.setdefault(fact, statement)
         fact_votes.update(facts.keys())
@@ -241,9 +248,7 @@ def build_dataset(labels: Iterable[dict[str, Any]], schema: RelationSchema, conf
             labels_of_item = [graph] + [Graph.model_validate(sample) for sample in item["samples"]]
             voted = vote(labels_of_item, config.agree or len(labels_of_item) // 2 + 1,
                          speakers=speakers_of(turns), schema=schema)
-            facts = [{schema.fact(normalize_name(r.subject, speakers_of(turns)), r.predicate,
-                                  normalize_name(r.object, speakers_of(turns))) for r in g.relations}
-                     for g in (graph, voted)]
+            facts = [{_fact(r, speakers_of(turns), schema) for r in g.relations} for g in (graph, voted)]
             if facts[0] - facts[1]:
                 removed["unconfirmed_relation"] += len(facts[0] - facts[1])
             graph = voted

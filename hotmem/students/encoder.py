@@ -247,7 +247,8 @@ class EncoderStudent:
         self.entity_threshold = float(thresholds.get("entity", 0.5))
         self.relation_threshold = float(thresholds.get("relation", 0.5))
         self.model = f"encoder:{folder.name}"
-        self.batch_size = 1 if self._dynamically_quantized(model, spec) else 8
+        # the int8 export (`quantize_dynamic`) computes activation scales per call: one text per call
+        self.batch_size = 1 if model.name == spec.get("files", {}).get("int8") else 8
         # the label cache key: which weights embedded the labels, and which labels
         self.session_file = model
         self._weights_id = hashlib.sha256(f"{model.name}:{model.stat().st_size}:{model.stat().st_mtime_ns}"
@@ -266,11 +267,6 @@ class EncoderStudent:
         else:
             controller = ThreadpoolController()
             self._blas_limit = lambda: controller.limit(limits=threads, user_api="blas")
-
-    @staticmethod
-    def _dynamically_quantized(model: Path, spec: dict[str, Any]) -> bool:
-        """Whether the graph is the int8 export (`quantize_dynamic`: activation scales computed per call)."""
-        return model.name == spec.get("files", {}).get("int8") or ".int8." in model.name
 
     # labels ------------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> np.ndarray:
