@@ -123,10 +123,12 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _corpus(source: str, path: str | None):
-    """A corpus by file or by name: the utterances of ConvAI2 or DialogRE from ../shared/data (or --path)."""
+def _corpus(source: str, path: str | None, seed: int | None = None):
+    """A corpus by file or by name: the utterances of ConvAI2 or DialogRE from ../shared/data (or --path), or an
+    annotated mixture source in the conversation schema (its annotations are kept to score the labels)."""
     from hotmem.data import dataset_file
-    from hotmem.pipeline.label import Utterance, read_corpus
+    from hotmem.pipeline.label import Utterance, annotated_utterances, read_corpus
+    from hotmem.pipeline.mixture import SOURCES
 
     if source == "convai2":
         from hotmem.data import iter_convai2_utterances
@@ -140,6 +142,8 @@ def _corpus(source: str, path: str | None):
         return (Utterance(id=f"{record.id}-t{i:03d}", turns=[turn], source="dialogre")
                 for record in load_dialogre(dataset_file("dialogre", path, split="train" if path is None else None))
                 for i, turn in enumerate(record.turns))
+    if source in SOURCES and not Path(source).exists():
+        return annotated_utterances(source, path, seed=seed)
     return read_corpus(source)
 
 
@@ -158,7 +162,8 @@ def _label(args: argparse.Namespace) -> int:
     # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
     samplers = [_extractor(args, args.program, CONVERSATION_SCHEMA, lm.copy(rollout_id=i, temperature=args.temperature))
                 for i in range(1, args.samples)]
-    report = label_corpus(extractor, _corpus(args.source, args.path), config=config, samplers=samplers)
+    report = label_corpus(extractor, _corpus(args.source, args.path, args.seed), config=config,
+                          samplers=samplers)
     print(json.dumps(report.to_dict(), indent=1))
     return 0
 
@@ -251,11 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     from hotmem.lm import LABELLING_LM
 
     label = sub.add_parser("label", help="label a corpus with the teacher into a datasets.Dataset (resumable)")
-    label.add_argument("source", help="a .txt (one utterance per line) or .jsonl file, or 'convai2' / 'dialogre'")
+    label.add_argument("source", help="a .txt (one utterance per line) or .jsonl file, 'convai2' / 'dialogre', or an "
+                       "annotated corpus whose labels are scored against its annotations: 'personaext-conversation', "
+                       "'dialogre-conversation', 'conll04-conversation', 'gold' (training parts)")
     label.add_argument("--path", default=None, help="for convai2/dialogre: the data file (default: ../shared/data)")
     label.add_argument("--out", default="runs/labels", help="folder for labels.jsonl, dataset/ and report.json")
     label.add_argument("--program", default="default", help=_PROGRAM_HELP)
     label.add_argument("--limit", type=int, default=None, help="first N utterances of the corpus")
+    label.add_argument("--seed", type=int, default=None, help="an annotated corpus: shuffle it with this seed first")
     label.add_argument("--threads", type=int, default=1, help="concurrent requests (for a served LM)")
     label.add_argument("--min-confidence", type=float, default=0.7, help="remove relations with a lower confidence")
     label.add_argument("--drop-whole", action="store_true",

@@ -16,6 +16,7 @@ from hotmem.pipeline.label import (  # noqa: E402
     LABELS_FILE,
     LabelConfig,
     Utterance,
+    annotated_utterances,
     label_corpus,
     label_problems,
     load_labels,
@@ -189,6 +190,69 @@ def test_the_label_command_samples_with_the_teacher(tmp_path, monkeypatch):
         hotmem.configure()
     [item] = [json.loads(line) for line in (tmp_path / LABELS_FILE).read_text().splitlines()]
     assert item["error"] is None and len(item["samples"]) == 2
+
+
+def test_the_label_command_scores_an_annotated_corpus(tmp_path, monkeypatch, capsys):
+    import hotmem
+    from hotmem.cli import main
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    hotmem.configure(dspy.utils.DummyLM([{"references": [], "statements": []}] * 4, adapter=dspy.JSONAdapter()))
+    try:
+        assert main(["label", "gold", "--limit", "2", "--seed", "3", "--program", "teacher",
+                     "--out", str(tmp_path)]) == 0
+    finally:
+        hotmem.configure()
+    items = [json.loads(line) for line in (tmp_path / LABELS_FILE).read_text().splitlines()]
+    assert [i["id"] for i in items] == [u.id for u in annotated_utterances("gold", seed=3)[:2]]
+    scores = json.loads(capsys.readouterr().out)["against_reference"]
+    assert scores["utterances"] == 2 and scores["label"]["recall"] == 0.0 and scores["label"]["annotated"] > 0
+
+
+def test_labels_are_scored_against_the_annotations_at_each_stage(tmp_path):
+    lives = Relation(subject="speaker", predicate="lives_in", object="Oslo")
+    wrong = Relation(subject="Oslo", predicate="lives_in", object="speaker")  # schema-invalid: the filters take it
+    married = Relation(subject="speaker", predicate="married_to", object="Ben")  # the annotation cannot hold it
+    entities = [Entity(name="speaker", type="PERSON"), Entity(name="Oslo", type="LOCATION"),
+                Entity(name="Ben", type="PERSON")]
+    texts = {"I live in Oslo with Ben.": Graph(entities=entities, relations=[lives, wrong, married]),
+             "I moved to Oslo.": Graph(), "I like Oslo.": GOOD}
+    reference = Graph(entities=entities[:2], relations=[lives])
+    corpus = [Utterance(id=f"u{i}", turns=as_turns(text), reference=reference, annotates=["lives_in"])
+              for i, text in enumerate(texts)] + [Utterance(id="plain", turns=as_turns("Hi!"))]
+    texts["Hi!"] = GOOD  # no annotation: not scored
+    report = label_corpus(canned(texts), corpus, config=LabelConfig(out_dir=str(tmp_path)), progress=False)
+    scores = report.against_reference
+    assert scores["utterances"] == 3
+    # married_to is out of what the annotation holds; the reversed lives_in is wrong until the filters take it
+    assert scores["label"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "correct": 2,
+                                    "predicted": 3, "annotated": 3}
+    assert (scores["filtered"]["precision"], scores["filtered"]["recall"]) == (1.0, 0.6667)
+    assert scores["kept"] == scores["filtered"]
+    [item] = [json.loads(line) for line in (tmp_path / LABELS_FILE).read_text().splitlines() if '"u0"' in line]
+    assert Graph.model_validate(item["reference"]) == reference and item["annotates"] == ["lives_in"]
+
+
+def test_annotated_corpora_carry_their_annotations_and_refuse_a_foreign_schema(tmp_path):
+    gold = annotated_utterances("gold")
+    assert len(gold) == 96 and all(u.reference is not None and u.annotates is None for u in gold)
+    shuffled = annotated_utterances("gold", seed=1)
+    assert sorted(u.id for u in shuffled) == sorted(u.id for u in gold) and shuffled != gold
+    with pytest.raises(InvalidInputError, match="not a|no annotated"):
+        annotated_utterances("labels")
+
+
+@pytest.mark.skipif(not __import__("hotmem.data", fromlist=["find_data_root"]).find_data_root(),
+                    reason="needs ../shared/data")
+def test_a_mapped_corpus_says_which_predicates_its_annotations_hold():
+    from hotmem.pipeline.mixture import PERSONAEXT_HELD_OUT
+
+    utterances = annotated_utterances("personaext-conversation")
+    assert len(utterances) > 5000 and all(u.reference.relations for u in utterances[:50])
+    assert "lives_in" in utterances[0].annotates and "married_to" not in utterances[0].annotates
+    assert all(int(u.id.split("-")[-1].split("@")[0]) > PERSONAEXT_HELD_OUT for u in utterances[:50])
+    with pytest.raises(InvalidInputError, match="own schema"):
+        annotated_utterances("conll04")
 
 
 KILLABLE = """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import threading
 import time
@@ -42,6 +43,10 @@ class Utterance(BaseModel):
     id: str
     turns: list[Turn]
     source: str = ""
+    #: A human annotation of the utterance: the labels are scored against it (`LabelReport.against_reference`).
+    reference: Graph | None = None
+    #: The predicates the annotation can hold (a corpus mapped onto part of the schema); None: all of the schema's.
+    annotates: list[str] | None = None
 
 
 def _from_mapping(item: dict[str, Any], fallback_id: str, source: str) -> Utterance:
@@ -97,6 +102,29 @@ def read_corpus(source: str | os.PathLike | Iterable[Any], limit: int | None = N
         yield utterance
 
 
+def annotated_utterances(source: str, path: str | None = None, *, schema: RelationSchema = CONVERSATION_SCHEMA,
+                         seed: int | None = None) -> list[Utterance]:
+    """The utterances of an annotated mixture source in `schema` or part of it (`gold`, `personaext-conversation`,
+    `dialogre-conversation`, `conll04-conversation`: training parts only), each with its annotation as `reference`,
+    so a labelling run measures its labels against people's (`LabelReport.against_reference`). `seed` shuffles
+    them (a `--limit` then takes a fair sample); ids stay the records' own, so a run resumes either way."""
+    from hotmem.pipeline.mixture import SOURCES
+
+    if source not in SOURCES or source == "labels":
+        raise InvalidInputError(f"no annotated corpus {source!r}; known: {sorted(set(SOURCES) - {'labels'})}")
+    utterances = []
+    for record, record_schema in SOURCES[source].read(path):
+        if not set(record_schema.predicates) <= set(schema.predicates):
+            raise InvalidInputError(f"{source} is annotated in its own schema ({record_schema.name!r}), not in "
+                                    f"{schema.name!r}: label a corpus mapped onto it, e.g. {source}-conversation")
+        annotates = None if set(record_schema.predicates) == set(schema.predicates) else list(record_schema.predicates)
+        utterances.append(Utterance(id=record.id, turns=record.turns, source=source, reference=record.graph,
+                                    annotates=annotates))
+    if seed is not None:
+        random.Random(seed).shuffle(utterances)
+    return utterances
+
+
 @dataclass
 class LabelConfig:
     """How a corpus is labelled and which labels are kept."""
@@ -133,6 +161,9 @@ class LabelReport:
     #: Entities and relations taken out of kept labels, by reason (with `clean_items=True`).
     removed: dict[str, int] = field(default_factory=dict)
     kept_with_relations: int = 0
+    #: Relation precision / recall of the labels against the utterances' annotations, where they have one
+    #: (`reference_scores`).
+    against_reference: dict[str, Any] | None = None
     seconds_this_run: float = 0.0
     labelled_this_run: int = 0
     output_tokens_this_run: int = 0
@@ -232,6 +263,39 @@ def vote(graphs: Sequence[Graph], agree: int, *, speakers: Sequence[str] = (),
     return Graph(entities=kept, relations=relations, confidence=round(confidence, 3))
 
 
+def _voted(item: dict[str, Any], graph: Graph, turns: Sequence[Turn], schema: RelationSchema,
+           config: LabelConfig, removed: Counter) -> Graph:
+    """The facts enough of an item's labels agree on (the main label alone when it has no samples)."""
+    if not item.get("samples"):
+        return graph
+    labels_of_item = [graph] + [Graph.model_validate(sample) for sample in item["samples"]]
+    voted = vote(labels_of_item, config.agree or len(labels_of_item) // 2 + 1, speakers=speakers_of(turns),
+                 schema=schema)
+    facts = [{_fact(r, speakers_of(turns), schema) for r in g.relations} for g in (graph, voted)]
+    removed["unconfirmed_relation"] += len(facts[0] - facts[1])
+    return voted
+
+
+def kept_label(item: dict[str, Any], schema: RelationSchema, config: LabelConfig,
+               dropped: Counter | None = None, removed: Counter | None = None) -> Graph | None:
+    """What the data set keeps of one stored label (after the vote and the filters), or None when it drops it;
+    why is counted into `dropped` (whole labels) and `removed` (items)."""
+    dropped = Counter() if dropped is None else dropped
+    removed = Counter() if removed is None else removed
+    if item.get("error"):
+        dropped["failed"] += 1
+        return None
+    turns = [Turn(**t) for t in item["turns"]]
+    graph = _voted(item, Graph.model_validate(item["graph"]), turns, schema, config, removed)
+    if config.clean_items:
+        graph, removed_here = clean_label(graph, turns, schema, config)
+        removed.update(removed_here)
+        return graph
+    problems = label_problems(graph, turns, schema, config)
+    dropped.update(problems)
+    return None if problems else graph
+
+
 def build_dataset(labels: Iterable[dict[str, Any]], schema: RelationSchema, config: LabelConfig):
     """The kept labels as a `datasets.Dataset` (columns id, text, turns, graph as JSON), the counts of labels
     dropped and of items removed, by reason."""
@@ -239,33 +303,59 @@ def build_dataset(labels: Iterable[dict[str, Any]], schema: RelationSchema, conf
 
     rows, dropped, removed = [], Counter(), Counter()
     for item in labels:
-        if item.get("error"):
-            dropped["failed"] += 1
+        graph = kept_label(item, schema, config, dropped, removed)
+        if graph is None:
             continue
-        turns = [Turn(**t) for t in item["turns"]]
-        graph = Graph.model_validate(item["graph"])
-        if item.get("samples"):
-            labels_of_item = [graph] + [Graph.model_validate(sample) for sample in item["samples"]]
-            voted = vote(labels_of_item, config.agree or len(labels_of_item) // 2 + 1,
-                         speakers=speakers_of(turns), schema=schema)
-            facts = [{_fact(r, speakers_of(turns), schema) for r in g.relations} for g in (graph, voted)]
-            if facts[0] - facts[1]:
-                removed["unconfirmed_relation"] += len(facts[0] - facts[1])
-            graph = voted
-        if config.clean_items:
-            graph, removed_here = clean_label(graph, turns, schema, config)
-            removed.update(removed_here)
-        else:
-            problems = label_problems(graph, turns, schema, config)
-            dropped.update(problems)
-            if problems:
-                continue
-        rows.append({"id": item["id"], "text": render_turns(turns), "turns": item["turns"],
-                     "graph": graph.to_json(), "n_relations": len(graph.relations), "source": item.get("source", "")})
+        rows.append({"id": item["id"], "text": render_turns([Turn(**t) for t in item["turns"]]),
+                     "turns": item["turns"], "graph": graph.to_json(), "n_relations": len(graph.relations),
+                     "source": item.get("source", "")})
     dataset = Dataset.from_list(rows) if rows else Dataset.from_dict(
         {"id": [], "text": [], "turns": [], "graph": [], "n_relations": [], "source": []}
     )
-    return dataset, dict(dropped), dict(removed)
+    return dataset, {k: v for k, v in dropped.items() if v}, {k: v for k, v in removed.items() if v}
+
+
+def reference_scores(labels: Iterable[dict[str, Any]], schema: RelationSchema,
+                     config: LabelConfig) -> dict[str, Any] | None:
+    """Relation precision / recall / F1 of the stored labels that have an annotation (`Utterance.reference`),
+    micro-averaged, at three stages: `label` (the teacher's main label as it came), `filtered` (through the
+    filters), `kept` (what the data set keeps: voted over the samples, then filtered; a dropped label counts as
+    empty). Matching is the evaluation's (`score_graph`). Predictions of predicates the annotation cannot hold
+    (`Utterance.annotates`) are left out. An annotation may state fewer facts than the utterance (PersonaExt: one a
+    line): precision is then a lower bound. None when no label has an annotation."""
+    from hotmem.pipeline.metric import prf, score_graph
+
+    counts = {stage: [0, 0, 0] for stage in ("label", "filtered", "kept")}  # correct, predicted, annotated
+    scored = 0
+    for item in labels:
+        if item.get("reference") is None:
+            continue
+        scored += 1
+        turns = [Turn(**t) for t in item["turns"]]
+        text, speakers = render_turns(turns), speakers_of(turns)
+        main = Graph() if item.get("error") else Graph.model_validate(item["graph"])
+        stages = {"label": main, "filtered": clean_label(main, turns, schema, config)[0],
+                  "kept": kept_label(item, schema, config) or Graph()}
+        annotates = item.get("annotates")
+        for stage, graph in stages.items():
+            if annotates is not None:
+                inside = set(annotates)
+                graph = graph.model_copy(update={"relations": [
+                    r for r in graph.relations
+                    if {schema.canonical(r.predicate), schema.inverse_of(schema.canonical(r.predicate) or "")} & inside
+                ]})
+            score = score_graph(Graph.model_validate(item["reference"]), graph, text=text, speakers=speakers,
+                                schema=schema)
+            for i, n in enumerate((score.relation_tp, score.relation_pred, score.relation_gold)):
+                counts[stage][i] += n
+    if not scored:
+        return None
+    result: dict[str, Any] = {"utterances": scored}
+    for stage, (correct, predicted, annotated) in counts.items():
+        p, r, f = prf(correct, predicted, annotated)
+        result[stage] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4), "correct": correct,
+                         "predicted": predicted, "annotated": annotated}
+    return result
 
 
 def _save_dataset(dataset, target: Path) -> None:
@@ -328,7 +418,13 @@ def label_corpus(
             graph, samples, error = Graph(), [], f"{type(exc).__name__}: {exc}"[:300]
         item = {"id": utterance.id, "source": utterance.source,
                 "turns": [t.model_dump() for t in utterance.turns], "graph": graph.model_dump(), "error": error}
-        return item | ({"samples": samples} if samplers else {})
+        if samplers:
+            item["samples"] = samples
+        if utterance.reference is not None:
+            item["reference"] = utterance.reference.model_dump()
+            if utterance.annotates is not None:
+                item["annotates"] = utterance.annotates
+        return item
 
     with log.writer() as write, tqdm(total=len(todo), desc="labelling", unit="utt", disable=not progress) as bar:
 
@@ -358,6 +454,7 @@ def label_corpus(
         dropped=dropped,
         removed=removed,
         kept_with_relations=sum(1 for n in dataset["n_relations"] if n) if len(dataset) else 0,
+        against_reference=reference_scores(labels.values(), schema, config),
         seconds_this_run=round(time.perf_counter() - started, 2),
         labelled_this_run=done_now,
         output_tokens_this_run=after - before,
