@@ -6,7 +6,7 @@ import pytest
 from conftest import needs_embedded, needs_smollm
 
 from hotmem.assemble import MAX_NAME_CHARS
-from hotmem.errors import DistillError
+from hotmem.errors import DistillError, InvalidInputError
 from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import STUDENT_SYSTEM_PROMPT, graph_to_target, parse_student_output, student_json_schema
@@ -42,12 +42,16 @@ def test_sft_example_shows_the_schema_it_must_use_then_the_conversation():
     from hotmem.pipeline.mixture import sft_example
     from hotmem.students.format import schema_prompt
 
-    example = sft_example(as_turns(TEXT), GRAPH, CONVERSATION_SCHEMA, ["has_pet", "lives_in"])
+    shown = ["has_pet", "lives_in", "dating", "born_in"]
+    example = sft_example(as_turns(TEXT), GRAPH, CONVERSATION_SCHEMA, shown)
     system = example["prompt"][0]["content"]
-    assert system == schema_prompt(CONVERSATION_SCHEMA, ["has_pet", "lives_in"])
+    assert system == schema_prompt(CONVERSATION_SCHEMA, shown)
     assert system.startswith(STUDENT_SYSTEM_PROMPT)
-    assert system.endswith("Relations, `predicate(SUBJECT_TYPES>OBJECT_TYPES)`:\n"
-                           "has_pet(PERSON>ANIMAL)\nlives_in(PERSON|ANIMAL>LOCATION)")
+    # grouped by endpoint types, in the order shown
+    assert system.endswith("Relations by SUBJECT>OBJECT types:\nPERSON>ANIMAL: has_pet\n"
+                           "PERSON|ANIMAL>LOCATION: lives_in born_in\nPERSON>PERSON: dating")
+    with pytest.raises(InvalidInputError, match="not a predicate"):
+        schema_prompt(CONVERSATION_SCHEMA, ["has_pet", "likes_cheese"])
     assert example["prompt"][1] == {"role": "user", "content": TEXT}
     assert example["completion"] == [{"role": "assistant", "content": graph_to_target(GRAPH)}]
 

@@ -395,7 +395,7 @@ def test_a_schema_reading_student_serves_any_closed_schema(tmp_path, monkeypatch
     (tmp_path / "student.json").write_text(json.dumps({"prompt": "schema", "merged_gguf": "student.gguf"}))
     student = lora.Student(tmp_path, schema=CONLL04_SCHEMA)
     assert student.system_prompt == schema_prompt(CONLL04_SCHEMA)
-    assert "Live_In(PERSON>LOCATION)" in student.system_prompt
+    assert "\nPERSON>LOCATION: Live_In" in student.system_prompt
     from hotmem.students import encoder
 
     monkeypatch.setattr(encoder, "shipped_encoder_dir", lambda: None)  # the LoRA student's turn

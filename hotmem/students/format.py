@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hotmem.assemble import MAX_ENTITIES, MAX_NAME_CHARS, ExtractedEntity, ExtractedRelation, assemble_graph
+from hotmem.errors import InvalidInputError
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.types import Graph, Turn, render_turns, speakers_of
 
@@ -28,12 +29,20 @@ STUDENT_SYSTEM_PROMPT = (
 
 def schema_prompt(schema: RelationSchema, predicates: Sequence[str] | None = None) -> str:
     """The system prompt of a schema-reading student: the instructions, the entity types and the predicates it may
-    use (`predicates`, in that order, or the whole schema) with their endpoint types. Names only, not the teacher's
-    descriptions: every prompt token is paid in training on 2 cores, and at run time until the prefix is cached.
-    Fixed per schema, so llama.cpp's prefix cache processes it once per process."""
+    use (`predicates`, or the whole schema), grouped by their endpoint types (`PERSON>PERSON: married_to dating`).
+    Names and types, not the teacher's descriptions: every prompt token is paid in training on 2 cores, and grouping
+    writes the conversation schema in 560 tokens instead of 1,009 a predicate a line. Fixed per schema, so
+    llama.cpp's prefix cache processes it once per process."""
+    groups: dict[str, list[str]] = {}
+    for name in schema.predicates if predicates is None else predicates:
+        relation = schema.get(name)
+        if relation is None:
+            raise InvalidInputError(f"{name!r} is not a predicate of schema {schema.name!r}")
+        types = f"{'|'.join(relation.head_types) or 'ANY'}>{'|'.join(relation.tail_types) or 'ANY'}"
+        groups.setdefault(types, []).append(name)
+    inventory = "\n".join(f"{types}: {' '.join(names)}" for types, names in groups.items())
     return (f"{STUDENT_SYSTEM_PROMPT}\nEntity types: {' '.join(schema.entity_types)}\n"
-            f"Relations, `predicate(SUBJECT_TYPES>OBJECT_TYPES)`:\n{schema.render(predicates, descriptions=False)}")
-
+            f"Relations by SUBJECT>OBJECT types:\n{inventory}")
 
 
 def graph_to_target(graph: Graph) -> str:
