@@ -208,6 +208,11 @@ def _distill(args: argparse.Namespace) -> int:
 
     if args.student == "encoder":
         return _distill_encoder(args)
+    if args.checkpoint:
+        from hotmem.pipeline.distill import export_checkpoint
+
+        print(f"exported {args.checkpoint} to {export_checkpoint(args.checkpoint, args.out)}")
+        return 0
     config = DistillConfig(
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r,
@@ -302,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "`--mixture encoder-conversation` after `--mixture encoder`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
+                           "instead of training")
+    dist.add_argument("--checkpoint", default=None, metavar="DIR",
+                      help="lora: export a checkpoint of a run (still training) to --out as a runnable student, "
                            "instead of training")
     dist.add_argument("--gold-repeats", type=int, default=0,
                       help="mix our gold train split into the labels this many times (dev and test stay held out)")

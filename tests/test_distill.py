@@ -156,14 +156,27 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
 
     with pytest.raises(StudentNotFoundError, match="convert_hf_to_gguf"):
         Student(out)
+    # a checkpoint mid-run, as a student on the base GGUF it was trained on (here SmolLM2's, as if dequantized)
+    from hotmem.pipeline.distill import export_checkpoint
+
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    with pytest.raises(DistillError, match="only the end-of-run export"):
+        export_checkpoint(checkpoint, tmp_path / "mid")  # this one was trained on an in-memory model
+    adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = str(path.parent)
+    (checkpoint / "adapter_config.json").write_text(json.dumps(adapter_config))
+    mid = export_checkpoint(checkpoint, tmp_path / "mid", DistillConfig(gguf_fallback="smollm2-135m"))
+    assert len(gguf.GGUFReader(str(mid / "adapter.gguf")).tensors) == 2 * 2 * 7
+    spec = json.loads((mid / "student.json").read_text())
+    assert (spec["prompt"], spec["base_gguf"], spec["lora_gguf"]) == ("schema", "smollm2-135m", "adapter.gguf")
+    with pytest.raises(DistillError, match="not a LoRA checkpoint"):
+        export_checkpoint(tmp_path, tmp_path / "mid")
     # a second run with a larger budget continues from the last checkpoint
     model = Qwen2ForCausalLM(model.config)
     again = distill(DistillConfig(**{**config.__dict__, "max_steps": 3}), dataset,
                     base=(model, tokenizer, "tiny-qwen2"), progress=False)
     assert again.manifest["global_step"] == 3
     # resuming on other examples would mix two runs: refused
-    from hotmem.errors import DistillError
-
     other = sft_dataset(example_rows(pairs[:6], "test", Mixture(sources=[]), random.Random(1))[0])
     with pytest.raises(DistillError, match="trained on other examples"):
         distill(DistillConfig(**{**config.__dict__, "max_steps": 4}), other,

@@ -337,6 +337,31 @@ def _gguf_template(base_source: str, tokenizer, config: DistillConfig) -> str | 
     return config.gguf_fallback
 
 
+def export_checkpoint(checkpoint: str | Path, out: str | Path, config: DistillConfig | None = None) -> Path:
+    """A training checkpoint as a runnable student, to evaluate a long run before it ends: its LoRA as a llama.cpp
+    GGUF on the base GGUF it was trained on, and `student.json`. Reads only the adapter (no torch model is built).
+    A checkpoint of a hub base has no GGUF to run on until the end-of-run export writes the merged one."""
+    from safetensors.torch import load_file
+
+    checkpoint, out, config = Path(checkpoint), Path(out), config or DistillConfig()
+    adapter = checkpoint / "adapter_model.safetensors"
+    if not adapter.is_file() or not (checkpoint / "adapter_config.json").is_file():
+        raise DistillError(f"{checkpoint} is not a LoRA checkpoint (adapter_model.safetensors and "
+                           "adapter_config.json expected)")
+    adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
+    base = adapter_config.get("base_model_name_or_path") or ""
+    if not (Path(base).is_dir() and (Path(base) / model_path(config.gguf_fallback).name).is_file()):
+        raise DistillError(f"{checkpoint} was trained on {base!r}, not on the embedded {config.gguf_fallback} "
+                           "GGUF: only the end-of-run export writes a GGUF for it")
+    out.mkdir(parents=True, exist_ok=True)
+    write_lora_gguf(load_file(str(adapter)), out / "adapter.gguf", alpha=adapter_config["lora_alpha"])
+    spec = {"prompt": "schema", "lora_gguf": "adapter.gguf", "base_gguf": config.gguf_fallback,
+            "schema": CONVERSATION_SCHEMA.name, "schema_fingerprint": CONVERSATION_SCHEMA.fingerprint(),
+            "checkpoint": str(checkpoint)}
+    write_atomic(out / "student.json", json.dumps(spec, indent=1) + "\n")
+    return out
+
+
 def export_student(model, tokenizer, out: Path, base_source: str, config: DistillConfig) -> dict[str, str]:
     """Adapter, merged weights, GGUFs (LoRA on the base GGUF, and merged + quantized) and an Ollama Modelfile."""
     from peft import get_peft_model_state_dict
