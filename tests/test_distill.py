@@ -85,6 +85,17 @@ def test_cpu_machines_get_the_trl_backend_and_unsloth_is_refused_clearly():
         choose_backend("tpu")
 
 
+def test_activations_are_recomputed_only_where_memory_runs_short(tmp_path):
+    pytest.importorskip("trl")
+    from hotmem.pipeline.distill import sft_config
+
+    config = DistillConfig(out_dir=str(tmp_path))
+    assert sft_config(config, bf16=True, use_cpu=True).gradient_checkpointing is False  # CPU: compute is short
+    assert sft_config(config, bf16=False, use_cpu=False).gradient_checkpointing is True
+    forced = DistillConfig(out_dir=str(tmp_path), gradient_checkpointing=True)
+    assert sft_config(forced, bf16=True, use_cpu=True).gradient_checkpointing is True
+
+
 def test_unsloth_path_builds_the_same_lora_recipe(monkeypatch):
     """Unsloth cannot import here: a stand-in records what hotmem asks of it, to compare with the PEFT config."""
     pytest.importorskip("peft")

@@ -75,6 +75,9 @@ class DistillConfig:
     logging_steps: int = 5
     save_steps: int = 25
     seed: int = 0
+    #: None: off on a CPU, where compute is what runs short and a 0.5B's activations fit in RAM (recomputing them
+    #: costs about a third more compute); on with a GPU, where memory runs short
+    gradient_checkpointing: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -129,6 +132,8 @@ def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False):
         train_sampling_strategy="group_by_length",
         bf16=bf16,
         use_cpu=use_cpu,
+        gradient_checkpointing=(not use_cpu if config.gradient_checkpointing is None
+                                else config.gradient_checkpointing),
         seed=config.seed,
         report_to=[],
         dataloader_num_workers=0,
