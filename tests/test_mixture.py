@@ -60,7 +60,7 @@ def test_a_mixture_file_is_checked(tmp_path):
                                                   "dialogre-conversation", "conll04-conversation", "convai2",
                                                   "dialogre", "conll04"]
     # the unseen-schema ablation is the default without CoNLL04, all else equal
-    ablation = Mixture.load(MIXTURES / "without-conll04.json")
+    ablation = Mixture.load(MIXTURES / "unseen-schema.json")
     assert ablation.sources == [s for s in shipped.sources if not s.name.startswith("conll04")]
     assert {**ablation.to_dict(), "sources": None} == {**shipped.to_dict(), "sources": None}
     bad = tmp_path / "bad.json"
