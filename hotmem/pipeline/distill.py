@@ -360,11 +360,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, config: DistillCo
                            "GGUF: only the end-of-run export writes a GGUF for it")
     out.mkdir(parents=True, exist_ok=True)
     write_lora_gguf(load_file(str(adapter)), out / "adapter.gguf", alpha=adapter_config["lora_alpha"])
-    spec = {"prompt": "schema", "lora_gguf": "adapter.gguf", "base_gguf": config.gguf_fallback,
-            "schema": CONVERSATION_SCHEMA.name, "schema_fingerprint": CONVERSATION_SCHEMA.fingerprint(),
-            "checkpoint": str(checkpoint)}
-    write_atomic(out / "student.json", json.dumps(spec, indent=1) + "\n")
+    _write_student_spec(out, {"lora_gguf": "adapter.gguf", "base_gguf": config.gguf_fallback,
+                              "checkpoint": str(checkpoint)})
     return out
+
+
+def _write_student_spec(out: Path, files: dict[str, str]) -> None:
+    """`student.json`: a student that reads the schema from its prompt, its files, what it was trained for."""
+    spec = {"prompt": "schema", **files, "schema": CONVERSATION_SCHEMA.name,
+            "schema_fingerprint": CONVERSATION_SCHEMA.fingerprint()}
+    write_atomic(out / "student.json", json.dumps(spec, indent=1) + "\n")
 
 
 def export_student(model, tokenizer, out: Path, base_source: str, config: DistillConfig) -> dict[str, str]:
@@ -389,7 +394,5 @@ def export_student(model, tokenizer, out: Path, base_source: str, config: Distil
     else:  # the training is not lost: the adapter and merged weights are saved; `Student` says how to convert
         logger.warning("no embedded GGUF has %s's architecture and vocabulary: convert %s with llama.cpp's "
                        "convert_hf_to_gguf.py to run it on llama.cpp", base_source, out / files["merged"])
-    trained_on = {"schema": CONVERSATION_SCHEMA.name, "schema_fingerprint": CONVERSATION_SCHEMA.fingerprint()}
-    write_atomic(out / "student.json",
-                 json.dumps({"prompt": "schema", **files, **trained_on}, indent=1) + "\n")
+    _write_student_spec(out, files)
     return files
