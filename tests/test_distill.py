@@ -155,6 +155,8 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
                            batch_size=2, lora_r=4, lora_alpha=8, max_seq_length=768)
     result = distill(config, dataset, base=(model, tokenizer, "tiny-qwen2"), progress=False)
     assert result.manifest["global_step"] == 2 and result.manifest["loss_history"]
+    assert result.manifest["sessions"] == 1 and result.manifest["seconds_total"] > 0
+    assert result.manifest["peak_rss_gb"] > 0
     out = result.out_dir
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
     reader = gguf.GGUFReader(str(out / "adapter.gguf"))
@@ -188,6 +190,11 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     again = distill(DistillConfig(**{**config.__dict__, "max_steps": 3}), dataset,
                     base=(model, tokenizer, "tiny-qwen2"), progress=False)
     assert again.manifest["global_step"] == 3
+    # the clock went on from the checkpoint: both sessions' time, counted once
+    saved = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    before = saved["stateful_callbacks"]["TrainingClock"]["attributes"]
+    assert again.manifest["sessions"] == 2 and again.manifest["seconds_total"] > before["seconds"] > 0
+    assert again.manifest["seconds_total"] < before["seconds"] + again.manifest["seconds_this_run"] + 1
     # resuming on other examples would mix two runs: refused
     other = sft_dataset(example_rows(pairs[:6], "test", Mixture(sources=[]), random.Random(1))[0])
     with pytest.raises(DistillError, match="trained on other examples"):

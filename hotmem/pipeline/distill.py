@@ -127,6 +127,7 @@ def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False):
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,
         save_total_limit=2,
+        restore_callback_states_from_checkpoint=True,  # the training clock (`training_clock`) goes on counting
         max_length=config.max_seq_length,
         # batches of similar length: little padding, without packing's need for FlashAttention (no GPU here)
         train_sampling_strategy="group_by_length",
@@ -142,6 +143,44 @@ def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False):
 
 
 # --------------------------------------------------------------------------- training
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux counts `ru_maxrss` in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def training_clock():
+    """A `TrainerCallback` that keeps a run's training time, sessions and peak RSS across resumes: transformers
+    saves its state in each checkpoint's trainer_state.json (`ExportableState`) and restores it on resume, so a run
+    trained over several sittings reports its whole time. Work lost after the last checkpoint is not counted."""
+    import time
+
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class TrainingClock(TrainerCallback, ExportableState):
+        def __init__(self):
+            self.seconds, self.sessions, self.peak_rss_gb = 0.0, 0, 0.0
+            self._started: float | None = None
+            self._before = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._before, self._started = self.seconds, time.perf_counter()
+            self.sessions += 1
+
+        def read(self) -> dict[str, float]:
+            if self._started is not None:
+                self.seconds = self._before + time.perf_counter() - self._started
+            self.peak_rss_gb = max(self.peak_rss_gb, peak_rss_gb())
+            return {"seconds": round(self.seconds, 1), "sessions": self.sessions, "peak_rss_gb": self.peak_rss_gb}
+
+        def state(self) -> dict:
+            return {"args": {}, "attributes": self.read()}
+
+    return TrainingClock()
 
 
 @dataclass
@@ -237,7 +276,6 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     `base`: an already loaded `(model, tokenizer, source)` to train on with TRL, instead of `config.base_model`.
     `sources` (from `build_examples`) and `mixture` go into the manifest and the model card (`card.md`).
     """
-    import resource
     import time
 
     from trl import SFTTrainer
@@ -256,7 +294,7 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     args = sft_config(config, bf16=True, use_cpu=on_cpu)
     args.disable_tqdm = not progress
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+                         peft_config=peft_config, callbacks=[training_clock()])
     if len(trainer.train_dataset) == 0:  # TRL drops examples whose answer was cut off entirely
         raise DistillError(f"no example fits max_seq_length={config.max_seq_length} with its answer: raise it")
     resume = _last_checkpoint(Path(args.output_dir))
@@ -268,7 +306,9 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     seconds = time.perf_counter() - started
     steps_now = trainer.state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
-    tokens_now = sum(lengths) / len(lengths) * config.batch_size * config.gradient_accumulation_steps * steps_now
+    tokens_per_step = sum(lengths) / len(lengths) * config.batch_size * config.gradient_accumulation_steps
+    # on resume transformers swaps in a clock restored from the checkpoint: look it up, do not keep a reference
+    clock = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TrainingClock").read()
     out = Path(config.out_dir)
     manifest = {
         "backend": backend,
@@ -281,8 +321,11 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         "train_loss": output.training_loss,
         "seconds_this_run": round(seconds, 1),
         "seconds_per_step": round(seconds / steps_now, 2) if steps_now else None,
-        "tokens_per_second": round(tokens_now / seconds, 1) if steps_now else None,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "tokens_per_second": round(tokens_per_step * steps_now / seconds, 1) if steps_now else None,
+        # the whole run, over every session that resumed it
+        "seconds_total": clock["seconds"],
+        "sessions": clock["sessions"],
+        "peak_rss_gb": clock["peak_rss_gb"],
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
     }
     if sources is not None:
@@ -295,8 +338,9 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
             sources, mixture or Mixture(sources=[]),
             model=f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
                   "its prompt (`prompt: schema`).",
-            training=f"{manifest.get('backend')}, {manifest.get('global_step')} steps, "
-                     f"{manifest.get('tokens_per_second')} tokens/s, peak RSS {manifest.get('peak_rss_gb')} GB.")
+            training=f"{manifest['backend']}, {manifest['global_step']} steps, {manifest['seconds_total'] / 3600:.2f} h "
+                     f"over {manifest['sessions']} session(s), {manifest['tokens_per_second']} tokens/s, "
+                     f"peak RSS {manifest['peak_rss_gb']} GB.")
         write_atomic(out / "card.md", card)
     return DistillResult(out, manifest)
 

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import random
-import resource
 import shutil
 import time
 import warnings
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
 from hotmem.io import write_atomic
+from hotmem.pipeline.distill import peak_rss_gb
 from hotmem.pipeline.mixture import Mixture, draw, model_card, shown_predicates, source_report
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
@@ -415,10 +415,6 @@ def batch_loss(model: EncoderModel, tokenizer: Any, examples: Sequence[SpanExamp
 # --------------------------------------------------------------------------- training
 
 
-def _peak_rss_gb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-
-
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -537,7 +533,7 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         "seconds_total": round(seconds_before + seconds, 1),
         "examples_per_second": round(done_now * config.batch_size / seconds, 2) if done_now else None,
         "tokens_per_second": round(tokens / seconds, 1) if done_now else None,
-        "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb": peak_rss_gb(),
         "loss_first": history[:10],
         "loss_last": history[-10:],
         "export": export,
@@ -602,7 +598,7 @@ def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig,
         "seconds_total": round(sum(m.get("seconds_total") or 0 for m in _ancestors({"soup_of": manifests})), 1),
         "soup_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_gb": max([m.get("peak_rss_gb") or 0 for m in _ancestors({"soup_of": manifests})]
-                           + [_peak_rss_gb()]),
+                           + [peak_rss_gb()]),
         "export": export,
     }
     write_atomic(out / "card.md", encoder_card(manifest, {}, Mixture(sources=[])))
