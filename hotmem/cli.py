@@ -219,6 +219,8 @@ def _distill(args: argparse.Namespace) -> int:
         lora_alpha=2 * args.lora_r, max_seq_length=args.max_seq_length, save_steps=args.save_steps,
     )
     mixture = _mixture(args)
+    if args.answer_format:
+        mixture.answer_format = args.answer_format
     rows, sources = build_examples(mixture)
     for name, counts in sources.items():
         logging.getLogger("hotmem").info("%s: %d examples (%d with relations, %d too long)", name,
@@ -226,7 +228,8 @@ def _distill(args: argparse.Namespace) -> int:
     result = distill(config, sft_dataset(rows), sources=sources, mixture=mixture)
     m = result.manifest
     print(f"{m['backend']}: {m['global_step']} steps, loss {m['train_loss']:.3f}, {m['seconds_per_step']} s/step, "
-          f"{m['tokens_per_second']} tokens/s, peak {m['peak_rss_gb']} GB; exported to {result.out_dir}")
+          f"{m['tokens_per_second']} tokens/s, {m['seconds_total'] / 3600:.2f} h over {m['sessions']} session(s), "
+          f"peak {m['peak_rss_gb']} GB; exported to {result.out_dir}")
     return 0
 
 
@@ -311,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--checkpoint", default=None, metavar="DIR",
                       help="lora: export a checkpoint of a run (still training) to --out as a runnable student, "
                            "instead of training")
+    dist.add_argument("--answer-format", default=None, choices=("json", "lines"),
+                      help="lora: how the student writes its graph (default: the mixture's, else json); lines: a "
+                           "fact a line, about a third fewer output tokens")
     dist.add_argument("--gold-repeats", type=int, default=0,
                       help="mix our gold train split into the labels this many times (dev and test stay held out)")
     dist.set_defaults(func=_distill)

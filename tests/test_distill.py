@@ -30,6 +30,35 @@ def test_compact_target_round_trips_through_the_student_parser():
     assert parsed.confidence == 1.0
 
 
+def test_the_lines_format_round_trips_with_types_and_lone_entities():
+    graph = GRAPH.model_copy(update={"entities": [*GRAPH.entities, Entity(name="Oslo|Norway", type="LOCATION")]})
+    target = graph_to_target(graph, "lines")
+    assert target == ("Potola|ANIMAL|has_age|five years|QUANTITY\nspeaker|PERSON|has_pet|Potola|ANIMAL\n"
+                      "Oslo/Norway|LOCATION\n")
+    parsed = parse_student_output(target, as_turns(TEXT + " I live in Oslo/Norway."), CONVERSATION_SCHEMA,
+                                  answer_format="lines")
+    assert {r.triple for r in parsed.relations} == {r.triple for r in GRAPH.relations}
+    assert {(e.name, e.type) for e in parsed.entities} >= {("Potola", "ANIMAL"), ("five years", "QUANTITY")}
+    # a cut or malformed line is skipped, not fatal; no answer is an empty graph
+    cut = parse_student_output("speaker|PERSON|has_pet|Potola|ANIMAL\nspeaker|PERS", as_turns(TEXT),
+                               CONVERSATION_SCHEMA, answer_format="lines")
+    assert [r.triple for r in cut.relations] == [("speaker", "has_pet", "Potola")]
+    assert parse_student_output("", as_turns(TEXT), CONVERSATION_SCHEMA, answer_format="lines").is_empty
+    assert graph_to_target(Graph(), "lines") == ""
+    with pytest.raises(InvalidInputError, match="answer_format"):
+        graph_to_target(GRAPH, "yaml")
+
+
+def test_the_lines_grammar_enumerates_the_schema_and_bounds_lines_and_names():
+    from hotmem.students.format import lines_grammar
+
+    closed = lines_grammar(CONVERSATION_SCHEMA)
+    assert "root ::= line{0,24}" in closed and f"{{0,{MAX_NAME_CHARS - 1}}}" in closed
+    assert all(f'"{p}"' in closed for p in CONVERSATION_SCHEMA.predicates)
+    assert all(f'"{t}"' in closed for t in CONVERSATION_SCHEMA.entity_types)
+    assert '"lives_in"' not in lines_grammar(CONVERSATION_SCHEMA, closed=False)
+
+
 def test_student_parser_applies_the_teachers_cleanup():
     raw = json.dumps({"e": [["Potola", "ANIMAL"], ["she", "ANIMAL"], ["speaker", "PERSON"]],
                       "r": [["speaker", "has_pet", "Potola"], ["speaker", "has_pet", "Potola"],
@@ -55,6 +84,10 @@ def test_sft_example_shows_the_schema_it_must_use_then_the_conversation():
         schema_prompt(CONVERSATION_SCHEMA, ["has_pet", "likes_cheese"])
     assert example["prompt"][1] == {"role": "user", "content": TEXT}
     assert example["completion"] == [{"role": "assistant", "content": graph_to_target(GRAPH)}]
+    lines = sft_example(as_turns(TEXT), GRAPH, CONVERSATION_SCHEMA, shown, answer_format="lines")
+    assert lines["prompt"][0]["content"].startswith("Extract the knowledge graph of the conversation, a fact a line")
+    assert lines["prompt"][0]["content"].endswith(system.split("\n", 1)[1])  # the same schema inventory
+    assert lines["completion"][0]["content"] == graph_to_target(GRAPH, "lines")
 
 
 def test_an_empty_mixture_is_a_clear_error():
@@ -183,6 +216,7 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     assert len(gguf.GGUFReader(str(mid / "adapter.gguf")).tensors) == 2 * 2 * 7
     spec = json.loads((mid / "student.json").read_text())
     assert (spec["prompt"], spec["base_gguf"], spec["lora_gguf"]) == ("schema", "smollm2-135m", "adapter.gguf")
+    assert spec["answer_format"] == "json"  # what the run's rows taught (recorded beside its checkpoints)
     with pytest.raises(DistillError, match="not a LoRA checkpoint"):
         export_checkpoint(tmp_path, tmp_path / "mid")
     # a second run with a larger budget continues from the last checkpoint

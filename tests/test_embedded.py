@@ -73,6 +73,30 @@ def test_checking_the_grammar_first_decodes_exactly_what_the_full_grammar_decode
     assert all(json.loads(text)["mood"] in ("zebra-happy", "quokka-sad") for text in checked)
 
 
+@needs_smollm
+def test_a_line_grammar_gives_lines_that_parse_and_a_repeated_line_ends_the_answer():
+    """The `lines` student format on a real model: every line fits the grammar's fields, and the base model's habit
+    of repeating a line is cut at the first repeat."""
+    import re
+
+    from hotmem.students.format import lines_grammar, parse_student_output
+    from hotmem.types import as_turns
+
+    engine = LlamaCppEngine("smollm2-135m", n_ctx=1024)
+    grammar = lines_grammar(CONVERSATION_SCHEMA)
+    types, predicates = "|".join(CONVERSATION_SCHEMA.entity_types), "|".join(CONVERSATION_SCHEMA.predicates)
+    line = re.compile(rf"[^|]+\|({types})(\|({predicates})\|[^|]+\|({types}))?")
+    text = "My sister Anna moved to Berlin and works at Siemens."
+    messages = [{"role": "system", "content": "Write facts as subject|TYPE|predicate|object|TYPE, a fact a line."},
+                {"role": "user", "content": text}]
+    answer = engine.chat(messages, max_tokens=200, line_grammar=grammar)["choices"][0]["message"]["content"]
+    lines = answer.splitlines()
+    assert lines and all(line.fullmatch(x) for x in lines), answer
+    for i, x in enumerate(lines):  # a line repeating an earlier one is the last
+        assert x not in lines[:i] or i == len(lines) - 1, answer
+    parse_student_output(answer, as_turns(text), CONVERSATION_SCHEMA, answer_format="lines")  # parses
+
+
 @needs_embedded
 def test_graph_extractor_on_the_embedded_default():
     from hotmem import GraphExtractor

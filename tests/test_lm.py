@@ -61,3 +61,23 @@ def test_item_endings_are_read_off_the_merged_tokens():
     assert item_ending_then_comma(' ",') == ' "'  # inside a string a leading space is content
     for piece in ('"]', '"', '"]}', "school", ","):
         assert item_ending_then_comma(piece) is None
+
+
+def test_a_repeated_line_lets_only_the_end_of_the_answer_follow():
+    import numpy as np
+
+    from hotmem.llama.constrain import _EndAfterRepeatedLine
+
+    pieces = {0: "a|PERSON", 1: "\n", 2: "b|PERSON", 3: "<end>"}
+
+    class Vocabulary:  # detokenizes as llama-cpp-python's Llama does
+        def detokenize(self, tokens):
+            return "".join(pieces[t] for t in tokens).encode()
+
+    guard, scores = _EndAfterRepeatedLine(Vocabulary(), end_tokens=[3]), np.zeros(4, dtype=np.float32)
+    prompt = [2, 2]
+    assert np.isfinite(guard(prompt, scores)).all()  # the first call learns where the answer starts
+    assert np.isfinite(guard(prompt + [0, 1, 2, 1], scores)).all()  # two different lines
+    assert np.isfinite(guard(prompt + [0, 1, 2, 1, 0], scores)).all()  # a repeat not yet complete
+    ended = guard(prompt + [0, 1, 2, 1, 0, 1], scores)
+    assert np.isfinite(ended).tolist() == [False, False, False, True]

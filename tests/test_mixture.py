@@ -69,6 +69,9 @@ def test_a_mixture_file_is_checked(tmp_path):
         Mixture.load(bad)
     with pytest.raises(InvalidInputError, match="cannot read"):
         Mixture.load(tmp_path / "missing.json")
+    bad.write_text(json.dumps({"sources": [{"name": "gold"}], "answer_format": "yaml"}))
+    with pytest.raises(InvalidInputError, match="answer_format is one of"):
+        Mixture.load(bad)
 
 
 @needs_data

@@ -144,6 +144,30 @@ class _CloseRepeatedArrays:
         return scores
 
 
+class _EndAfterRepeatedLine:
+    """llama.cpp logits processor for line answers (one item a line): once a line repeats an earlier one, only an
+    end-of-generation token may follow (the parse drops the repeat). Qwen's pre-tokenizer keeps line breaks in tokens
+    of their own, so a line is complete exactly when the text ends with one."""
+
+    def __init__(self, llama, end_tokens: list[int]):
+        self.llama = llama
+        self.end_tokens = end_tokens
+        self.prompt_len: int | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.prompt_len is None:
+            self.prompt_len = len(input_ids)
+            return scores
+        lines = self.llama.detokenize(list(input_ids[self.prompt_len :])).decode("utf-8", "ignore").split("\n")[:-1]
+        if len(set(lines)) == len(lines):
+            return scores
+        import numpy as np
+
+        masked = np.full_like(scores, -np.inf)
+        masked[self.end_tokens] = scores[self.end_tokens]
+        return masked
+
+
 def repeat_guard(llama):
     """For one loaded `llama_cpp.Llama`: a factory of per-call logits processors against repeated array items
     (`_CloseRepeatedArrays`). Building it reads the whole vocabulary once."""
@@ -221,11 +245,12 @@ class CheckedGrammar:
 
 
 class JsonConstraint:
-    """The decoding policy for JSON answers on one loaded `llama_cpp.Llama`.
+    """The decoding policy for JSON answers (and answers of one item a line) on one loaded `llama_cpp.Llama`.
 
     `kwargs(schema, temperature)` gives what `create_chat_completion` needs for an answer that fits `schema`:
     logits processors (repeated-item guard; at temperature 0 the checked grammar) or, when sampling, llama.cpp's own
-    grammar, which must see every allowed token. Grammars are parsed once per schema.
+    grammar, which must see every allowed token. `line_kwargs(gbnf, temperature)` the same for a line grammar.
+    Grammars are parsed once.
     """
 
     def __init__(self, llama, *, max_items: int = DEFAULT_MAX_ITEMS, close_repeated_items: bool = True,
@@ -235,6 +260,7 @@ class JsonConstraint:
         self.close_repeated_items = close_repeated_items
         self.check_grammar_first = check_grammar_first
         self._repeat_guard = None
+        self._end_tokens: list[int] | None = None
         self._grammars: dict[str, Any] = {}
 
     def grammar(self, schema: dict):
@@ -243,15 +269,19 @@ class JsonConstraint:
         llama-cpp-python's converter allows only a single space between JSON tokens; a model that wants to indent
         (as most do) is then pushed off its distribution and answers with empty lists. Allow newlines and indents.
         """
-        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-        key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:
-            gbnf = json_schema_to_gbnf(json.dumps(bound_arrays(schema, self.max_items)))
-            gbnf = re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.M)
+        gbnf = json_schema_to_gbnf(json.dumps(bound_arrays(schema, self.max_items)))
+        return self.parsed(re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.M))
+
+    def parsed(self, gbnf: str):
+        """A GBNF grammar as (a `LlamaGrammar`, its parsed sampler to clone per call), built once."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        if gbnf not in self._grammars:
             grammar = LlamaGrammar.from_string(gbnf, verbose=False)  # validates, and says where a rule is wrong
-            self._grammars[key] = (grammar, grammar_sampler(self.llama, grammar))
-        return self._grammars[key]
+            self._grammars[gbnf] = (grammar, grammar_sampler(self.llama, grammar))
+        return self._grammars[gbnf]
 
     def guard(self) -> list:
         """Per-call logits processors against repeated array items (empty when switched off)."""
@@ -261,11 +291,30 @@ class JsonConstraint:
             self._repeat_guard = repeat_guard(self.llama)
         return list(self._repeat_guard())
 
+    def line_guard(self) -> list:
+        """Per-call logits processors against repeated lines (empty when switched off)."""
+        if not self.close_repeated_items:
+            return []
+        if self._end_tokens is None:
+            import llama_cpp
+
+            vocab = self.llama._model.vocab
+            self._end_tokens = [t for t in range(self.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        return [_EndAfterRepeatedLine(self.llama, self._end_tokens)]
+
     def kwargs(self, schema: dict, temperature: float) -> dict[str, Any]:
+        """For an answer that is JSON fitting `schema`."""
+        return self._kwargs(self.grammar(schema), self.guard(), temperature)
+
+    def line_kwargs(self, gbnf: str, temperature: float) -> dict[str, Any]:
+        """For an answer of one item a line, in the GBNF grammar `gbnf`."""
+        return self._kwargs(self.parsed(gbnf), self.line_guard(), temperature)
+
+    def _kwargs(self, parsed, guard: list, temperature: float) -> dict[str, Any]:
         from llama_cpp import LogitsProcessorList
 
-        grammar, pristine = self.grammar(schema)
-        processors = LogitsProcessorList(self.guard())
+        grammar, pristine = parsed
+        processors = LogitsProcessorList(guard)
         kwargs: dict[str, Any] = {}
         if temperature == 0.0 and self.check_grammar_first:
             processors.append(CheckedGrammar(pristine, self.llama.n_vocab()))

@@ -130,8 +130,10 @@ class LlamaCppEngine:
         return self._constraint
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 1024, temperature: float = 0.0,
-             schema: dict | None = None, json_mode: bool = False, **sampling: Any) -> dict[str, Any]:
-        """One chat completion (llama-cpp-python's result dict); `schema` constrains the answer to it.
+             schema: dict | None = None, line_grammar: str | None = None, json_mode: bool = False,
+             **sampling: Any) -> dict[str, Any]:
+        """One chat completion (llama-cpp-python's result dict); `schema` constrains the answer to it, or
+        `line_grammar` (GBNF) to an answer of one item a line.
 
         llama.cpp contexts are not thread-safe: calls are serialised. A prompt that does not fit the context raises
         `ContextTooLongError`.
@@ -141,6 +143,8 @@ class LlamaCppEngine:
                                   **{k: v for k, v in sampling.items() if v is not None}}
         if schema is not None:
             kwargs.update(self.constraint.kwargs(schema, temperature))
+        elif line_grammar is not None:
+            kwargs.update(self.constraint.line_kwargs(line_grammar, temperature))
         elif json_mode:
             kwargs["response_format"] = {"type": "json_object"}
         started = time.perf_counter()

@@ -254,8 +254,9 @@ def _last_checkpoint(folder: Path) -> str | None:
 DATA_RECORD = "data.json"
 
 
-def _same_data(checkpoints: Path, dataset, resuming: bool) -> None:
-    """Record the data set's digest beside the checkpoints; when resuming, refuse other data."""
+def _same_data(checkpoints: Path, dataset, resuming: bool, answer_format: str) -> None:
+    """Record the data set's digest (and the answer format its rows teach, which a checkpoint's export needs) beside
+    the checkpoints; when resuming, refuse other data."""
     rows = json.dumps(dataset.to_list(), sort_keys=True, ensure_ascii=False).encode()
     digest = hashlib.sha256(rows).hexdigest()[:16]
     record = checkpoints / DATA_RECORD
@@ -266,7 +267,8 @@ def _same_data(checkpoints: Path, dataset, resuming: bool) -> None:
                                f"({before.get('examples')} rows, digest {before.get('sha256')}; now {len(dataset)}, "
                                f"{digest}): remove them or choose another out_dir")
     checkpoints.mkdir(parents=True, exist_ok=True)
-    write_atomic(record, json.dumps({"sha256": digest, "examples": len(dataset)}) + "\n")
+    write_atomic(record, json.dumps({"sha256": digest, "examples": len(dataset), "answer_format": answer_format})
+                 + "\n")
 
 
 def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progress: bool = True,
@@ -298,7 +300,8 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     if len(trainer.train_dataset) == 0:  # TRL drops examples whose answer was cut off entirely
         raise DistillError(f"no example fits max_seq_length={config.max_seq_length} with its answer: raise it")
     resume = _last_checkpoint(Path(args.output_dir))
-    _same_data(Path(args.output_dir), dataset, bool(resume))
+    answer_format = mixture.answer_format if mixture else "json"
+    _same_data(Path(args.output_dir), dataset, bool(resume), answer_format)
     if resume:
         logger.info("resuming from %s", resume)
     started = time.perf_counter()
@@ -331,7 +334,7 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     if sources is not None:
         manifest["sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
-    export_student(trainer.model, tokenizer, out, base_source, config)
+    export_student(trainer.model, tokenizer, out, base_source, config, answer_format)
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
     if sources is not None:
         card = model_card(
@@ -355,13 +358,13 @@ OLLAMA_TEMPLATE = """{{- if .System }}<|im_start|>system
 """
 
 
-def ollama_modelfile(model_gguf: str, adapter_gguf: str | None = None) -> str:
+def ollama_modelfile(model_gguf: str, adapter_gguf: str | None = None, answer_format: str = "json") -> str:
     """`ollama create hotmem-student -f Modelfile`: the merged GGUF, or a base GGUF with the LoRA GGUF on top."""
     adapter = f"ADAPTER {adapter_gguf}\n" if adapter_gguf else ""
     return (
         f"FROM {model_gguf}\n{adapter}"
         f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n'
-        f'SYSTEM """{schema_prompt(CONVERSATION_SCHEMA)}"""\n'
+        f'SYSTEM """{schema_prompt(CONVERSATION_SCHEMA, answer_format=answer_format)}"""\n'
         "PARAMETER temperature 0\nPARAMETER stop <|im_end|>\n"
     )
 
@@ -404,19 +407,22 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, config: DistillCo
                            "GGUF: only the end-of-run export writes a GGUF for it")
     out.mkdir(parents=True, exist_ok=True)
     write_lora_gguf(load_file(str(adapter)), out / "adapter.gguf", alpha=adapter_config["lora_alpha"])
+    record = checkpoint.parent / DATA_RECORD
+    answer_format = json.loads(record.read_text()).get("answer_format", "json") if record.is_file() else "json"
     _write_student_spec(out, {"lora_gguf": "adapter.gguf", "base_gguf": config.gguf_fallback,
-                              "checkpoint": str(checkpoint)})
+                              "checkpoint": str(checkpoint)}, answer_format)
     return out
 
 
-def _write_student_spec(out: Path, files: dict[str, str]) -> None:
+def _write_student_spec(out: Path, files: dict[str, str], answer_format: str) -> None:
     """`student.json`: a student that reads the schema from its prompt, its files, what it was trained for."""
-    spec = {"prompt": "schema", **files, "schema": CONVERSATION_SCHEMA.name,
+    spec = {"prompt": "schema", "answer_format": answer_format, **files, "schema": CONVERSATION_SCHEMA.name,
             "schema_fingerprint": CONVERSATION_SCHEMA.fingerprint()}
     write_atomic(out / "student.json", json.dumps(spec, indent=1) + "\n")
 
 
-def export_student(model, tokenizer, out: Path, base_source: str, config: DistillConfig) -> dict[str, str]:
+def export_student(model, tokenizer, out: Path, base_source: str, config: DistillConfig,
+                   answer_format: str = "json") -> dict[str, str]:
     """Adapter, merged weights, GGUFs (LoRA on the base GGUF, and merged + quantized) and an Ollama Modelfile."""
     from peft import get_peft_model_state_dict
 
@@ -433,10 +439,10 @@ def export_student(model, tokenizer, out: Path, base_source: str, config: Distil
         files["merged_gguf"] = "student.gguf"
         write_merged_gguf(merged.state_dict(), model_path(template), out / files["merged_gguf"],
                           name=f"hotmem student on {base_source}")
-        (out / "Modelfile").write_text(ollama_modelfile("./" + files["merged_gguf"]))
+        (out / "Modelfile").write_text(ollama_modelfile("./" + files["merged_gguf"], answer_format=answer_format))
         files["modelfile"] = "Modelfile"
     else:  # the training is not lost: the adapter and merged weights are saved; `Student` says how to convert
         logger.warning("no embedded GGUF has %s's architecture and vocabulary: convert %s with llama.cpp's "
                        "convert_hf_to_gguf.py to run it on llama.cpp", base_source, out / files["merged"])
-    _write_student_spec(out, files)
+    _write_student_spec(out, files, answer_format)
     return files

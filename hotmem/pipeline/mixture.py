@@ -32,7 +32,7 @@ from hotmem.assemble import chunk_turns
 from hotmem.errors import ConfigurationError, DistillError, InvalidInputError
 from hotmem.names import is_grounded
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
-from hotmem.students.format import graph_to_target, schema_prompt, student_messages
+from hotmem.students.format import ANSWER_FORMATS, graph_to_target, schema_prompt, student_messages
 from hotmem.types import Graph, Record, Turn, speakers_of
 
 __all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "example_rows", "model_card",
@@ -181,6 +181,8 @@ class Mixture:
     seed: int = 0
     #: longest example kept, in characters of prompt and answer (a cut answer would teach a cut graph)
     max_chars: int = 6000
+    #: how the student writes its answer (`hotmem.students.format.ANSWER_FORMATS`)
+    answer_format: str = "json"
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, MixtureSource) else MixtureSource(**s) for s in self.sources]
@@ -191,6 +193,8 @@ class Mixture:
                 raise InvalidInputError(f"{source.name}: repeats must be ≥ 1 and limit ≥ 0")
         if not 0.0 <= self.whole_schema_rate <= 1.0 or self.negatives < 0:
             raise InvalidInputError("whole_schema_rate is in [0, 1] and negatives ≥ 0")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise InvalidInputError(f"answer_format is one of {ANSWER_FORMATS}, not {self.answer_format!r}")
 
     @classmethod
     def load(cls, path: str | Path) -> Mixture:
@@ -217,11 +221,11 @@ def shown_predicates(graph: Graph, schema: RelationSchema, rng: random.Random, n
 
 
 def sft_example(turns: Sequence[Turn], graph: Graph, schema: RelationSchema = CONVERSATION_SCHEMA,
-                predicates: Sequence[str] | None = None) -> dict[str, Any]:
+                predicates: Sequence[str] | None = None, answer_format: str = "json") -> dict[str, Any]:
     """One SFT example in TRL's conversational prompt-completion format (the loss is on the graph only): the
     schema-reading system prompt listing `predicates` (default: the whole schema), the conversation, the graph."""
-    return {"prompt": student_messages(turns, schema_prompt(schema, predicates)),
-            "completion": [{"role": "assistant", "content": graph_to_target(graph)}]}
+    return {"prompt": student_messages(turns, schema_prompt(schema, predicates, answer_format)),
+            "completion": [{"role": "assistant", "content": graph_to_target(graph, answer_format)}]}
 
 
 def example_rows(pairs: Sequence[tuple[Record, RelationSchema]], source: str, mixture: Mixture, rng: random.Random,
@@ -231,7 +235,7 @@ def example_rows(pairs: Sequence[tuple[Record, RelationSchema]], source: str, mi
     for repeat in range(repeats):
         for record, schema in pairs:
             shown = shown_predicates(record.graph, schema, rng, mixture.negatives, mixture.whole_schema_rate)
-            example = sft_example(record.turns, record.graph, schema, shown)
+            example = sft_example(record.turns, record.graph, schema, shown, mixture.answer_format)
             if sum(len(m["content"]) for m in example["prompt"] + example["completion"]) > mixture.max_chars:
                 counts["too_long"] += 1
                 continue

@@ -23,6 +23,7 @@ from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.shipped import shipped_root
 from hotmem.students.format import (
     STUDENT_SYSTEM_PROMPT,
+    lines_grammar,
     parse_student_output,
     schema_prompt,
     student_json_schema,
@@ -104,14 +105,18 @@ class Student:
         self.schema, self.closed, self.max_tokens = schema, closed, max_tokens
         # a schema-reading student gets this schema's inventory; a fixed-prompt one its own prompt
         self.reads_schema = spec.get("prompt") == "schema"
-        self.system_prompt = schema_prompt(schema) if self.reads_schema else spec.get("system_prompt",
-                                                                                       STUDENT_SYSTEM_PROMPT)
+        self.answer_format = spec.get("answer_format", "json")  # students exported before it was recorded: json
+        self.system_prompt = (schema_prompt(schema, answer_format=self.answer_format) if self.reads_schema
+                              else spec.get("system_prompt", STUDENT_SYSTEM_PROMPT))
         self.folder = folder
         # the schema's inventory can run to ~1,500 tokens (PersonaExt's 108 predicates) before the conversation
         self.engine = LlamaCppEngine(model, n_ctx=4096 if self.reads_schema else 2048, n_threads=n_threads,
                                      lora_path=lora)
         self.model = f"student:{folder.name}"
-        self._schema = student_json_schema(schema, closed)
+        if self.answer_format == "lines":
+            self._constraint = {"line_grammar": lines_grammar(schema, closed)}
+        else:
+            self._constraint = {"schema": student_json_schema(schema, closed)}
 
     def usage(self) -> dict[str, int]:
         """LM calls and tokens so far (the engine's own counters: the student runs without DSPy)."""
@@ -119,6 +124,6 @@ class Student:
 
     def __call__(self, turns: Sequence[Turn]) -> Graph:
         messages = student_messages(turns, self.system_prompt)
-        result = self.engine.chat(messages, max_tokens=self.max_tokens, schema=self._schema)
+        result = self.engine.chat(messages, max_tokens=self.max_tokens, **self._constraint)
         return parse_student_output(result["choices"][0]["message"]["content"] or "", turns, self.schema,
-                                    self.closed)
+                                    self.closed, self.answer_format)
