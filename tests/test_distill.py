@@ -290,7 +290,7 @@ def test_the_shipped_student_merged_answers_as_its_lora_applied_at_run_time(tmp_
 
     def answers(student):
         return [student.engine.chat(student_messages(t, student.system_prompt), max_tokens=96,
-                                    schema=student._schema)["choices"][0]["message"]["content"] for t in turns]
+                                    **student._constraint)["choices"][0]["message"]["content"] for t in turns]
 
     same = sum(a == b for a, b in zip(answers(merged), answers(live)))
     assert same >= 3, f"only {same} of 4 answers agree"
