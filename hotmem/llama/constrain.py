@@ -115,22 +115,35 @@ def item_ending_then_comma(piece: str) -> str | None:
     return "}" if stripped.startswith("}") and stripped[1:].lstrip(" \n\t").startswith(",") else None
 
 
-class _CloseRepeatedArrays:
+class _AnswerProcessor:
+    """A llama.cpp logits processor that reads the answer so far: its first call marks where the answer starts."""
+
+    def __init__(self, llama):
+        self.llama = llama
+        self.prompt_len: int | None = None
+
+    def answer(self, input_ids) -> str | None:
+        """The answer decoded so far; None at the first call (nothing yet)."""
+        if self.prompt_len is None:
+            self.prompt_len = len(input_ids)
+            return None
+        return self.llama.detokenize(list(input_ids[self.prompt_len :])).decode("utf-8", "ignore")
+
+
+class _CloseRepeatedArrays(_AnswerProcessor):
     """llama.cpp logits processor against repeated array items: a closer-then-comma token may not complete a
     repeated item, and after a repeated item only tokens that close the array may follow."""
 
     def __init__(self, llama, closing_tokens, comma_tokens: dict[str, list[int]]):
         """`comma_tokens`: by item ending (`item_ending_then_comma`), the tokens that write it and then a comma."""
-        self.llama = llama
+        super().__init__(llama)
         self.closing_tokens = closing_tokens
         self.comma_tokens = comma_tokens
-        self.prompt_len: int | None = None
 
     def __call__(self, input_ids, scores):
-        if self.prompt_len is None:
-            self.prompt_len = len(input_ids)
+        generated = self.answer(input_ids)
+        if generated is None:
             return scores
-        generated = self.llama.detokenize(list(input_ids[self.prompt_len :])).decode("utf-8", "ignore")
         import numpy as np
 
         if repeated_array_item(generated):
@@ -144,21 +157,17 @@ class _CloseRepeatedArrays:
         return scores
 
 
-class _EndAfterRepeatedLine:
-    """llama.cpp logits processor for line answers (one item a line): once a line repeats an earlier one, only an
-    end-of-generation token may follow (the parse drops the repeat). Qwen's pre-tokenizer keeps line breaks in tokens
-    of their own, so a line is complete exactly when the text ends with one."""
+class _EndAfterRepeatedLine(_AnswerProcessor):
+    """llama.cpp logits processor for line answers (one item a line): once a complete line repeats an earlier one,
+    only an end-of-generation token may follow (the parse drops the repeat)."""
 
     def __init__(self, llama, end_tokens: list[int]):
-        self.llama = llama
+        super().__init__(llama)
         self.end_tokens = end_tokens
-        self.prompt_len: int | None = None
 
     def __call__(self, input_ids, scores):
-        if self.prompt_len is None:
-            self.prompt_len = len(input_ids)
-            return scores
-        lines = self.llama.detokenize(list(input_ids[self.prompt_len :])).decode("utf-8", "ignore").split("\n")[:-1]
+        answer = self.answer(input_ids)
+        lines = answer.split("\n")[:-1] if answer else []
         if len(set(lines)) == len(lines):
             return scores
         import numpy as np
@@ -272,7 +281,7 @@ class JsonConstraint:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         gbnf = json_schema_to_gbnf(json.dumps(bound_arrays(schema, self.max_items)))
-        return self.parsed(re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.M))
+        return self.parsed(re.sub(r'^space ::= .*$', 'space ::= | " " | "\\n" [ \\t]{0,20}', gbnf, flags=re.MULTILINE))
 
     def parsed(self, gbnf: str):
         """A GBNF grammar as (a `LlamaGrammar`, its parsed sampler to clone per call), built once."""

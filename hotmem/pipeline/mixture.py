@@ -32,7 +32,7 @@ from hotmem.assemble import chunk_turns
 from hotmem.errors import ConfigurationError, DistillError, InvalidInputError
 from hotmem.names import is_grounded
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
-from hotmem.students.format import ANSWER_FORMATS, graph_to_target, schema_prompt, student_messages
+from hotmem.students.format import check_answer_format, graph_to_target, schema_prompt, student_messages
 from hotmem.types import Graph, Record, Turn, speakers_of
 
 __all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "example_rows", "model_card",
@@ -181,7 +181,7 @@ class Mixture:
     seed: int = 0
     #: longest example kept, in characters of prompt and answer (a cut answer would teach a cut graph)
     max_chars: int = 6000
-    #: how the student writes its answer (`hotmem.students.format.ANSWER_FORMATS`)
+    #: how the student writes its answer (one of `hotmem.students.format.ANSWER_FORMATS`)
     answer_format: str = "json"
 
     def __post_init__(self) -> None:
@@ -193,8 +193,7 @@ class Mixture:
                 raise InvalidInputError(f"{source.name}: repeats must be ≥ 1 and limit ≥ 0")
         if not 0.0 <= self.whole_schema_rate <= 1.0 or self.negatives < 0:
             raise InvalidInputError("whole_schema_rate is in [0, 1] and negatives ≥ 0")
-        if self.answer_format not in ANSWER_FORMATS:
-            raise InvalidInputError(f"answer_format is one of {ANSWER_FORMATS}, not {self.answer_format!r}")
+        check_answer_format(self.answer_format)
 
     @classmethod
     def load(cls, path: str | Path) -> Mixture:

@@ -21,8 +21,8 @@ from hotmem.errors import InvalidInputError
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.types import Graph, Turn, render_turns, speakers_of
 
-__all__ = ["ANSWER_FORMATS", "STUDENT_SYSTEM_PROMPT", "graph_to_target", "lines_grammar", "parse_student_output",
-           "schema_prompt", "student_json_schema", "student_messages"]
+__all__ = ["ANSWER_FORMATS", "STUDENT_SYSTEM_PROMPT", "check_answer_format", "graph_to_target", "lines_grammar",
+           "parse_student_output", "schema_prompt", "student_json_schema", "student_messages"]
 
 ANSWER_FORMATS = ("json", "lines")
 
@@ -41,7 +41,8 @@ _LINES_SYSTEM_PROMPT = (
 )
 
 
-def _check_format(answer_format: str) -> str:
+def check_answer_format(answer_format: str) -> str:
+    """`answer_format`, if it is one of `ANSWER_FORMATS`; else `InvalidInputError`."""
     if answer_format not in ANSWER_FORMATS:
         raise InvalidInputError(f"answer_format is one of {ANSWER_FORMATS}, not {answer_format!r}")
     return answer_format
@@ -62,7 +63,7 @@ def schema_prompt(schema: RelationSchema, predicates: Sequence[str] | None = Non
         types = f"{'|'.join(relation.head_types) or 'ANY'}>{'|'.join(relation.tail_types) or 'ANY'}"
         groups.setdefault(types, []).append(name)
     inventory = "\n".join(f"{types}: {' '.join(names)}" for types, names in groups.items())
-    instructions = STUDENT_SYSTEM_PROMPT if _check_format(answer_format) == "json" else _LINES_SYSTEM_PROMPT
+    instructions = STUDENT_SYSTEM_PROMPT if check_answer_format(answer_format) == "json" else _LINES_SYSTEM_PROMPT
     return (f"{instructions}\nEntity types: {' '.join(schema.entity_types)}\n"
             f"Relations by SUBJECT>OBJECT types:\n{inventory}")
 
@@ -74,7 +75,7 @@ def _line_field(name: str) -> str:
 
 def graph_to_target(graph: Graph, answer_format: str = "json") -> str:
     """The compact answer the student learns to write (no confidences: they are derived, as for the teacher)."""
-    if _check_format(answer_format) == "json":
+    if check_answer_format(answer_format) == "json":
         return json.dumps(
             {"e": [[e.name, e.type] for e in graph.entities],
              "r": [[r.subject, r.predicate, r.object] for r in graph.relations]},
@@ -96,8 +97,8 @@ def _gbnf_alternatives(words: Sequence[str]) -> str:
 def lines_grammar(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
                   max_lines: int = 2 * MAX_ENTITIES) -> str:
     """The GBNF grammar of a `lines` answer: at most `max_lines` lines (as many as the `json` format's two lists
-    hold), types (and, closed, predicates) from the
-    schema, names bounded (a small model would otherwise loop inside one until `max_tokens`)."""
+    hold), types (and, closed, predicates) from the schema, names bounded (a small model would otherwise loop
+    inside one until `max_tokens`)."""
     predicate = _gbnf_alternatives(schema.predicates) if closed else "[a-z] [a-z_]{0,40}"
     return "\n".join([
         f"root ::= line{{0,{max_lines}}}",
@@ -139,7 +140,7 @@ def student_messages(turns: Sequence[Turn], system: str = STUDENT_SYSTEM_PROMPT)
 def parse_student_output(text: str, turns: Sequence[Turn], schema: RelationSchema, closed: bool = True,
                          answer_format: str = "json") -> Graph:
     """The compact answer (`json` or `lines`) as a clean `Graph`."""
-    if _check_format(answer_format) == "json":
+    if check_answer_format(answer_format) == "json":
         data = json.loads(text)
         entities = [ExtractedEntity(name=name, type=type_) for name, type_ in data.get("e", [])]
         relations = [ExtractedRelation(subject=s, predicate=p, object=o) for s, p, o in data.get("r", [])]
