@@ -234,6 +234,16 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     with pytest.raises(DistillError, match="trained on other examples"):
         distill(DistillConfig(**{**config.__dict__, "max_steps": 4}), other,
                 base=(Qwen2ForCausalLM(model.config), tokenizer, "tiny-qwen2"), progress=False)
+    # a checkpoint written before hotmem kept a clock resumes, and its next save carries the clock
+    state_file = out / "checkpoints" / "checkpoint-3" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["stateful_callbacks"]["TrainingClock"]
+    state_file.write_text(json.dumps(state))
+    later = distill(DistillConfig(**{**config.__dict__, "max_steps": 4}), dataset,
+                    base=(Qwen2ForCausalLM(model.config), tokenizer, "tiny-qwen2"), progress=False)
+    assert later.manifest["global_step"] == 4 and later.manifest["sessions"] == 1
+    saved = json.loads((out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["TrainingClock"]["attributes"]["sessions"] == 1
 
 
 def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):

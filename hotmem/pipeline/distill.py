@@ -170,6 +170,9 @@ def training_clock():
         def on_train_begin(self, args, state, control, **kwargs):
             self._before, self._started = self.seconds, time.perf_counter()
             self.sessions += 1
+            # a checkpoint written before the clock existed restores a state without it, and transformers' next
+            # save looks the clock up there
+            state.stateful_callbacks.setdefault(type(self).__name__, self.state())
 
         def read(self) -> dict[str, float]:
             if self._started is not None:
