@@ -15,6 +15,10 @@ from hotmem.llama.constrain import repeated_array_item
         ('{"r": [{"s": "a", "p": "x"}, {"s": "a", "p": "y"}', False),
         ('{"a": ["x"], "b": ["x"', False),                # same value in another array is fine
         ('{"e": ["say \\"hi\\"", "say \\"hi\\""', True),  # escaped quotes do not end strings
+        ('{"e":[["Lars","PERSON"],["Lars","FOOD"],["Lars","FOOD"]', True),  # the student's tuples are items
+        ('{"e":[["Lars","PERSON"],["Lars","FOOD"]', False),
+        ('{"r":[["Ann","friends_with","Ann"]', False),       # a tuple's own strings may repeat
+        ('{"r":[["Ann","likes","tea"],["Ann","likes","tea"]', True),
     ],
 )
 def test_repeated_array_item(text, repeated):
@@ -44,6 +48,10 @@ def test_a_served_model_that_enforces_schemas_gets_them():
         ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "X"', ["}"]),
         ('{"e": [{"n": "a", "t": "X"}, {"n": "a", "t": "Y', []),
         ('{"n": "a", "m": "a', []),                                # not an array item
+        ('{"e":[["Lars","FOOD"],["Lars","FO', ['OD"]']),             # the tuple would repeat
+        ('{"e":[["Lars","FOOD"],["Lars","FOOD"', [']']),
+        ('{"e":[["Lars","FOOD"],["Lars', []),                      # its first string is no item of its own
+        ('{"r":[["Ann","likes","Ann', []),
     ],
 )
 def test_closing_repeats_names_the_endings_that_would_repeat_an_item(text, endings):
@@ -58,6 +66,7 @@ def test_item_endings_are_read_off_the_merged_tokens():
     assert item_ending_then_comma('","') == '"' and item_ending_then_comma('", ') == '"'
     assert item_ending_then_comma('.","') == '."'
     assert item_ending_then_comma('"},{"') == '"}' and item_ending_then_comma(" },") == "}"
+    assert item_ending_then_comma('"],["') == '"]' and item_ending_then_comma("],") == "]"
     assert item_ending_then_comma(' ",') == ' "'  # inside a string a leading space is content
     for piece in ('"]', '"', '"]}', "school", ","):
         assert item_ending_then_comma(piece) is None

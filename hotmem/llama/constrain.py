@@ -30,9 +30,17 @@ def bound_arrays(schema: Any, max_items: int) -> Any:
 
 def _scan_json(text: str) -> tuple[list[list], bool, bool]:
     """Open containers (each `[kind, start of the current item, completed items]`), whether a string is open, and
-    whether the text ends just after completing an array item equal to an earlier item of that array."""
+    whether the text ends just after completing an array item equal to an earlier item of that array.
+
+    An array directly inside an array is a tuple (the student's `["name", "TYPE"]`, `[subject, predicate, object]`):
+    it is an item of its array, and its own strings may repeat (`["Ann", "friends_with", "Ann"]` is one item).
+    """
     stack: list[list] = []
     in_string = escaped = repeated = False
+
+    def tracks_items(depth: int) -> bool:  # an array whose items are compared: not a tuple
+        return stack[depth][0] == "[" and not (depth > 0 and stack[depth - 1][0] == "[")
+
     for i, char in enumerate(text):
         completed = False
         if in_string:
@@ -42,7 +50,7 @@ def _scan_json(text: str) -> tuple[list[list], bool, bool]:
                 escaped = True
             elif char == '"':
                 in_string = False
-                completed = bool(stack) and stack[-1][0] == "["
+                completed = bool(stack) and tracks_items(len(stack) - 1)
         elif char == '"' or char in "[{":
             if stack and stack[-1][0] == "[" and stack[-1][1] is None:
                 stack[-1][1] = i
@@ -53,7 +61,7 @@ def _scan_json(text: str) -> tuple[list[list], bool, bool]:
         elif char in "]}":
             if stack:
                 stack.pop()
-            completed = char == "}" and bool(stack) and stack[-1][0] == "["
+            completed = bool(stack) and stack[-1][0] == "["
         elif char == "," and stack and stack[-1][0] == "[":
             stack[-1][1] = None
         if completed and stack[-1][1] is not None:
@@ -74,23 +82,25 @@ def repeated_array_item(text: str) -> bool:
     return _scan_json(text)[2]
 
 
-#: What closes an array item from inside it: a string item, the last string of an object item, an object item.
-ITEM_CLOSERS = ('"', '"}', "}")
+#: What closes an array item from inside it: a string item, the last string of an object or tuple item, an object
+#: or tuple item.
+ITEM_CLOSERS = ('"', '"}', '"]', "}", "]")
 
 
 def closing_repeats(text: str) -> list[str]:
     """The endings (the rest of the current item and its closer, one of `ITEM_CLOSERS`) that would complete an array
     item equal to an earlier one.
 
-    Qwen's vocabulary merges a closer with the comma after it (`","`, `"},{"`), and often with the end of the string
-    before it too (`.","`): by the time the item is complete the next one has begun, too late to close the array. So
-    the engine bans the tokens that would write such an ending and go on with a comma.
+    Qwen's vocabulary merges a closer with the comma after it (`","`, `"},{"`, `"],["`), and often with the end of the
+    string before it too (`.","`): by the time the item is complete the next one has begun, too late to close the
+    array. So the engine bans the tokens that would write such an ending and go on with a comma.
     """
     stack, in_string, _ = _scan_json(text)
-    if in_string and stack and stack[-1][0] == "[" and stack[-1][1] is not None:
+    inside_tuple = len(stack) >= 2 and stack[-1][0] == "[" and stack[-2][0] == "["
+    if in_string and stack and stack[-1][0] == "[" and not inside_tuple and stack[-1][1] is not None:
         closer, array = '"', stack[-1]
-    elif len(stack) >= 2 and stack[-1][0] == "{" and stack[-2][0] == "[" and stack[-2][1] is not None:
-        closer, array = ('"}' if in_string else "}"), stack[-2]
+    elif len(stack) >= 2 and stack[-2][0] == "[" and stack[-2][1] is not None:
+        closer, array = ('"' if in_string else "") + ("]" if inside_tuple else "}"), stack[-2]
     else:
         return []
     candidate = text[array[1] :] if in_string else text[array[1] :].rstrip(" \n\t")
@@ -104,15 +114,17 @@ def closing_repeats(text: str) -> list[str]:
 
 def item_ending_then_comma(piece: str) -> str | None:
     """When a token's text ends an array item and goes on with a comma (a next item): the part that ends the item
-    (`'"'` in `'","'`, `'."'` in `'.","'`, `'"}'` in `'"},{"'`, `"}"` in `" },"`); otherwise None."""
+    (`'"'` in `'","'`, `'."'` in `'.","'`, `'"}'` in `'"},{"'`, `'"]'` in `'"],["'`, `"}"` in `" },"`); otherwise
+    None."""
     quote = piece.find('"')
     if quote >= 0:
-        for closer in ('"}', '"'):
+        for closer in ('"}', '"]', '"'):
             if piece.startswith(closer, quote) and piece[quote + len(closer) :].lstrip(" \n\t").startswith(","):
                 return piece[:quote] + closer
         return None
     stripped = piece.lstrip(" \n\t")
-    return "}" if stripped.startswith("}") and stripped[1:].lstrip(" \n\t").startswith(",") else None
+    closer = stripped[:1]
+    return closer if closer in ("}", "]") and stripped[1:].lstrip(" \n\t").startswith(",") else None
 
 
 class _AnswerProcessor:
