@@ -53,7 +53,9 @@ class LlamaCppEngine:
       grammar against the preferred token first (`CheckedGrammar`): the same output at the model's free speed.
     - A repeated list item ends its list (small models otherwise repeat items until `maxItems`).
     - The KV state of earlier prompts is kept in a RAM cache keyed by token prefix: a predictor's long fixed prefix
-      (instructions, schema) is processed once, later calls only pay for the new tokens.
+      (instructions, schema) is processed once, later calls only pay for the new tokens. `kv_cache_bytes=0` keeps no
+      such cache: a caller with one fixed prefix (the student) has it reused by the context itself, and saving the
+      state after every call costs more than it saves.
     - llama.cpp contexts are not thread-safe: calls are serialised with a lock.
     """
 
@@ -117,7 +119,8 @@ class LlamaCppEngine:
                 lora_path=self.lora_path,
                 verbose=logger.isEnabledFor(logging.DEBUG),  # llama.cpp's own log only with `hotmem -v`
             )
-            self._llama.set_cache(prefix_cache(self.kv_cache_bytes))
+            if self.kv_cache_bytes:
+                self._llama.set_cache(prefix_cache(self.kv_cache_bytes))
             logger.debug("loaded %s in %.1fs", path.name, time.perf_counter() - started)
         return self._llama
 
