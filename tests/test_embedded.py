@@ -26,6 +26,27 @@ def test_every_array_gets_a_bound():
 
 
 @needs_smollm
+def test_a_prompt_served_from_the_prefix_cache_answers_as_before():
+    """Saved states carry the KV, not llama-cpp-python's n_batch x vocabulary logits buffer (hotmem reads no
+    logprobs): a prompt whose state is loaded back from the cache answers exactly as it did."""
+    engine = LlamaCppEngine("smollm2-135m", n_ctx=1024)
+    terse = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}]
+    poet = [{"role": "system", "content": "You are a poet."}, {"role": "user", "content": "Capital of France?"}]
+
+    def answer(messages):
+        return engine.chat(messages, max_tokens=12)["choices"][0]["message"]["content"]
+
+    first = answer(terse)
+    answer(poet)  # the context now holds another prompt: the next call loads terse's state from the cache
+    llama, loaded = engine.llama, []
+    load_state = llama.load_state
+    llama.load_state = lambda state: (loaded.append(state.n_tokens), load_state(state))[1]
+    assert answer(terse) == first and loaded
+    states = list(engine.llama.cache.cache_state.values())
+    assert len(states) == 2 and engine.llama.scores.shape == (1, engine.llama.n_vocab())
+
+
+@needs_smollm
 def test_constrained_decoding_always_parses_and_respects_bounds():
     engine = LlamaCppEngine("smollm2-135m", n_ctx=1024, max_items=3)
     schema = {

@@ -42,6 +42,18 @@ def prefix_cache(capacity_bytes: int):
     return PrefixCache(capacity_bytes=capacity_bytes)
 
 
+def shrink_logits_buffer(llama) -> None:
+    """Give a `Llama` made without `logits_all` a one-row logits buffer.
+
+    llama-cpp-python allocates `n_batch` x vocabulary floats (311 MB for Qwen) that only `logits_all` writes (for
+    logprobs, which hotmem never asks for), yet `save_state` copies its first `n_tokens` rows into every state the
+    prefix cache keeps: on this machine ~2 s a call, most of it faulting in the fresh copy's pages.
+    """
+    import numpy as np
+
+    llama.scores = np.zeros((1, llama.n_vocab()), dtype=np.single)
+
+
 def _text_of(parts) -> str:
     return "".join(getattr(p, "text", "") or "" for p in parts)
 
@@ -119,6 +131,7 @@ class LlamaCppEngine:
                 lora_path=self.lora_path,
                 verbose=logger.isEnabledFor(logging.DEBUG),  # llama.cpp's own log only with `hotmem -v`
             )
+            shrink_logits_buffer(self._llama)
             if self.kv_cache_bytes:
                 self._llama.set_cache(prefix_cache(self.kv_cache_bytes))
             logger.debug("loaded %s in %.1fs", path.name, time.perf_counter() - started)
