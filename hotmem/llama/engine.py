@@ -66,8 +66,8 @@ class LlamaCppEngine:
     - A repeated list item ends its list (small models otherwise repeat items until `maxItems`).
     - The KV state of earlier prompts is kept in a RAM cache keyed by token prefix: a predictor's long fixed prefix
       (instructions, schema) is processed once, later calls only pay for the new tokens. `kv_cache_bytes=0` keeps no
-      such cache: a caller with one fixed prefix (the student) has it reused by the context itself, and saving the
-      state after every call costs more than it saves.
+      such cache: a caller with one fixed prefix (the student) has it reused by the context itself, and a state saved
+      after every call would buy nothing.
     - llama.cpp contexts are not thread-safe: calls are serialised with a lock.
     """
 

@@ -110,8 +110,8 @@ class Student:
                               else spec.get("system_prompt", STUDENT_SYSTEM_PROMPT))
         self.folder = folder
         # the schema's inventory can run to ~1,500 tokens (PersonaExt's 108 predicates) before the conversation
-        # One fixed prefix (the system prompt): llama.cpp's context keeps it between calls. A RAM prefix cache would
-        # copy the state after every call (a quarter to a third of a gold dev turn's time).
+        # One fixed prefix (the system prompt): llama.cpp's context keeps it between calls, and a RAM prefix cache
+        # would only copy the state after every call.
         self.engine = LlamaCppEngine(model, n_ctx=4096 if self.reads_schema else 2048, n_threads=n_threads,
                                      lora_path=lora, kv_cache_bytes=0)
         self.model = f"student:{folder.name}"
