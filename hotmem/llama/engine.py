@@ -26,7 +26,9 @@ def prefix_cache(capacity_bytes: int):
 
     Each saved state carries a copy of the whole logits buffer (n_batch x vocabulary floats: 311 MB for Qwen) that
     the cache does not count against its capacity, so it grew to 16 GB in an evaluation. Those logits are only read
-    for logprobs, which hotmem never asks for: keep one row (it broadcasts back on load) and count every byte.
+    for logprobs, which hotmem never asks for: keep one row (it broadcasts back on load) and count every byte. The
+    copy itself is made before the cache sees the state: the engine avoids it with `shrink_logits_buffer`; this trim
+    is for a `Llama` hotmem did not make (`bench/serve.py`'s server model, which keeps `logits_all`).
     """
     from llama_cpp import LlamaRAMCache
 
