@@ -12,10 +12,12 @@ set is kept beside the checkpoints: resuming on other data would silently mix tw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -274,6 +276,14 @@ def _same_data(checkpoints: Path, dataset, resuming: bool, answer_format: str) -
                  + "\n")
 
 
+@contextlib.contextmanager
+def _no_base_config_warning():
+    """PEFT looks for the base's config.json at each save: a base dequantized from a GGUF has none, and warns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+        yield
+
+
 def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progress: bool = True,
             sources: dict[str, dict[str, Any]] | None = None, mixture: Mixture | None = None) -> DistillResult:
     """Train the student's LoRA on a chat-format SFT data set (see `sft_dataset`), then export it.
@@ -308,7 +318,8 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     if resume:
         logger.info("resuming from %s", resume)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    with _no_base_config_warning():
+        output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
     steps_now = trainer.state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
     lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
@@ -337,7 +348,8 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     if sources is not None:
         manifest["sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
-    export_student(trainer.model, tokenizer, out, base_source, config, answer_format)
+    with _no_base_config_warning():
+        export_student(trainer.model, tokenizer, out, base_source, config, answer_format)
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
     if sources is not None:
         card = model_card(
