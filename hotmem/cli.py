@@ -83,8 +83,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _records(name: str, path: str | None, split: str | None, skip: int, limit: int | None):
     from hotmem.data import load_dataset
 
-    records, schema = load_dataset(name, path=path, split=split, limit=None if limit is None else skip + limit)
-    return records[skip:], schema
+    return load_dataset(name, path=path, split=split, limit=limit, skip=skip)
 
 
 def _retrieve(value: str) -> int | dict[str, int]:
@@ -247,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(func=_extract)
 
     evaluate = sub.add_parser("evaluate", help="score a program on an annotated data set")
-    evaluate.add_argument("--dataset", default="gold", help="gold, personaext, dialogre, convai2 or conll04")
+    evaluate.add_argument("--dataset", default="gold", help="gold, personaext, dialogre, convai2 or conll04; "
+                          "personaext-conversation etc.: mapped onto the conversation schema")
     evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
     evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
     evaluate.add_argument("--program", default="default",

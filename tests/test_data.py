@@ -187,6 +187,14 @@ def test_missing_data_root_says_where_it_looked(monkeypatch: pytest.MonkeyPatch,
     assert info.value.tried == (missing,)
 
 
+def test_data_root_is_found_from_a_subfolder_of_the_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # as a notebook's kernel runs in notebooks/
+    checkout = Path(data.__file__).resolve().parents[2]
+    assert data.data_root_candidates() == [(tmp_path / ".." / "shared" / "data").resolve(),
+                                           (checkout / ".." / "shared" / "data").resolve()]
+
+
 def test_missing_data_set_under_an_existing_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(DatasetNotFoundError, match="conll04"):
@@ -252,6 +260,25 @@ def test_personaext_loader_maps_first_person_and_types(personaext_dir: Path):
     assert records[1].graph.entity("cat").type == "ANIMAL"
     assert [r.id for r in load_personaext(personaext_dir / "dev.jsonl", limit=2)] == [r.id for r in records[:2]]
     assert load_personaext(personaext_dir, limit=0) == []
+
+
+def test_mapped_personaext_keeps_the_records_whose_every_triple_maps(personaext_dir: Path):
+    with (personaext_dir / "dev.jsonl").open("a") as rows:
+        rows.write(json.dumps({"text": "i do not have a dog", "triples": [["i", "do_not_have", "dog"]]}) + "\n")
+    records, schema = load_dataset("personaext-conversation", path=personaext_dir)
+    assert [r.id for r in records] == ["personaext-dev-00001", "personaext-dev-00002", "personaext-dev-00003"]
+    assert triples(records[1]) == {(SPEAKER, "has_pet", "cat")}
+    assert "has_pet" in schema.predicates and "dislikes" in schema.predicates
+    assert set(schema.predicates) < set(CONVERSATION_SCHEMA.predicates)  # what the map can produce, no more
+    # skip and limit count the corpus's own lines: the negation on line 4 is dropped, not replaced by a later line
+    assert [r.id for r in load_dataset("personaext-conversation", path=personaext_dir, skip=2, limit=2)[0]] == [
+        "personaext-dev-00003"]
+    assert [r.id for r in load_dataset("personaext", path=personaext_dir, skip=1, limit=1)[0]] == [
+        "personaext-dev-00002"]
+    with pytest.raises(InvalidInputError, match="no shipped alignment"):
+        load_dataset("gold-conversation")
+    with pytest.raises(InvalidInputError, match="skip"):
+        load_dataset("personaext", path=personaext_dir, skip=-1)
 
 
 def test_personaext_schema_from_lenient_json_plus_unseen(personaext_dir: Path):

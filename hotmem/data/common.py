@@ -154,7 +154,7 @@ def data_root_candidates() -> list[Path]:
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return [Path(env).expanduser()]
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]  # hotmem/data/common.py -> the checkout
     candidates = [(Path.cwd() / _RELATIVE_DATA_ROOT).resolve(), (repo_root / _RELATIVE_DATA_ROOT).resolve()]
     return list(dict.fromkeys(candidates))
 

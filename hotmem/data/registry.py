@@ -83,20 +83,61 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
 )
 
 
+#: `<corpus>-conversation`: a corpus read through its shipped map onto the conversation schema (`_load_mapped`).
+MAPPED_SUFFIX = "-conversation"
+
+
 def load_dataset(
-    name: str, path: Path | str | None = None, split: str | None = None, limit: int | None = None
+    name: str, path: Path | str | None = None, split: str | None = None, limit: int | None = None, skip: int = 0
 ) -> tuple[list[Record], RelationSchema]:
     """Records and the schema to extract them with, for any registered data set, in one call.
 
     `path=None` looks under the data root (see `data_root_candidates`); a folder means the data set's folder, a
     file is read as is. `split` picks dev/train for DialogRE, valid/train for CoNLL04, and filters the gold set.
+    `skip` and `limit` pick records `skip` to `skip + limit` of the data set as it lies.
+    `<corpus>-conversation` (`personaext-conversation`, ...) reads a corpus through its shipped schema alignment.
     """
-    spec = _spec(name)
     _check_limit(limit)
+    if skip < 0:
+        raise InvalidInputError(f"skip must be 0 or more, not {skip}")
+    end = None if limit is None else skip + limit
+    if name.endswith(MAPPED_SUFFIX) and name not in DATASETS:
+        return _load_mapped(name.removesuffix(MAPPED_SUFFIX), path, split, skip, end)
+    spec = _spec(name)
     if name == "gold":
-        return _load_gold_dataset(path, limit=limit, split=split), spec.schema(Path())
+        return _load_gold_dataset(path, limit=end, split=split)[skip:], spec.schema(Path())
     path = dataset_file(name, path, split)
-    return spec.loader(path, limit=limit), spec.schema(path)
+    return spec.loader(path, limit=end)[skip:], spec.schema(path)
+
+
+def _load_mapped(
+    corpus: str, path: Path | str | None, split: str | None, skip: int, end: int | None
+) -> tuple[list[Record], RelationSchema]:
+    """A corpus's records mapped onto the conversation schema by its shipped alignment (`hotmem.alignment`).
+
+    Only records whose every triple maps are kept (one with an unmapped fact would score a right answer as spurious);
+    `skip` and `end` count the corpus's own records, so `personaext-conversation` with `limit=1000` is the PersonaExt
+    evaluation slice mapped. The schema is the part of ours the map produces: the corpus annotates only those.
+    """
+    from collections import Counter
+
+    from hotmem.alignment import SchemaAlignment, shipped_alignments
+
+    if corpus not in shipped_alignments():
+        raise InvalidInputError(f"no shipped alignment maps {corpus!r} onto the conversation schema; "
+                                f"mapped data sets: {[c + MAPPED_SUFFIX for c in shipped_alignments()]}")
+    records, _ = load_dataset(corpus, path=path, split=split, limit=None if end is None else end - skip, skip=skip)
+    alignment = SchemaAlignment.load(corpus)
+    mapped, tally = [], Counter()
+    for record in records:
+        outcomes = Counter()
+        graph = alignment.map_graph(record.graph, tally=outcomes)
+        tally.update(outcomes)
+        if not outcomes["unmapped"] and not outcomes["invalid"]:
+            mapped.append(record.model_copy(update={"graph": graph}))
+    logger.info("%s mapped onto %s: %d of %d records kept (every triple maps); %d of %d triples kept", corpus,
+                alignment.target, len(mapped), len(records), tally["kept"], tally["triples"])
+    return mapped, CONVERSATION_SCHEMA.restrict(alignment.targets)
 
 
 def _spec(name: str) -> DatasetSpec:
