@@ -19,7 +19,8 @@ pytestmark = [
 TINY = {
     "01_optimize_teacher.ipynb": (
         {"HOTMEM_NB_LM": "embedded/smollm2-135m", "HOTMEM_NB_REFLECTION_LM": "embedded/smollm2-135m",
-         "HOTMEM_NB_BUDGET": "6", "HOTMEM_NB_TRAIN": "2", "HOTMEM_NB_VAL": "2", "HOTMEM_NB_TEST": "2"},
+         "HOTMEM_NB_BUDGET": "6", "HOTMEM_NB_TRAIN": "2", "HOTMEM_NB_VAL": "2", "HOTMEM_NB_TEST": "2",
+         "HOTMEM_NB_RETRIEVE": "gold=1"},
         "validation score",
     ),
     # labels with the tiny model; trains 2 steps on the embedded 0.5B (dequantized) and runs it with its LoRA GGUF

@@ -198,3 +198,18 @@ def test_the_shipped_optimized_teacher_fits_the_current_schema():
     state = json.loads((shipped / "program.json").read_text())
     assert program.relations.signature.instructions == state["relations"]["signature"]["instructions"]
     assert len(program.relations.demos) == len(state["relations"]["demos"]) > 0
+
+
+def test_score_curve_png_leaves_the_process_backend_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    from hotmem.pipeline.optimize import plot_score_curve
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a notebook's inline backend: the plot must not switch it to Agg
+    try:
+        candidates = [{"discovered_at_metric_calls": 0, "val_score": 0.3}, {"discovered_at_metric_calls": 9, "val_score": 0.4}]
+        path = plot_score_curve(candidates, tmp_path / "curve.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

@@ -321,15 +321,14 @@ def best_score_curve(candidates: list[dict[str, Any]]) -> list[tuple[int, float]
 def plot_score_curve(candidates: list[dict[str, Any]], path: Path) -> Path | None:
     """Best validation score against metric calls, as a PNG (skipped without matplotlib)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a Figure of its own, not pyplot: switching the process's backend would stop a notebook showing its plots
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no score curve written")
         return None
     points = best_score_curve(candidates)
-    figure, axis = plt.subplots(figsize=(5, 3.2))
+    figure = Figure(figsize=(5, 3.2))
+    axis = figure.subplots()
     axis.step([p[0] for p in points], [p[1] for p in points], where="post", marker="o")
     axis.scatter([c["discovered_at_metric_calls"] for c in candidates], [c["val_score"] for c in candidates],
                  s=12, alpha=0.5, label="candidates")
@@ -339,5 +338,4 @@ def plot_score_curve(candidates: list[dict[str, Any]], path: Path) -> Path | Non
     axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
