@@ -207,7 +207,8 @@ def test_score_curve_png_leaves_the_process_backend_alone(tmp_path):
     before = matplotlib.get_backend()
     matplotlib.use("svg")  # stands for a notebook's inline backend: the plot must not switch it to Agg
     try:
-        candidates = [{"discovered_at_metric_calls": 0, "val_score": 0.3}, {"discovered_at_metric_calls": 9, "val_score": 0.4}]
+        candidates = [{"discovered_at_metric_calls": 0, "val_score": 0.3},
+                      {"discovered_at_metric_calls": 9, "val_score": 0.4}]
         path = plot_score_curve(candidates, tmp_path / "curve.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.get_backend() == "svg"

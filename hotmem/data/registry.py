@@ -102,7 +102,7 @@ def load_dataset(
         raise InvalidInputError(f"skip must be 0 or more, not {skip}")
     end = None if limit is None else skip + limit
     if name.endswith(MAPPED_SUFFIX) and name not in DATASETS:
-        return _load_mapped(name.removesuffix(MAPPED_SUFFIX), path, split, skip, end)
+        return _load_mapped(name.removesuffix(MAPPED_SUFFIX), path, split, skip, limit)
     spec = _spec(name)
     if name == "gold":
         return _load_gold_dataset(path, limit=end, split=split)[skip:], spec.schema(Path())
@@ -111,12 +111,12 @@ def load_dataset(
 
 
 def _load_mapped(
-    corpus: str, path: Path | str | None, split: str | None, skip: int, end: int | None
+    corpus: str, path: Path | str | None, split: str | None, skip: int, limit: int | None
 ) -> tuple[list[Record], RelationSchema]:
     """A corpus's records mapped onto the conversation schema by its shipped alignment (`hotmem.alignment`).
 
     Only records whose every triple maps are kept (one with an unmapped fact would score a right answer as spurious);
-    `skip` and `end` count the corpus's own records, so `personaext-conversation` with `limit=1000` is the PersonaExt
+    `skip` and `limit` count the corpus's own records, so `personaext-conversation` with `limit=1000` is the PersonaExt
     evaluation slice mapped. The schema is the part of ours the map produces: the corpus annotates only those.
     """
     from collections import Counter
@@ -126,7 +126,7 @@ def _load_mapped(
     if corpus not in shipped_alignments():
         raise InvalidInputError(f"no shipped alignment maps {corpus!r} onto the conversation schema; "
                                 f"mapped data sets: {[c + MAPPED_SUFFIX for c in shipped_alignments()]}")
-    records, _ = load_dataset(corpus, path=path, split=split, limit=None if end is None else end - skip, skip=skip)
+    records, _ = load_dataset(corpus, path=path, split=split, limit=limit, skip=skip)
     alignment = SchemaAlignment.load(corpus)
     mapped, tally = [], Counter()
     for record in records:
