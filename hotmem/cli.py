@@ -168,10 +168,10 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _mixture(args: argparse.Namespace):
-    from hotmem.pipeline.mixture import MIXTURES, Mixture, MixtureSource
+    from hotmem.pipeline.mixture import Mixture, MixtureSource
 
     if args.mixture:
-        return Mixture.load(args.mixture if Path(args.mixture).is_file() else MIXTURES / f"{args.mixture}.json")
+        return Mixture.load(args.mixture)
     return Mixture(sources=[MixtureSource("labels", path=args.labels)]
                    + ([MixtureSource("gold", repeats=args.gold_repeats)] if args.gold_repeats else []))
 

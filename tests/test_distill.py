@@ -8,7 +8,7 @@ from conftest import needs_embedded, needs_smollm
 
 from hotmem.assemble import MAX_NAME_CHARS
 from hotmem.errors import DistillError, InvalidInputError
-from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset
+from hotmem.pipeline.distill import DistillConfig, choose_backend, lora_kwargs, sft_dataset, training_dtype
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import (STUDENT_SYSTEM_PROMPT, graph_to_target, parse_student_output,
                                     student_json_schema, student_messages)
@@ -118,6 +118,22 @@ def test_cpu_machines_get_the_trl_backend_and_unsloth_is_refused_clearly():
         choose_backend("unsloth")
     with pytest.raises(DistillError, match="'auto', 'unsloth' or 'trl'"):
         choose_backend("tpu")
+
+
+def test_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    # an AVX2-only CPU runs bfloat16 matmuls on a slow reference kernel: a 2-step run took over 15 minutes
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert training_dtype("auto") == "float32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert training_dtype("auto") == "bfloat16"
+    assert training_dtype("float32") == "float32"
+    with pytest.raises(DistillError, match="'auto', 'bfloat16' or 'float32'"):
+        training_dtype("float16")
 
 
 def test_activations_are_recomputed_only_where_memory_runs_short(tmp_path):

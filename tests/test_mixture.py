@@ -60,7 +60,7 @@ def test_a_mixture_file_is_checked(tmp_path):
                                                   "dialogre-conversation", "conll04-conversation", "convai2",
                                                   "dialogre", "conll04"]
     # the unseen-schema ablation is the default without CoNLL04, all else equal
-    ablation = Mixture.load(MIXTURES / "unseen-schema.json")
+    ablation = Mixture.load("unseen-schema")  # a shipped mixture by name
     assert ablation.sources == [s for s in shipped.sources if not s.name.startswith("conll04")]
     assert {**ablation.to_dict(), "sources": None} == {**shipped.to_dict(), "sources": None}
     bad = tmp_path / "bad.json"
@@ -69,6 +69,8 @@ def test_a_mixture_file_is_checked(tmp_path):
         Mixture.load(bad)
     with pytest.raises(InvalidInputError, match="cannot read"):
         Mixture.load(tmp_path / "missing.json")
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        Mixture.load("no-such-mixture")
     bad.write_text(json.dumps({"sources": [{"name": "gold"}], "answer_format": "yaml"}))
     with pytest.raises(InvalidInputError, match="answer_format is one of"):
         Mixture.load(bad)

@@ -80,6 +80,9 @@ class DistillConfig:
     #: None: off on a CPU, where compute is what runs short and a 0.5B's activations fit in RAM (recomputing them
     #: costs about a third more compute); on with a GPU, where memory runs short
     gradient_checkpointing: bool | None = None
+    #: "auto": bfloat16 where the hardware computes it natively (a CUDA GPU that supports it; a CPU with
+    #: AVX512-BF16 or AMX), else float32 — on a CPU without them PyTorch's bfloat16 matmul is ~100x slower
+    dtype: str = "auto"  # "auto" | "bfloat16" | "float32"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,6 +92,19 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def training_dtype(requested: str = "auto") -> str:
+    """The dtype to train in (`DistillConfig.dtype`): "auto" picks bfloat16 only where it is computed natively."""
+    if requested not in {"auto", "bfloat16", "float32"}:
+        raise DistillError(f"dtype is 'auto', 'bfloat16' or 'float32', not {requested!r}")
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
 def choose_backend(requested: str = "auto") -> str:
@@ -219,7 +235,7 @@ def load_base(config: DistillConfig, backend: str):
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.base_model, local_files_only=local_only)
             model = AutoModelForCausalLM.from_pretrained(
-                config.base_model, dtype=torch.bfloat16, local_files_only=local_only
+                config.base_model, dtype=getattr(torch, training_dtype(config.dtype)), local_files_only=local_only
             )
             return model, tokenizer, peft_config, config.base_model
         except OSError as exc:
@@ -227,7 +243,8 @@ def load_base(config: DistillConfig, backend: str):
     gguf = model_path(config.gguf_fallback)
     logger.warning("%s is not available here; dequantizing %s instead", config.base_model, gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=getattr(torch, training_dtype(config.dtype)))
     # The weights are dequantized into ordinary tensors; only transformers' GGUF marker remains, and the Trainer
     # refuses to train "GGUF-quantized" models. Drop the marker.
     model.hf_quantizer, model.is_quantized = None, False
@@ -306,7 +323,8 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         backend = choose_backend(config.backend)
         model, tokenizer, peft_config, base_source = load_base(config, backend)
     on_cpu = not cuda_available()
-    args = sft_config(config, bf16=True, use_cpu=on_cpu)
+    dtype = training_dtype(config.dtype)
+    args = sft_config(config, bf16=dtype == "bfloat16", use_cpu=on_cpu)
     args.disable_tqdm = not progress
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[training_clock()])
@@ -334,6 +352,7 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         "recipe": {**asdict(config), "target_modules": list(config.target_modules), "base_model": base_source,
                    "requested_base_model": config.base_model},
         "examples": len(dataset),
+        "dtype": dtype,
         "global_step": trainer.state.global_step,
         "train_loss": output.training_loss,
         "seconds_this_run": round(seconds, 1),

@@ -197,6 +197,9 @@ class Mixture:
 
     @classmethod
     def load(cls, path: str | Path) -> Mixture:
+        """A mixture file, or the name of one shipped in `MIXTURES` (`"default"`, `"unseen-schema"`, ...)."""
+        if not Path(path).is_file() and (MIXTURES / f"{path}.json").is_file():
+            path = MIXTURES / f"{path}.json"
         try:
             return cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
