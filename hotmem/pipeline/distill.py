@@ -81,7 +81,7 @@ class DistillConfig:
     #: costs about a third more compute); on with a GPU, where memory runs short
     gradient_checkpointing: bool | None = None
     #: "auto": bfloat16 where the hardware computes it natively (a CUDA GPU that supports it; a CPU with
-    #: AVX512-BF16 or AMX), else float32 — on a CPU without them PyTorch's bfloat16 matmul is ~100x slower
+    #: AVX512-BF16 or AMX), else float32 — on a CPU without them PyTorch's bfloat16 matmul ran 130x slower here
     dtype: str = "auto"  # "auto" | "bfloat16" | "float32"
     extra: dict[str, Any] = field(default_factory=dict)
 
