@@ -6,9 +6,10 @@ alone (`resolve_backend`), in this order:
 
 1. an explicit `backend=` (a name, a student folder, or a `Backend`), or an explicit `lm=` / `program=` (the teacher);
 2. an LM the user configured: `hotmem.configure(...)`, else `HOTMEM_LM`, else DSPy's configured LM (the teacher on it);
-3. for closed extraction, the shipped encoder student (any schema: it embeds the schema's names; when onnxruntime is
-   installed, the `encoder` extra), else the shipped LoRA student in a schema it serves (any, for a student that
-   reads the schema from its prompt; else the one it was trained on);
+3. for closed extraction, the shipped LoRA student in a schema it serves (any, for a student that reads the schema
+   from its prompt; else the one it was trained on; when llama-cpp-python is installed), else the shipped encoder
+   student (any schema: it embeds the schema's names; when onnxruntime is installed, the `encoder` extra): the LoRA
+   student finds far more facts, the encoder answers in milliseconds (`backend="encoder"`);
 4. the teacher on the embedded Qwen2.5-Coder-0.5B.
 """
 
@@ -120,11 +121,13 @@ def _shipped_encoder_runs(closed: bool) -> bool:
 
 
 def _shipped_student_fits(schema: RelationSchema, closed: bool) -> bool:
-    """A shipped student runs by default only for closed extraction in the schema it was trained on."""
+    """The shipped LoRA student runs by default for closed extraction in a schema it serves, where llama.cpp is."""
+    import importlib.util
+
     from hotmem.students.lora import reads_schema, shipped_student_dir, trained_schema_fingerprint
 
     folder = shipped_student_dir()
-    if folder is None or not closed:
+    if folder is None or not closed or importlib.util.find_spec("llama_cpp") is None:
         return False
     return reads_schema(folder) or trained_schema_fingerprint(folder) == schema.fingerprint()
 
@@ -140,10 +143,10 @@ def resolve_backend(backend: Backend | str | Path = "auto", *, lm: Any = None,
     if backend == "auto":
         if lm is not None or program is not None or _configured_lm() is not None:
             backend = "teacher"
-        elif _shipped_encoder_runs(closed):
-            backend = "encoder"
         elif _shipped_student_fits(schema, closed):
             backend = "student"
+        elif _shipped_encoder_runs(closed):
+            backend = "encoder"
         else:
             backend = "teacher"
     if backend == "teacher":

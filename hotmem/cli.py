@@ -202,7 +202,7 @@ def _distill_encoder(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from hotmem.pipeline.distill import DistillConfig, distill, sft_dataset
+    from hotmem.pipeline.distill import STAGE_TWO_LEARNING_RATE, DistillConfig, distill, sft_dataset
     from hotmem.pipeline.mixture import build_examples
 
     if args.student == "encoder":
@@ -212,10 +212,12 @@ def _distill(args: argparse.Namespace) -> int:
 
         print(f"exported {args.checkpoint} to {export_checkpoint(args.checkpoint, args.out)}")
         return 0
+    learning_rate = args.learning_rate or (STAGE_TWO_LEARNING_RATE if args.init_from else DistillConfig.learning_rate)
     config = DistillConfig(
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, lora_r=args.lora_r,
-        lora_alpha=2 * args.lora_r, max_seq_length=args.max_seq_length, save_steps=args.save_steps,
+        batch_size=args.batch_size, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+        max_seq_length=args.max_seq_length, save_steps=args.save_steps, init_from=args.init_from,
+        learning_rate=learning_rate,
     )
     mixture = _mixture(args)
     if args.answer_format:
@@ -298,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--epochs", type=float, default=1.0)
     dist.add_argument("--max-steps", type=int, default=-1)
     dist.add_argument("--batch-size", type=int, default=4)
-    dist.add_argument("--learning-rate", type=float, default=2e-4)
+    dist.add_argument("--learning-rate", type=float, default=None,
+                      help="lora: default 2e-4, 1e-4 with --init-from")
     dist.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha is twice the rank)")
     dist.add_argument("--max-seq-length", type=int, default=2048)
     dist.add_argument("--save-steps", type=int, default=25)
@@ -306,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="encoder: corpora that annotate only some entity mentions teach no 'not an entity' away "
                            "from their annotated spans")
     dist.add_argument("--init-from", default=None, metavar="RUN",
-                      help="encoder: start from a finished run's weights, at lower learning rates (a second stage: "
-                           "`--mixture encoder-conversation` after `--mixture encoder`)")
+                      help="start from a finished run's weights at lower learning rates, a second stage "
+                           "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
+                           "`--mixture conversation-whole` after `--mixture conversation-first`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")

@@ -268,6 +268,56 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     assert saved["stateful_callbacks"]["TrainingClock"]["attributes"]["sessions"] == 1
 
 
+def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
+    """`init_from`: the earlier run's adapter, trainable, on the same base and answer format; the manifest and
+    card carry the earlier stage."""
+    for module in ("torch", "trl", "peft"):
+        pytest.importorskip(module)
+    import random
+
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from hotmem.llama.models import model_path
+    from hotmem.pipeline.distill import _start_from_earlier, distill, sft_dataset
+    from hotmem.pipeline.mixture import Mixture, MixtureSource, build_examples, example_rows
+    from hotmem.types import Record
+
+    path = model_path("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tiny = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2)
+    pairs = [(Record(id=f"x{i}", turns=as_turns(TEXT), graph=GRAPH), CONVERSATION_SCHEMA) for i in range(4)]
+    dataset = sft_dataset(example_rows(pairs, "test", Mixture(sources=[]), random.Random(0))[0])
+    recipe = {"max_steps": 2, "save_steps": 2, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_seq_length": 2048}
+    first = distill(DistillConfig(out_dir=str(tmp_path / "first"), **recipe), dataset,
+                    base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny-qwen2"), progress=False)
+    assert first.manifest["global_step"] == 2
+    from safetensors.torch import load_file
+
+    trained = load_file(str(tmp_path / "first" / "adapter" / "adapter_model.safetensors"))
+    config = DistillConfig(out_dir=str(tmp_path / "second"), init_from=str(tmp_path / "first"), **recipe)
+    model, peft_config, earlier = _start_from_earlier(config, Qwen2ForCausalLM(tiny), object(), "tiny-qwen2", "json")
+    assert peft_config is None and earlier["folder"] == "first" and earlier["steps"] == 2
+    state = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+    assert state.keys() == trained.keys() and all(torch.equal(state[k], trained[k]) for k in state)
+    assert any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)  # trained, not a fresh B = 0
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    with pytest.raises(DistillError, match="only fits the base it was trained on"):
+        _start_from_earlier(config, Qwen2ForCausalLM(tiny), object(), "qwen2.5-coder-0.5b", "json")
+    with pytest.raises(DistillError, match="answer_format"):
+        _start_from_earlier(config, Qwen2ForCausalLM(tiny), object(), "tiny-qwen2", "lines")
+    with pytest.raises(DistillError, match="no trained LoRA student"):
+        _start_from_earlier(DistillConfig(init_from=str(tmp_path)), Qwen2ForCausalLM(tiny), object(), "x", "json")
+    # the whole second stage: its manifest and card name the first
+    mixture = Mixture(sources=[MixtureSource("gold", limit=4)], whole_schema_rate=1.0)
+    rows, sources = build_examples(mixture)
+    second = distill(config, sft_dataset(rows), base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny-qwen2"),
+                     progress=False, sources=sources, mixture=mixture)
+    assert second.manifest["init_from"]["folder"] == "first" and second.manifest["global_step"] == 2
+    assert "Earlier stage: `first`" in (tmp_path / "second" / "card.md").read_text()
+
+
 def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):
     from hotmem.errors import StudentNotFoundError
     from hotmem.extractor import GraphExtractor

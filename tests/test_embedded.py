@@ -124,9 +124,9 @@ def test_graph_extractor_on_the_embedded_default():
     from hotmem.students.encoder import shipped_encoder_dir
     from hotmem.students.lora import shipped_student_dir
 
-    extract = GraphExtractor()  # the shipped encoder student, else the LoRA student, else the teacher
-    assert extract.backend.name == ("encoder" if shipped_encoder_dir() else
-                                    "student" if shipped_student_dir() else "teacher")
+    extract = GraphExtractor()  # the shipped LoRA student, else the encoder student, else the teacher
+    assert extract.backend.name == ("student" if shipped_student_dir() else
+                                    "encoder" if shipped_encoder_dir() else "teacher")
     graph = extract("My sister Anna moved to Berlin and works at Siemens.")
     names = {e.name for e in graph.entities}
     assert "Berlin" in names and "Siemens" in names
@@ -142,10 +142,13 @@ def test_non_english_text_gives_a_graph():
     text = "Meine Schwester wohnt seit 2019 in München."
     graph = GraphExtractor()(text)
     names = {e.name for e in graph.entities}
-    # whatever the model makes of German, the graph keeps the contract: named things said in the text (or the
-    # speaker), typed by the schema, relations between them with schema predicates
+    # whatever the model makes of German, the graph keeps the contract: entities typed by the schema, certain only
+    # when said in the text (or the speaker) — a name the model made up or translated is flagged — and relations
+    # between them with schema predicates
+    from hotmem.names import is_grounded
+
     assert all(e.type in CONVERSATION_SCHEMA.entity_types for e in graph.entities)
-    assert all(e.confidence == 1.0 for e in graph.entities)  # grounded: said in the text, or the speaker
+    assert all((e.confidence == 1.0) == is_grounded(e.name, text) for e in graph.entities)
     assert all({r.subject, r.object} <= names and r.predicate in CONVERSATION_SCHEMA.predicates
                for r in graph.relations)
 

@@ -14,6 +14,7 @@ from hotmem.pipeline.mixture import (
     Mixture,
     MixtureSource,
     build_examples,
+    draw,
     shown_predicates,
 )
 from hotmem.schema import CONVERSATION_SCHEMA
@@ -47,6 +48,20 @@ def test_gold_is_repeated_on_request_and_its_dev_and_test_never_enter():
     assert sum(first[f"{i}#0"] != first[f"{i}#1"] for i in train) > len(train) // 2
 
 
+def test_a_later_stage_draws_records_an_earlier_one_did_not():
+    def drawn(**spec):
+        (_, available, pairs), = draw(Mixture(sources=[MixtureSource("gold", **spec)]))
+        return available, [record.id for record, _ in pairs]
+
+    available, first = drawn(limit=10)
+    _, later = drawn(skip=10, limit=10)
+    assert available == len(load_gold("train")) and len(first) == len(later) == 10
+    assert not set(first) & set(later) and first + later == drawn(limit=20)[1]
+    assert len(drawn(skip=90, limit=10)[1]) == available - 90  # the tail, when fewer are left
+    with pytest.raises(InvalidInputError, match="skip and limit"):
+        Mixture(sources=[MixtureSource("gold", skip=-1)])
+
+
 def test_over_long_examples_are_dropped_and_counted_not_cut():
     rows, report = build_examples(Mixture(sources=[MixtureSource("gold")], max_chars=900))
     assert report["gold"]["too_long"] > 0 and report["gold"]["examples"] > 0
@@ -59,10 +74,11 @@ def test_a_mixture_file_is_checked(tmp_path):
     assert [s.name for s in shipped.sources] == ["gold", "personaext", "personaext-conversation",
                                                   "dialogre-conversation", "conll04-conversation", "convai2",
                                                   "dialogre", "conll04"]
-    # the unseen-schema ablation is the default without CoNLL04, all else equal
-    ablation = Mixture.load("unseen-schema")  # a shipped mixture by name
-    assert ablation.sources == [s for s in shipped.sources if not s.name.startswith("conll04")]
-    assert {**ablation.to_dict(), "sources": None} == {**shipped.to_dict(), "sources": None}
+    # the unseen-schema ablation is the conversation-first recipe without CoNLL04, all else equal
+    recipe = Mixture.load("conversation-first")  # a shipped mixture by name
+    ablation = Mixture.load("unseen-schema")
+    assert ablation.sources == [s for s in recipe.sources if not s.name.startswith("conll04")]
+    assert {**ablation.to_dict(), "sources": None} == {**recipe.to_dict(), "sources": None}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"sources": [{"name": "wikipedia"}]}))
     with pytest.raises(InvalidInputError, match="unknown mixture source 'wikipedia'"):

@@ -165,23 +165,23 @@ def test_an_explicit_lm_wins_over_the_configured_one(unconfigured):
         hotmem.configure()
 
 
-def test_without_configuration_the_shipped_students_or_the_embedded_teacher_run(unconfigured, monkeypatch):
+def test_without_configuration_the_shipped_students_or_the_embedded_teacher_run(unconfigured, monkeypatch,
+                                                                              tmp_path):
     from hotmem import backends
     from hotmem.data import CONLL04_SCHEMA
-    from hotmem.shipped import shipped_root
     from hotmem.students import encoder, lora
 
     made = []
     monkeypatch.setattr(lora, "Student", lambda *args, **kwargs: made.append(kwargs) or "the student")
-    monkeypatch.setattr(lora, "shipped_student_dir", lambda: shipped_root() / "student")
-    if encoder.shipped_encoder_dir() is not None:  # the encoder student, for closed extraction in any schema
-        assert backends.resolve_backend().name == "encoder"
+    (tmp_path / "student.json").write_text(json.dumps({"merged_gguf": "student.gguf"}))  # a fixed-prompt student
+    monkeypatch.setattr(lora, "shipped_student_dir", lambda: tmp_path)
+    assert backends.resolve_backend() == "the student"  # the LoRA student first, in a schema it serves
+    other = CONVERSATION_SCHEMA.model_copy(update={"name": "x", "relations": ()})
+    if encoder.shipped_encoder_dir() is not None:  # else the encoder student, for closed extraction in any schema
         assert backends.resolve_backend(schema=CONLL04_SCHEMA).predicates == list(CONLL04_SCHEMA.predicates)
     monkeypatch.setattr(encoder, "shipped_encoder_dir", lambda: None)
-    assert backends.resolve_backend() == "the student"
-    # a schema or setting the student was not trained for: the teacher, on the embedded default
-    for kwargs in ({"closed": False}, {"schema": CONVERSATION_SCHEMA.model_copy(update={"name": "x",
-                                                                                         "relations": ()})}):
+    # a schema or setting no student serves: the teacher, on the embedded default
+    for kwargs in ({"closed": False}, {"schema": other}):
         chosen = backends.resolve_backend(**kwargs)
         assert chosen.name == "teacher" and chosen.model == "local/qwen2.5-coder-0.5b"
     monkeypatch.setattr(lora, "shipped_student_dir", lambda: None)
@@ -189,7 +189,7 @@ def test_without_configuration_the_shipped_students_or_the_embedded_teacher_run(
     assert len(made) == 1
 
 
-def test_open_extraction_or_a_missing_runtime_passes_the_encoder_by(unconfigured, monkeypatch):
+def test_open_extraction_or_a_missing_runtime_passes_a_student_by(unconfigured, monkeypatch, tmp_path):
     import importlib.util
 
     from hotmem import backends
@@ -198,11 +198,17 @@ def test_open_extraction_or_a_missing_runtime_passes_the_encoder_by(unconfigured
     if encoder.shipped_encoder_dir() is None:
         pytest.skip("no encoder student ships")
     monkeypatch.setattr(lora, "Student", lambda *args, **kwargs: "the student")
+    (tmp_path / "student.json").write_text(json.dumps({"prompt": "schema", "merged_gguf": "student.gguf"}))
+    monkeypatch.setattr(lora, "shipped_student_dir", lambda: tmp_path)
     assert backends.resolve_backend(closed=False).name == "teacher"
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else
-                        find_spec(name, *a))
+    missing = set()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name, *a))
     assert backends.resolve_backend() == "the student"
+    missing.add("llama_cpp")  # no llama.cpp: the encoder student
+    assert backends.resolve_backend().name == "encoder"
+    missing.add("onnxruntime")  # neither runtime: the teacher (which says how to install llama.cpp when it runs)
+    assert backends.resolve_backend().name == "teacher"
 
 
 def test_an_unknown_backend_is_a_configuration_error():

@@ -7,7 +7,8 @@ The student answers in one call, in a compact format designed for few output tok
 One recipe (LoRA on every linear projection, the same hyperparameters) trains on either backend: Unsloth's
 `FastLanguageModel` where a CUDA GPU exists, TRL's `SFTTrainer` with PEFT otherwise. Checkpoints go to
 `out_dir/checkpoints`; running again resumes from the last one, on the same examples only (a digest of the data
-set is kept beside the checkpoints: resuming on other data would silently mix two runs).
+set is kept beside the checkpoints: resuming on other data would silently mix two runs). `init_from` starts a
+second stage from a finished run's adapter, on other data at a lower learning rate.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hotmem.errors import DistillError, ModelNotAvailableError
 from hotmem.io import write_atomic
 from hotmem.llama.gguf import write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
-from hotmem.pipeline.mixture import Mixture, model_card
+from hotmem.pipeline.mixture import Mixture, earlier_stage, earlier_stages_for_card, model_card
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
 
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 #: Hub id of the student's base model (used where a hub is reachable).
 STUDENT_BASE_HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
+
+#: a second stage's learning rate (`DistillConfig.init_from`): the adapter is trained already, and a small stage's
+#: data would pull it far from what the first one taught
+STAGE_TWO_LEARNING_RATE = 1e-4
 
 #: Qwen2 module names: every linear projection of attention and MLP gets a LoRA.
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -83,6 +88,9 @@ class DistillConfig:
     #: "auto": bfloat16 where the hardware computes it natively (a CUDA GPU that supports it; a CPU with
     #: AVX512-BF16 or AMX), else float32 — on a CPU without them PyTorch's bfloat16 matmul ran 130x slower here
     dtype: str = "auto"  # "auto" | "bfloat16" | "float32"
+    #: a finished run's folder whose adapter this run goes on training (a second stage, e.g. the conversation
+    #: schema shown whole after a mixture of schemas); its optimizer state and schedule are not carried over
+    init_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -215,6 +223,11 @@ def load_base(config: DistillConfig, backend: str):
     if backend == "unsloth":
         from unsloth import FastLanguageModel  # imports only where a GPU exists
 
+        if config.init_from:  # Unsloth loads an adapter folder as its base with the adapter on it, trainable
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                str(_earlier_adapter(config)), max_seq_length=config.max_seq_length, load_in_4bit=False, dtype=None
+            )
+            return model, tokenizer, None, config.base_model
         model, tokenizer = FastLanguageModel.from_pretrained(
             config.base_model, max_seq_length=config.max_seq_length, load_in_4bit=False, dtype=None
         )
@@ -250,6 +263,36 @@ def load_base(config: DistillConfig, backend: str):
     model.hf_quantizer, model.is_quantized = None, False
     model.config.quantization_config = None
     return model, tokenizer, peft_config, config.gguf_fallback
+
+
+def _earlier_adapter(config: DistillConfig) -> Path:
+    adapter = Path(config.init_from) / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise DistillError(f"init_from: no trained LoRA student at {adapter} (a finished `hotmem distill` run's "
+                           "folder is expected)")
+    return adapter
+
+
+def _start_from_earlier(config: DistillConfig, model, peft_config, base_source: str, answer_format: str):
+    """A second stage: check that the earlier run was trained on the same base and answer format, and put its
+    adapter on the model, trainable (with TRL; Unsloth loaded it already). Returns (model, peft_config, earlier)."""
+    adapter = _earlier_adapter(config)
+    earlier = earlier_stage(Path(config.init_from))
+    spec_file = Path(config.init_from) / "student.json"
+    spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
+    manifest = json.loads((Path(config.init_from) / "manifest.json").read_text())
+    if manifest.get("base_model") != base_source:
+        raise DistillError(f"init_from: {config.init_from} was trained on {manifest.get('base_model')!r}, this run "
+                           f"on {base_source!r}: an adapter only fits the base it was trained on")
+    if spec.get("answer_format", "json") != answer_format:
+        raise DistillError(f"init_from: {config.init_from} writes its answers as {spec.get('answer_format', 'json')!r}"
+                           f", this mixture teaches {answer_format!r}: set the mixture's answer_format to match")
+    if peft_config is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    logger.info("starting from the adapter of %s", config.init_from)
+    return model, None, earlier
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -322,6 +365,10 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     else:
         backend = choose_backend(config.backend)
         model, tokenizer, peft_config, base_source = load_base(config, backend)
+    answer_format = mixture.answer_format if mixture else "json"
+    earlier = None
+    if config.init_from:
+        model, peft_config, earlier = _start_from_earlier(config, model, peft_config, base_source, answer_format)
     on_cpu = not cuda_available()
     dtype = training_dtype(config.dtype)
     args = sft_config(config, bf16=dtype == "bfloat16", use_cpu=on_cpu)
@@ -331,7 +378,6 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     if len(trainer.train_dataset) == 0:  # TRL drops examples whose answer was cut off entirely
         raise DistillError(f"no example fits max_seq_length={config.max_seq_length} with its answer: raise it")
     resume = _last_checkpoint(Path(args.output_dir))
-    answer_format = mixture.answer_format if mixture else "json"
     _same_data(Path(args.output_dir), dataset, bool(resume), answer_format)
     if resume:
         logger.info("resuming from %s", resume)
@@ -364,8 +410,10 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         "peak_rss_gb": clock["peak_rss_gb"],
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
     }
+    if earlier is not None:
+        manifest["init_from"] = earlier
     if sources is not None:
-        manifest["sources"] = sources
+        manifest["mixture_sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
     with _no_base_config_warning():
         export_student(trainer.model, tokenizer, out, base_source, config, answer_format)
@@ -377,7 +425,8 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
                   "its prompt (`prompt: schema`).",
             training=f"{manifest['backend']}, {manifest['global_step']} steps, {manifest['seconds_total'] / 3600:.2f} h "
                      f"over {manifest['sessions']} session(s), {manifest['tokens_per_second']} tokens/s, "
-                     f"peak RSS {manifest['peak_rss_gb']} GB.")
+                     f"peak RSS {manifest['peak_rss_gb']} GB.",
+            earlier=earlier_stages_for_card(manifest))
         write_atomic(out / "card.md", card)
     return DistillResult(out, manifest)
 

@@ -40,7 +40,8 @@ from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
 from hotmem.io import write_atomic
 from hotmem.pipeline.distill import peak_rss_gb
-from hotmem.pipeline.mixture import Mixture, draw, model_card, shown_predicates, source_report
+from hotmem.pipeline.mixture import (Mixture, draw, earlier_stage, earlier_stages_for_card, model_card,
+                                     shown_predicates, source_report, stage_ancestors)
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
     ENCODER_KIND,
@@ -464,7 +465,7 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         model.load_state_dict(torch.load(earlier, weights_only=False)["model"])
         logger.info("starting from the weights of %s", config.init_from)
     # read before training, so a folder without its manifest fails now, not after the run
-    earlier_stage = _earlier_stage(Path(config.init_from)) if config.init_from else None
+    earlier_run = earlier_stage(Path(config.init_from)) if config.init_from else None
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         if state["data_id"] != data_id or state["total_steps"] != total_steps:
@@ -538,25 +539,14 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         "loss_last": history[-10:],
         "export": export,
     }
-    if earlier_stage is not None:
-        manifest["init_from"] = earlier_stage
+    if earlier_run is not None:
+        manifest["init_from"] = earlier_run
     if sources is not None:
         manifest["mixture_sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
         write_atomic(out / "card.md", encoder_card(manifest, sources, mixture or Mixture(sources=[])))
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
     return EncoderResult(out, manifest)
-
-
-def _earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
-    """What a run was made from, as its manifest and card carry it: that run's sources and cost (and any stage
-    before it)."""
-    try:
-        earlier = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise DistillError(f"{role}: {folder} has no readable manifest.json ({exc})") from None
-    keep = ("mixture_sources", "mixture", "examples", "steps", "seconds_total", "peak_rss_gb", "init_from", "soup_of")
-    return {"folder": folder.name, **{key: earlier.get(key) for key in keep}}
 
 
 def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig,
@@ -570,7 +560,7 @@ def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig,
     folders = [Path(run) for run in runs]
     manifests = []
     for folder in folders:
-        manifest = _earlier_stage(folder, role="soup")
+        manifest = earlier_stage(folder, role="soup")
         if not (folder / CHECKPOINT).is_file():
             raise DistillError(f"soup: no trained encoder student at {folder / CHECKPOINT}")
         manifests.append(manifest)
@@ -595,9 +585,9 @@ def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig,
                    "total": sum(p.numel() for p in model.parameters())},
         "soup_of": manifests,
         # the training time of every run in it, the shared start once, and the most memory any took
-        "seconds_total": round(sum(m.get("seconds_total") or 0 for m in _ancestors({"soup_of": manifests})), 1),
+        "seconds_total": round(sum(m.get("seconds_total") or 0 for m in stage_ancestors({"soup_of": manifests})), 1),
         "soup_seconds": round(time.perf_counter() - started, 1),
-        "peak_rss_gb": max([m.get("peak_rss_gb") or 0 for m in _ancestors({"soup_of": manifests})]
+        "peak_rss_gb": max([m.get("peak_rss_gb") or 0 for m in stage_ancestors({"soup_of": manifests})]
                            + [peak_rss_gb()]),
         "export": export,
     }
@@ -623,25 +613,7 @@ def encoder_card(manifest: dict[str, Any], sources: dict[str, dict[str, Any]], m
         training = (f"PyTorch on CPU, {manifest['steps']} steps of {manifest['recipe']['batch_size']} examples, "
                     f"{manifest['seconds_total'] / 3600:.2f} h, {manifest['examples_per_second']} examples/s, peak "
                     f"RSS {manifest['peak_rss_gb']} GB. ONNX files: {sizes}.")
-    earlier = []
-    for stage in _ancestors(manifest):
-        cost = (f"a soup of {', '.join(run['folder'] for run in stage['soup_of'])}." if stage.get("soup_of") else
-                f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
-                f"peak RSS {stage.get('peak_rss_gb')} GB.")
-        earlier.append((f"`{stage['folder']}`", stage.get("mixture_sources") or {}, stage.get("mixture") or {}, cost))
-    return model_card(sources, mixture, model=model, training=training, earlier=earlier)
-
-
-def _ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every run whose weights are in this one, once each: the runs it started from and the runs a soup averages."""
-    found, pending, seen = [], [manifest.get("init_from"), *(manifest.get("soup_of") or [])], set()
-    while pending:
-        stage = pending.pop(0)
-        if stage and stage["folder"] not in seen:
-            seen.add(stage["folder"])
-            found.append(stage)
-            pending += [stage.get("init_from"), *(stage.get("soup_of") or [])]
-    return found
+    return model_card(sources, mixture, model=model, training=training, earlier=earlier_stages_for_card(manifest))
 
 
 # --------------------------------------------------------------------------- export

@@ -35,8 +35,8 @@ from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.format import check_answer_format, graph_to_target, schema_prompt, student_messages
 from hotmem.types import Graph, Record, Turn, speakers_of
 
-__all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "example_rows", "model_card",
-           "sft_example", "shown_predicates", "source_report"]
+__all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage", "example_rows",
+           "model_card", "sft_example", "shown_predicates", "source_report", "stage_ancestors"]
 
 #: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
 MIXTURES = Path(__file__).with_name("mixtures")
@@ -170,6 +170,8 @@ class MixtureSource:
     name: str
     limit: int | None = None  # examples drawn (shuffled with the mixture's seed) before repeats; None: all
     repeats: int = 1
+    #: records passed over before drawing: a later stage with the same seed draws records an earlier one did not
+    skip: int = 0
     path: str | None = None  # the data set's file or folder (default: the data root), or a labels folder
 
 
@@ -189,8 +191,8 @@ class Mixture:
         for source in self.sources:
             if source.name not in SOURCES:
                 raise InvalidInputError(f"unknown mixture source {source.name!r}; known: {sorted(SOURCES)}")
-            if source.repeats < 1 or (source.limit is not None and source.limit < 0):
-                raise InvalidInputError(f"{source.name}: repeats must be ≥ 1 and limit ≥ 0")
+            if source.repeats < 1 or source.skip < 0 or (source.limit is not None and source.limit < 0):
+                raise InvalidInputError(f"{source.name}: repeats must be ≥ 1, skip and limit ≥ 0")
         if not 0.0 <= self.whole_schema_rate <= 1.0 or self.negatives < 0:
             raise InvalidInputError("whole_schema_rate is in [0, 1] and negatives ≥ 0")
         check_answer_format(self.answer_format)
@@ -249,11 +251,13 @@ def example_rows(pairs: Sequence[tuple[Record, RelationSchema]], source: str, mi
 
 def draw(mixture: Mixture) -> Iterator[tuple[MixtureSource, int, list[tuple[Record, RelationSchema]]]]:
     """Per source of the mixture: its spec, how many records it holds, and the (record, schema) pairs drawn from
-    it (shuffled with the mixture's seed, `limit` applied, before repeats). Every student's training reads this."""
+    it (shuffled with the mixture's seed, `skip` passed over, `limit` applied, before repeats). Every student's
+    training reads this."""
     for spec in mixture.sources:
         pairs = list(SOURCES[spec.name].read(spec.path))
         random.Random(f"{mixture.seed}:{spec.name}").shuffle(pairs)
-        yield spec, len(pairs), (pairs if spec.limit is None else pairs[: spec.limit])
+        end = None if spec.limit is None else spec.skip + spec.limit
+        yield spec, len(pairs), pairs[spec.skip:end]
 
 
 def source_report(spec: MixtureSource, available: int, drawn: Sequence[tuple[Record, RelationSchema]],
@@ -296,6 +300,44 @@ def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, *, model: st
     lines += ["Several sources are licensed for research only: so is a model trained on them.", "",
               "## Training", "", training, ""]
     return "\n".join(lines)
+
+
+def earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
+    """What a run was made from, as a later run's manifest and card carry it: that run's sources and cost (and any
+    stage before it), from its `manifest.json` (an encoder's or a LoRA's)."""
+    try:
+        earlier = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DistillError(f"{role}: {folder} has no readable manifest.json ({exc})") from None
+    keep = ("mixture", "examples", "seconds_total", "peak_rss_gb", "init_from", "soup_of")
+    # LoRA runs before 2026-12-03 wrote their sources as `sources`, which in an encoder's manifest (it has a `kind`)
+    # holds per-source counts
+    sources = earlier.get("mixture_sources") or (None if "kind" in earlier else earlier.get("sources"))
+    return {"folder": Path(folder).name, "mixture_sources": sources,
+            "steps": earlier.get("steps", earlier.get("global_step")), **{key: earlier.get(key) for key in keep}}
+
+
+def stage_ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run whose weights are in this one, once each: the runs it started from and the runs a soup averages."""
+    found, pending, seen = [], [manifest.get("init_from"), *(manifest.get("soup_of") or [])], set()
+    while pending:
+        stage = pending.pop(0)
+        if stage and stage["folder"] not in seen:
+            seen.add(stage["folder"])
+            found.append(stage)
+            pending += [stage.get("init_from"), *(stage.get("soup_of") or [])]
+    return found
+
+
+def earlier_stages_for_card(manifest: dict[str, Any]) -> list[tuple[str, dict, dict, str]]:
+    """The runs in this one's weights as `model_card(earlier=...)` lists them: name, sources, mixture, cost."""
+    earlier = []
+    for stage in stage_ancestors(manifest):
+        cost = (f"a soup of {', '.join(run['folder'] for run in stage['soup_of'])}." if stage.get("soup_of") else
+                f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
+                f"peak RSS {stage.get('peak_rss_gb')} GB.")
+        earlier.append((f"`{stage['folder']}`", stage.get("mixture_sources") or {}, stage.get("mixture") or {}, cost))
+    return earlier
 
 
 def _sources_table(report: dict[str, dict[str, Any]], mixture: dict[str, Any]) -> list[str]:
