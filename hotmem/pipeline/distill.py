@@ -280,9 +280,8 @@ def _start_from_earlier(config: DistillConfig, model, peft_config, base_source: 
     earlier = earlier_stage(Path(config.init_from))
     spec_file = Path(config.init_from) / "student.json"
     spec = json.loads(spec_file.read_text()) if spec_file.is_file() else {}
-    manifest = json.loads((Path(config.init_from) / "manifest.json").read_text())
-    if manifest.get("base_model") != base_source:
-        raise DistillError(f"init_from: {config.init_from} was trained on {manifest.get('base_model')!r}, this run "
+    if earlier["base_model"] != base_source:
+        raise DistillError(f"init_from: {config.init_from} was trained on {earlier['base_model']!r}, this run "
                            f"on {base_source!r}: an adapter only fits the base it was trained on")
     if spec.get("answer_format", "json") != answer_format:
         raise DistillError(f"init_from: {config.init_from} writes its answers as {spec.get('answer_format', 'json')!r}"

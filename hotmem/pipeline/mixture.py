@@ -35,8 +35,9 @@ from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.format import check_answer_format, graph_to_target, schema_prompt, student_messages
 from hotmem.types import Graph, Record, Turn, speakers_of
 
-__all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage", "example_rows",
-           "model_card", "sft_example", "shown_predicates", "source_report", "stage_ancestors"]
+__all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage",
+           "earlier_stages_for_card", "example_rows", "model_card", "sft_example", "shown_predicates",
+           "source_report", "stage_ancestors"]
 
 #: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
 MIXTURES = Path(__file__).with_name("mixtures")
@@ -309,7 +310,7 @@ def earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
         earlier = json.loads((Path(folder) / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise DistillError(f"{role}: {folder} has no readable manifest.json ({exc})") from None
-    keep = ("mixture", "examples", "seconds_total", "peak_rss_gb", "init_from", "soup_of")
+    keep = ("base_model", "mixture", "examples", "seconds_total", "peak_rss_gb", "init_from", "soup_of")
     # LoRA runs before 2026-12-03 wrote their sources as `sources`, which in an encoder's manifest (it has a `kind`)
     # holds per-source counts
     sources = earlier.get("mixture_sources") or (None if "kind" in earlier else earlier.get("sources"))
