@@ -92,6 +92,26 @@ def test_a_mixture_file_is_checked(tmp_path):
         Mixture.load(bad)
 
 
+@pytest.mark.parametrize("path", sorted(MIXTURES.glob("*.json")), ids=lambda p: p.stem)
+def test_every_shipped_mixture_loads(path):
+    assert Mixture.load(path).sources
+
+
+def test_the_shipped_stages_never_draw_a_corpus_record_twice():
+    """conversation-first -> conversation-whole -> corpora-more: each stage skips what the ones before it drew
+    (gold train is replayed on purpose)."""
+    taken: dict[str, list[range]] = {}
+    for stage in ("conversation-first", "conversation-whole", "corpora-more"):
+        mixture = Mixture.load(stage)
+        assert mixture.seed == 0  # `skip` counts records in the same shuffled order only under the same seed
+        for source in mixture.sources:
+            if source.name == "gold":
+                continue
+            drawn = range(source.skip, source.skip + source.limit)
+            assert all(not set(drawn) & set(earlier) for earlier in taken.get(source.name, [])), (stage, source)
+            taken.setdefault(source.name, []).append(drawn)
+
+
 @needs_data
 def test_personaext_evaluation_and_validation_lines_never_enter():
     numbers = {int(record.id.rsplit("-", 1)[1]) for record, _ in SOURCES["personaext"].read(None)}
