@@ -16,6 +16,7 @@ from hotmem.pipeline.mixture import (
     build_examples,
     draw,
     shown_predicates,
+    stage_ancestors,
 )
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.types import Graph, Relation
@@ -98,10 +99,11 @@ def test_every_shipped_mixture_loads(path):
 
 
 def test_the_shipped_stages_never_draw_a_corpus_record_twice():
-    """conversation-first -> conversation-whole -> corpora-more: each stage skips what the ones before it drew
-    (gold train is replayed on purpose)."""
+    """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2: each stage skips what the ones
+    before it drew (gold train is replayed on purpose)."""
     taken: dict[str, list[range]] = {}
-    stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more")]
+    stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
+                                                "corpora-more-2")]
     assert len({stage.seed for stage in stages}) == 1  # `skip` counts records in one shuffled order: one seed
     for mixture in stages:
         for source in mixture.sources:
@@ -110,6 +112,16 @@ def test_the_shipped_stages_never_draw_a_corpus_record_twice():
             drawn = range(source.skip, source.skip + source.limit)
             assert all(not set(drawn) & set(earlier) for earlier in taken.get(source.name, [])), source
             taken.setdefault(source.name, []).append(drawn)
+
+
+def test_every_earlier_stage_is_listed_even_when_their_folders_share_a_name():
+    """runs/v5/student -> runs/v6/student -> runs/v7/student: the card of the third lists both earlier stages."""
+    first = {"folder": "student", "examples": 586, "init_from": None}
+    second = {"folder": "student", "examples": 288, "init_from": first}
+    assert stage_ancestors({"init_from": second}) == [second, first]
+    # a soup of two runs that started from one run lists that run once
+    soup = {"soup_of": [{"folder": "a", "init_from": first}, {"folder": "b", "init_from": first}]}
+    assert [stage["folder"] for stage in stage_ancestors(soup)] == ["a", "b", "student"]
 
 
 @needs_data

@@ -323,8 +323,10 @@ def stage_ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     found, pending, seen = [], [manifest.get("init_from"), *(manifest.get("soup_of") or [])], set()
     while pending:
         stage = pending.pop(0)
-        if stage and stage["folder"] not in seen:
-            seen.add(stage["folder"])
+        # by content, not folder name: `runs/v6/student` and `runs/v5/student` are both "student"
+        key = json.dumps(stage, sort_keys=True, default=str) if stage else None
+        if stage and key not in seen:
+            seen.add(key)
             found.append(stage)
             pending += [stage.get("init_from"), *(stage.get("soup_of") or [])]
     return found
