@@ -309,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="encoder: corpora that annotate only some entity mentions teach no 'not an entity' away "
                            "from their annotated spans")
     dist.add_argument("--init-from", default=None, metavar="RUN",
-                      help="start from a finished run's weights at lower learning rates, a second stage "
+                      help="start from a finished run's weights at lower learning rates, a later stage "
                            "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
-                           "`--mixture conversation-whole` after `--mixture conversation-first`)")
+                           "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")
