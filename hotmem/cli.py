@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--init-from", default=None, metavar="RUN",
                       help="start from a finished run's weights at lower learning rates, a later stage "
                            "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
-                           "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`)")
+                           "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
+                           "`corpora-more-3`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")
