@@ -15,6 +15,7 @@ from hotmem.pipeline.mixture import (
     MixtureSource,
     build_examples,
     draw,
+    earlier_stages_for_card,
     shown_predicates,
     stage_ancestors,
 )
@@ -79,7 +80,7 @@ def test_a_mixture_file_is_checked(tmp_path):
     recipe = Mixture.load("conversation-first")  # a shipped mixture by name
     ablation = Mixture.load("unseen-schema")
     assert ablation.sources == [s for s in recipe.sources if not s.name.startswith("conll04")]
-    assert {**ablation.to_dict(), "sources": None} == {**recipe.to_dict(), "sources": None}
+    assert {**ablation.to_dict(), "sources": None, "name": None} == {**recipe.to_dict(), "sources": None, "name": None}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"sources": [{"name": "wikipedia"}]}))
     with pytest.raises(InvalidInputError, match="unknown mixture source 'wikipedia'"):
@@ -122,6 +123,19 @@ def test_every_earlier_stage_is_listed_even_when_their_folders_share_a_name():
     # a soup of two runs that started from one run lists that run once
     soup = {"soup_of": [{"folder": "a", "init_from": first}, {"folder": "b", "init_from": first}]}
     assert [stage["folder"] for stage in stage_ancestors(soup)] == ["a", "b", "student"]
+
+
+def test_a_card_names_each_earlier_stage_by_its_mixture():
+    """A run records its mixture's name; runs made before that are named by the shipped mixture they equal."""
+    assert Mixture.load("corpora-more").name == "corpora-more"
+    before_names = {key: value for key, value in Mixture.load("corpora-more").to_dict().items() if key != "name"}
+    del before_names["sources"][0]["skip"]  # and before `skip` existed
+    own = Mixture(sources=[MixtureSource("gold", limit=3)]).to_dict()
+    stages = [{"folder": "student", "mixture": before_names, "steps": 278},
+              {"folder": "mine", "mixture": own, "steps": 2}, {"folder": "old", "mixture": None}]
+    titles = [title for title, *_ in earlier_stages_for_card({"init_from": stages[0] | {"init_from": stages[1] | {
+        "init_from": stages[2]}}})]
+    assert titles == ["`student`, mixture `corpora-more`", "`mine`", "`old`"]
 
 
 @needs_data

@@ -28,7 +28,7 @@ from hotmem.errors import DistillError, ModelNotAvailableError
 from hotmem.io import write_atomic
 from hotmem.llama.gguf import write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
-from hotmem.pipeline.mixture import Mixture, earlier_stage, earlier_stages_for_card, model_card
+from hotmem.pipeline.mixture import Mixture, earlier_stage, earlier_stages_for_card, mixture_name, model_card
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
 
@@ -418,16 +418,22 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         export_student(trainer.model, tokenizer, out, base_source, config, answer_format)
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
     if sources is not None:
-        card = model_card(
-            sources, mixture or Mixture(sources=[]),
-            model=f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
-                  "its prompt (`prompt: schema`).",
-            training=f"{manifest['backend']}, {manifest['global_step']} steps, {manifest['seconds_total'] / 3600:.2f} h "
-                     f"over {manifest['sessions']} session(s), {manifest['tokens_per_second']} tokens/s, "
-                     f"peak RSS {manifest['peak_rss_gb']} GB.",
-            earlier=earlier_stages_for_card(manifest))
-        write_atomic(out / "card.md", card)
+        write_atomic(out / "card.md", lora_card(manifest))
     return DistillResult(out, manifest)
+
+
+def lora_card(manifest: dict[str, Any]) -> str:
+    """A LoRA student's `card.md`, from its `manifest.json` alone (its sources, mixture, cost and earlier stages)."""
+    recorded = manifest.get("mixture")
+    mixture = Mixture(**{**recorded, "name": mixture_name(recorded)}) if recorded else Mixture(sources=[])
+    return model_card(
+        manifest.get("mixture_sources") or {}, mixture,
+        model=f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
+              "its prompt (`prompt: schema`).",
+        training=f"{manifest['backend']}, {manifest['global_step']} steps, {manifest['seconds_total'] / 3600:.2f} h "
+                 f"over {manifest['sessions']} session(s), {manifest['tokens_per_second']} tokens/s, "
+                 f"peak RSS {manifest['peak_rss_gb']} GB.",
+        earlier=earlier_stages_for_card(manifest))
 
 
 # --------------------------------------------------------------------------- export

@@ -36,7 +36,7 @@ from hotmem.students.format import check_answer_format, graph_to_target, schema_
 from hotmem.types import Graph, Record, Turn, speakers_of
 
 __all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage",
-           "earlier_stages_for_card", "example_rows", "model_card", "sft_example", "shown_predicates",
+           "earlier_stages_for_card", "example_rows", "mixture_name", "model_card", "sft_example", "shown_predicates",
            "source_report", "stage_ancestors"]
 
 #: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
@@ -186,6 +186,8 @@ class Mixture:
     max_chars: int = 6000
     #: how the student writes its answer (one of `hotmem.students.format.ANSWER_FORMATS`)
     answer_format: str = "json"
+    #: what a model card calls it: the file's stem unless the file names it
+    name: str | None = None
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, MixtureSource) else MixtureSource(**s) for s in self.sources]
@@ -204,7 +206,7 @@ class Mixture:
         if not Path(path).is_file() and (MIXTURES / f"{path}.json").is_file():
             path = MIXTURES / f"{path}.json"
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            return cls(**{"name": Path(path).stem, **json.loads(Path(path).read_text())})
         except (OSError, ValueError, TypeError) as exc:
             raise InvalidInputError(f"cannot read the mixture file {path}: {exc}") from exc
 
@@ -332,6 +334,23 @@ def stage_ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def mixture_name(mixture: dict[str, Any] | None) -> str | None:
+    """A run's mixture by name: the one it records, else that of the shipped mixture file it equals (runs made
+    before mixtures carried a name), else None."""
+    if not mixture:
+        return None
+    if mixture.get("name"):
+        return mixture["name"]
+    try:
+        recorded = Mixture(**mixture).to_dict()  # fills the fields added since with their defaults
+    except (TypeError, InvalidInputError):
+        return None
+    for path in sorted(MIXTURES.glob("*.json")):
+        if {**Mixture.load(path).to_dict(), "name": None} == recorded:
+            return path.stem
+    return None
+
+
 def earlier_stages_for_card(manifest: dict[str, Any]) -> list[tuple[str, dict, dict, str]]:
     """The runs in this one's weights as `model_card(earlier=...)` lists them: name, sources, mixture, cost."""
     earlier = []
@@ -339,7 +358,9 @@ def earlier_stages_for_card(manifest: dict[str, Any]) -> list[tuple[str, dict, d
         cost = (f"a soup of {', '.join(run['folder'] for run in stage['soup_of'])}." if stage.get("soup_of") else
                 f"{stage.get('steps')} steps, {(stage.get('seconds_total') or 0) / 3600:.2f} h, "
                 f"peak RSS {stage.get('peak_rss_gb')} GB.")
-        earlier.append((f"`{stage['folder']}`", stage.get("mixture_sources") or {}, stage.get("mixture") or {}, cost))
+        name = mixture_name(stage.get("mixture"))
+        title = f"`{stage['folder']}`" + (f", mixture `{name}`" if name else "")
+        earlier.append((title, stage.get("mixture_sources") or {}, stage.get("mixture") or {}, cost))
     return earlier
 
 
