@@ -309,10 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="encoder: corpora that annotate only some entity mentions teach no 'not an entity' away "
                            "from their annotated spans")
     dist.add_argument("--init-from", default=None, metavar="RUN",
-                      help="start from a finished run's weights at lower learning rates, a later stage "
+                      help="start from a finished run's weights (or an exported student's adapter GGUF, e.g. "
+                           "optimized/student) at lower learning rates, a later stage "
                            "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
                            "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
-                           "`corpora-more-3`)")
+                           "`corpora-more-3` or `personaext-more`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")

@@ -1,9 +1,12 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before hotmem or DSPy is imported: every cache the tests fill is a throwaway folder (never the user's), and
 # LiteLLM stays offline.
 _CACHE = tempfile.mkdtemp(prefix="hotmem-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)  # merged students are GBs: gone with the run
 os.environ["HOTMEM_CACHE"] = os.path.join(_CACHE, "hotmem")
 os.environ["DSPY_CACHEDIR"] = os.path.join(_CACHE, "dspy")
 os.environ["HF_HOME"] = os.path.join(_CACHE, "huggingface")

@@ -309,6 +309,21 @@ def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
         _start_from_earlier(config, Qwen2ForCausalLM(tiny), object(), "tiny-qwen2", "lines")
     with pytest.raises(DistillError, match="no trained LoRA student"):
         _start_from_earlier(DistillConfig(init_from=str(tmp_path)), Qwen2ForCausalLM(tiny), object(), "x", "json")
+    with pytest.raises(DistillError, match="set lora_r and lora_alpha to match"):
+        _start_from_earlier(DistillConfig(**{**config.__dict__, "lora_alpha": 16}), Qwen2ForCausalLM(tiny),
+                            object(), "tiny-qwen2", "json")
+    # a shipped student keeps only its adapter GGUF (as optimized/student): the adapter is rebuilt from it
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("adapter.gguf", "student.json", "manifest.json"):
+        (shipped / name).write_bytes((tmp_path / "first" / name).read_bytes())
+    from_gguf = DistillConfig(out_dir=str(tmp_path / "from-gguf"), init_from=str(shipped), **recipe)
+    model, _, earlier = _start_from_earlier(from_gguf, Qwen2ForCausalLM(tiny), object(), "tiny-qwen2", "json")
+    assert earlier["steps"] == 2 and (tmp_path / "from-gguf" / "init-adapter" / "adapter_config.json").is_file()
+    state = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+    assert state.keys() == trained.keys()  # the GGUF held f16: equal to its rounding
+    assert all(torch.allclose(state[k], trained[k], rtol=1e-3, atol=1e-6) for k in state)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
     # the whole second stage: its manifest and card name the first
     mixture = Mixture(sources=[MixtureSource("gold", limit=4)], whole_schema_rate=1.0)
     rows, sources = build_examples(mixture)
@@ -433,3 +448,20 @@ def test_evaluating_the_student_without_one_says_how_to_get_one(monkeypatch, cap
     monkeypatch.setattr(lora, "shipped_student_dir", lambda: None)
     assert main(["evaluate", "--program", "student", "--dataset", "gold", "--split", "dev", "--limit", "1"]) == 2
     assert "hotmem distill" in capsys.readouterr().err
+
+
+def test_a_gguf_that_is_no_lora_adapter_is_refused_by_name(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from hotmem.llama.gguf import read_lora_gguf
+
+    path = tmp_path / "model.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(DistillError, match="not a LoRA adapter GGUF"):
+        read_lora_gguf(path, ["q_proj"])

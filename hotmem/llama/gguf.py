@@ -12,12 +12,13 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hotmem.errors import DistillError
 
-__all__ = ["MERGED_QUANTIZATION", "merge_lora_gguf", "write_lora_gguf", "write_merged_gguf"]
+__all__ = ["MERGED_QUANTIZATION", "merge_lora_gguf", "read_lora_gguf", "write_lora_gguf", "write_merged_gguf"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,41 @@ def write_lora_gguf(adapter_state: dict[str, Any], path: Path, alpha: float, arc
     writer.write_tensors_to_file()
     writer.close()
     return count
+
+
+def read_lora_gguf(path: Path, target_modules: Sequence[str]) -> tuple[dict[str, Any], float]:
+    """A llama.cpp adapter GGUF back as a PEFT LoRA state dict (numpy arrays under PEFT's saved names) and its alpha:
+    the inverse of `write_lora_gguf`, so a shipped student (adapter GGUF only) can be trained on.
+
+    `target_modules` names the Hugging Face modules a llama.cpp tensor maps back to (several Hugging Face spellings
+    map to one llama.cpp name).
+    """
+    import re
+
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    if "adapter.lora.alpha" not in reader.fields:
+        raise DistillError(f"{path} is not a LoRA adapter GGUF (no adapter.lora.alpha)")
+    alpha = float(reader.fields["adapter.lora.alpha"].contents())
+    architecture = str(reader.fields["general.architecture"].contents())
+    pattern = re.compile(r"^blk\.(\d+)\.(.+)\.weight\.lora_([ab])$")
+    found = [(m, t) for t in reader.tensors if (m := pattern.match(t.name))]
+    if not found:
+        raise DistillError(f"{path}: no LoRA tensors (blk.N.<name>.weight.lora_a/b)")
+    names = _gguf_names(architecture, max(int(m.group(1)) for m, _ in found) + 1)
+    back = {}  # llama.cpp name -> Hugging Face module, among the targets
+    for hf_name in names.mapping:
+        if hf_name.startswith("model.layers.") and hf_name.rsplit(".", 1)[-1] in target_modules:
+            back.setdefault(names.get_name(hf_name), hf_name)
+    state = {}
+    for match, tensor in found:
+        hf_name = back.get(f"blk.{match.group(1)}.{match.group(2)}")
+        if hf_name is None:
+            raise DistillError(f"{path}: {tensor.name} maps to none of the target modules {list(target_modules)}")
+        # GGUFReader gives numpy order, the (r, in) / (out, r) layout write_lora_gguf was handed
+        state[f"base_model.model.{hf_name}.lora_{match.group(3).upper()}.weight"] = tensor.data.copy()
+    return state, alpha
 
 
 #: llama.cpp quantization of the merged student. Q8_0: at 4 or 5 bits the rounding of W + alpha/r * B A swamps a

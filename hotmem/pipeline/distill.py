@@ -26,7 +26,7 @@ from typing import Any
 
 from hotmem.errors import DistillError, ModelNotAvailableError
 from hotmem.io import write_atomic
-from hotmem.llama.gguf import write_lora_gguf, write_merged_gguf
+from hotmem.llama.gguf import read_lora_gguf, write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
 from hotmem.pipeline.mixture import Mixture, earlier_stage, earlier_stages_for_card, mixture_name, model_card
 from hotmem.schema import CONVERSATION_SCHEMA
@@ -266,11 +266,52 @@ def load_base(config: DistillConfig, backend: str):
 
 
 def _earlier_adapter(config: DistillConfig) -> Path:
-    adapter = Path(config.init_from) / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise DistillError(f"init_from: no trained LoRA student at {adapter} (a finished `hotmem distill` run's "
-                           "folder is expected)")
-    return adapter
+    """The earlier stage's PEFT adapter folder: a run's own, or one rebuilt from a shipped student's adapter GGUF
+    (`optimized/student` keeps only that) under this run's folder."""
+    folder = Path(config.init_from)
+    adapter = folder / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        return adapter
+    spec_file = folder / "student.json"
+    lora_gguf = json.loads(spec_file.read_text()).get("lora_gguf") if spec_file.is_file() else None
+    if not lora_gguf or not (folder / lora_gguf).is_file():
+        raise DistillError(f"init_from: no trained LoRA student at {folder} (a finished `hotmem distill` run's "
+                           "folder, or an exported student with its adapter GGUF, is expected)")
+    rebuilt = Path(config.out_dir) / "init-adapter"
+    if not (rebuilt / "adapter_config.json").is_file():
+        _adapter_from_gguf(folder, folder / lora_gguf, rebuilt)
+    return rebuilt
+
+
+def _adapter_from_gguf(folder: Path, lora_gguf: Path, out: Path) -> None:
+    """A PEFT adapter folder from an exported student's adapter GGUF, with the LoRA settings its manifest recorded
+    (rank and alpha come from the GGUF). Written whole or not at all."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    manifest_file = folder / "manifest.json"
+    recipe = json.loads(manifest_file.read_text()).get("recipe", {}) if manifest_file.is_file() else {}
+    defaults = DistillConfig()
+    target_modules = recipe.get("target_modules") or list(defaults.target_modules)
+    state, alpha = read_lora_gguf(lora_gguf, target_modules)
+    rank = next(v.shape[0] for k, v in state.items() if "lora_A" in k)
+    present = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in state})
+    peft_config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=int(alpha) if alpha.is_integer() else alpha,
+                             target_modules=present,
+                             lora_dropout=recipe.get("lora_dropout", defaults.lora_dropout),
+                             base_model_name_or_path=recipe.get("base_model"))
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    # f32 as a run saves its adapter; the GGUF held f16
+    save_file({k: torch.from_numpy(v).float() for k, v in state.items()}, str(partial / "adapter_model.safetensors"))
+    peft_config.save_pretrained(str(partial))
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    logger.info("rebuilt the PEFT adapter of %s from %s (rank %d, alpha %g)", folder, lora_gguf.name, rank, alpha)
 
 
 def _start_from_earlier(config: DistillConfig, model, peft_config, base_source: str, answer_format: str):
@@ -286,6 +327,12 @@ def _start_from_earlier(config: DistillConfig, model, peft_config, base_source: 
     if spec.get("answer_format", "json") != answer_format:
         raise DistillError(f"init_from: {config.init_from} writes its answers as {spec.get('answer_format', 'json')!r}"
                            f", this mixture teaches {answer_format!r}: set the mixture's answer_format to match")
+    trained = json.loads((adapter / "adapter_config.json").read_text())
+    if (trained.get("r"), trained.get("lora_alpha")) != (config.lora_r, config.lora_alpha):
+        # the export writes the adapter GGUF with this run's alpha: a mismatch would rescale every update
+        raise DistillError(f"init_from: {config.init_from} has a rank-{trained.get('r')} LoRA with alpha "
+                           f"{trained.get('lora_alpha')}, this run asks for rank {config.lora_r}, alpha "
+                           f"{config.lora_alpha}: set lora_r and lora_alpha to match")
     if peft_config is not None:
         from peft import PeftModel
 
