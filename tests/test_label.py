@@ -101,6 +101,7 @@ def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_pat
     report = label_corpus(canned(texts), list(texts), config=config, progress=False)
     assert (report.labelled, report.failed, report.kept) == (5, 1, 2)
     assert report.dropped == {"failed": 1, "schema_invalid": 1, "ungrounded": 1}
+    assert report.peak_rss_gb > 0 and json.loads((tmp_path / "labels" / "report.json").read_text())["peak_rss_gb"] > 0
     dataset = load_labels(tmp_path / "labels")
     assert sorted(dataset["text"]) == ["Hi!", "I live in Oslo."]
     assert Graph.from_json(dataset[dataset["text"].index("I live in Oslo.")]["graph"]) == GOOD

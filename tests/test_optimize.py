@@ -87,6 +87,7 @@ def test_tiny_gepa_run_writes_every_artifact_and_resumes(tmp_path):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["total_metric_calls"] >= 4 and manifest["valset"] == [r.id for r in records[2:]]
+    assert manifest["peak_rss_gb"] > 0
     assert load_program(out).dump_state() == result.program.dump_state()
     # the same call again continues from the log dir instead of starting over
     again = optimize(config, records[:2], records[2:], task_lm=lm, reflection_lm=lm)

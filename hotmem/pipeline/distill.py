@@ -29,6 +29,7 @@ from hotmem.io import write_atomic
 from hotmem.llama.gguf import read_lora_gguf, write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
 from hotmem.pipeline.mixture import Mixture, earlier_stage, earlier_stages_for_card, mixture_name, model_card
+from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
 
@@ -169,13 +170,6 @@ def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False):
 
 
 # --------------------------------------------------------------------------- training
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory so far, in GiB (Linux counts `ru_maxrss` in KiB)."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def training_clock():

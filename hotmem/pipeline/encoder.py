@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
 from hotmem.io import write_atomic
-from hotmem.pipeline.distill import peak_rss_gb
 from hotmem.pipeline.mixture import (Mixture, draw, earlier_stage, earlier_stages_for_card, model_card,
                                      shown_predicates, source_report, stage_ancestors)
+from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
     ENCODER_KIND,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.io import JsonlLog, write_atomic
 from hotmem.names import is_grounded, normalize_name
+from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.types import Entity, Graph, Turn, as_turns, render_turns, speakers_of
 
@@ -167,6 +168,8 @@ class LabelReport:
     seconds_this_run: float = 0.0
     labelled_this_run: int = 0
     output_tokens_this_run: int = 0
+    #: Peak resident memory of the process that ran (this run's, not the earlier runs' it resumed), GiB.
+    peak_rss_gb: float = 0.0
 
     @property
     def utterances_per_minute(self) -> float:
@@ -458,6 +461,7 @@ def label_corpus(
         seconds_this_run=round(time.perf_counter() - started, 2),
         labelled_this_run=done_now,
         output_tokens_this_run=after - before,
+        peak_rss_gb=peak_rss_gb(),
     )
     write_atomic(out / REPORT_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
     logger.info("labels: %s", report.to_dict())

@@ -22,6 +22,7 @@ from hotmem.io import write_atomic
 from hotmem.names import is_grounded
 from hotmem.pipeline.metric import GraphMetric, to_example
 from hotmem.pipeline.pool import POOL_SOURCES, pool_from
+from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.teacher.adapter import CompactJSONAdapter
 from hotmem.teacher.program import Teacher, step_demos
@@ -289,6 +290,7 @@ def optimize(
         "best_val_score": results.val_aggregate_scores[results.best_idx],
         "seed_val_score": results.val_aggregate_scores[0],
         "seconds": round(elapsed, 1),
+        "peak_rss_gb": peak_rss_gb(),
     }
     save_program(optimized, out, manifest)
     write_atomic(out / "candidates.json", json.dumps(candidates, indent=1))
