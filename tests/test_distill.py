@@ -60,6 +60,40 @@ def test_the_lines_grammar_enumerates_the_schema_and_bounds_lines_and_names():
     assert '"lives_in"' not in lines_grammar(CONVERSATION_SCHEMA, closed=False)
 
 
+def test_forced_text_completes_types_and_predicates_and_keeps_a_names_first_type():
+    from hotmem.students.format import forced_continuation
+
+    cases = {
+        "Ann|PER": "SON",  # the one type starting so
+        "Ann|PERSON": "",  # then `|predicate` or a line break
+        "Ann|PERSON|sibl": "ing_of",  # the one predicate starting so (the `|` after it goes with the next name)
+        "Ann|PERSON|l": "",  # lives_in, likes, ...
+        "Ann|PERSON|lives_in|Rome|LOC": "ATION\n",  # an object's type ends the line
+        "Ann|PERSON|lives_in|Rome|": "",  # a new name: the model types it
+        "speaker|": "PERSON",
+        "Ann|PERSON|lives_in|Rome|LOCATION\nRome|": "LOCATION",  # typed before: the graph keeps that type
+        "Ann|PERSON|friends_with|Ann|": "PERSON\n",
+        "Ann|PERSON|lives_in|Rome|LOCATION\n": "",
+    }
+    assert {answer: forced_continuation(answer) for answer in cases} == cases
+    assert forced_continuation("Ann|PERSON|sibl", closed=False) == ""  # open predicates are the model's to write
+
+
+def test_forced_text_never_contradicts_a_gold_answer():
+    """At every character of every gold graph written as a `lines` answer, what would be forced is what follows."""
+    from hotmem.data.gold import load_gold
+    from hotmem.students.format import forced_continuation
+
+    answers = [graph_to_target(record.graph, "lines") for record in load_gold()]
+    forced = 0
+    for answer in answers:
+        for end in range(len(answer)):
+            text = forced_continuation(answer[:end])
+            assert answer[end:].startswith(text), (answer[:end], text)
+            forced += len(text) > 0
+    assert len(answers) >= 100 and forced > len(answers)
+
+
 def test_student_parser_applies_the_teachers_cleanup():
     raw = json.dumps({"e": [["Potola", "ANIMAL"], ["she", "ANIMAL"], ["speaker", "PERSON"]],
                       "r": [["speaker", "has_pet", "Potola"], ["speaker", "has_pet", "Potola"],

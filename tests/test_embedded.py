@@ -118,6 +118,29 @@ def test_a_line_grammar_gives_lines_that_parse_and_a_repeated_line_ends_the_answ
     parse_student_output(answer, as_turns(text), CONVERSATION_SCHEMA, answer_format="lines")  # parses
 
 
+@needs_smollm
+def test_jump_forward_feeds_the_forced_text_and_decodes_fewer_steps_than_tokens():
+    """`continuation`: what the line grammar forces goes to the model in batches; the answer still fits the grammar,
+    stops after a repeated line, and took fewer decoding steps than it has tokens."""
+    import re
+
+    from hotmem.students.format import forced_continuation, lines_grammar
+
+    engine = LlamaCppEngine("smollm2-135m", n_ctx=1024)
+    types, predicates = "|".join(CONVERSATION_SCHEMA.entity_types), "|".join(CONVERSATION_SCHEMA.predicates)
+    line = re.compile(rf"[^|]+\|({types})(\|({predicates})\|[^|]+\|({types}))?")
+    messages = [{"role": "system", "content": "Write facts as subject|TYPE|predicate|object|TYPE, a fact a line."},
+                {"role": "user", "content": "My sister Anna moved to Berlin and works at Siemens in Munich."}]
+    result = engine.chat(messages, max_tokens=200, line_grammar=lines_grammar(CONVERSATION_SCHEMA),
+                         continuation=forced_continuation)
+    answer, usage = result["choices"][0]["message"]["content"], result["usage"]
+    lines = answer.splitlines()
+    assert lines and all(line.fullmatch(x) for x in lines), answer
+    assert all(x not in lines[:i] for i, x in enumerate(lines[:-1])), answer
+    assert usage["decoding_steps"] < usage["completion_tokens"], (usage, answer)
+    assert engine.stats["output_tokens"] == usage["completion_tokens"]
+
+
 @needs_embedded
 def test_graph_extractor_on_the_embedded_default():
     from hotmem import GraphExtractor

@@ -231,7 +231,7 @@ class CheckedGrammar:
         self._llama_cpp = llama_cpp
         self.sampler = llama_cpp.llama_sampler_clone(pristine)
         self.n_vocab = n_vocab
-        self.prompt_len: int | None = None
+        self.accepted: int | None = None  # tokens of the sequence the grammar has seen
         self.full_passes = 0
 
     def allows(self, token: int, logit: float) -> bool:
@@ -244,10 +244,11 @@ class CheckedGrammar:
         import numpy as np
 
         lib = self._llama_cpp
-        if self.prompt_len is None:
-            self.prompt_len = len(input_ids)
-        else:  # the token chosen at the previous step
-            lib.llama_sampler_accept(self.sampler, int(input_ids[-1]))
+        if self.accepted is None:  # the first call: the prompt
+            self.accepted = len(input_ids)
+        for token in input_ids[self.accepted :]:  # the token chosen at the previous step (and any fed after it)
+            lib.llama_sampler_accept(self.sampler, int(token))
+        self.accepted = len(input_ids)
         best = int(np.argmax(scores))
         if np.isfinite(scores[best]) and self.allows(best, float(scores[best])):
             return scores

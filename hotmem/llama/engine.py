@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hotmem.errors import ExtractionError, ModelNotAvailableError
@@ -102,6 +103,7 @@ class LlamaCppEngine:
         self.check_grammar_first = check_grammar_first
         self._llama = None
         self._constraint: JsonConstraint | None = None
+        self._chat_formatter = None
         self._lock = threading.Lock()
         self.stats = {"calls": 0, "prompt_tokens": 0, "output_tokens": 0, "seconds": 0.0}
 
@@ -149,13 +151,21 @@ class LlamaCppEngine:
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 1024, temperature: float = 0.0,
              schema: dict | None = None, line_grammar: str | None = None, json_mode: bool = False,
-             **sampling: Any) -> dict[str, Any]:
+             continuation: Callable[[str], str] | None = None, **sampling: Any) -> dict[str, Any]:
         """One chat completion (llama-cpp-python's result dict); `schema` constrains the answer to it, or
         `line_grammar` (GBNF) to an answer of one item a line.
+
+        `continuation` (greedy, checked `line_grammar` only): the text the grammar forces after an answer so far
+        (`forced_continuation`). It is fed to the model in one batch with the token before it instead of being
+        decoded a token at a time ("jump-forward" decoding): fewer decoding steps for the same text. What follows it
+        can differ where the model was near a tie, as a batch's floating-point sums differ from a single step's.
 
         llama.cpp contexts are not thread-safe: calls are serialised. A prompt that does not fit the context raises
         `ContextTooLongError`.
         """
+        if continuation is not None and line_grammar is not None and temperature == 0.0 and self.check_grammar_first:
+            processors = self.constraint.line_kwargs(line_grammar, 0.0)["logits_processor"]
+            return self._timed(lambda: self._greedy(messages, max_tokens, processors, continuation))
         # llama.cpp's default repeat penalty corrupts repeated JSON keys.
         kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "repeat_penalty": 1.0,
                                   **{k: v for k, v in sampling.items() if v is not None}}
@@ -165,18 +175,87 @@ class LlamaCppEngine:
             kwargs.update(self.constraint.line_kwargs(line_grammar, temperature))
         elif json_mode:
             kwargs["response_format"] = {"type": "json_object"}
-        started = time.perf_counter()
-        with self._lock:
+
+        def complete() -> dict[str, Any]:
             try:
-                result = self.llama.create_chat_completion(messages, **kwargs)
+                return self.llama.create_chat_completion(messages, **kwargs)
             except ValueError as exc:  # llama.cpp's word for a prompt longer than the context window
                 raise ContextTooLongError(str(exc)) from exc
+
+        return self._timed(complete)
+
+    def _timed(self, complete: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        started = time.perf_counter()
+        with self._lock:
+            result = complete()
         usage = result.get("usage", {})
         self.stats["calls"] += 1
         self.stats["prompt_tokens"] += usage.get("prompt_tokens", 0)
         self.stats["output_tokens"] += usage.get("completion_tokens", 0)
         self.stats["seconds"] += time.perf_counter() - started
         return result
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat as the model reads it: the GGUF's own chat template, tokenized as llama-cpp-python's chat
+        completion tokenizes it."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llama = self.llama
+        if self._chat_formatter is None:
+            template = llama.metadata.get("tokenizer.chat_template")
+            if template is None or self.chat_format is not None:
+                raise ModelNotAvailableError(f"{self.model}: no chat template of its own in the GGUF")
+            special = {name: llama.detokenize([token], special=True).decode("utf-8", "ignore") if token >= 0 else ""
+                       for name, token in (("eos_token", llama.token_eos()), ("bos_token", llama.token_bos()))}
+            self._chat_formatter = Jinja2ChatFormatter(template=template, **special)
+        formatted = self._chat_formatter(messages=messages)
+        return llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+
+    def _greedy(self, messages, max_tokens: int, processors, continuation: Callable[[str], str]) -> dict[str, Any]:
+        """Greedy decoding whose forced text (`continuation`) goes to the model with the token before it, in one
+        batch: a batch of k tokens costs well under k steps on CPU (weights are read once)."""
+        import llama_cpp
+        import numpy as np
+
+        llama = self.llama
+        prompt = self.prompt_tokens(messages)
+        if len(prompt) >= self.n_ctx:
+            raise ContextTooLongError(f"the prompt has {len(prompt)} tokens; the context window holds {self.n_ctx}")
+        # the context keeps the KV of the prompt before: evaluate only what differs (the fixed system prompt stays)
+        held, reused = llama.input_ids[: llama.n_tokens], 0
+        while reused < min(len(held), len(prompt) - 1) and held[reused] == prompt[reused]:
+            reused += 1
+        llama.n_tokens = reused  # `eval` drops the KV from here on
+        llama.eval(prompt[reused:])
+        vocab, n_vocab = llama._model.vocab, llama.n_vocab()
+        answer: list[int] = []
+        steps, finish = 0, "length"
+        while len(answer) < max_tokens and llama.n_tokens < self.n_ctx:
+            scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
+            sequence = llama.input_ids[: llama.n_tokens]
+            for processor in processors:
+                scores = processor(sequence, scores)
+            token = int(np.argmax(scores))
+            steps += 1
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            fed = [token]
+            text = llama.detokenize(answer + fed).decode("utf-8", "ignore")
+            forced = continuation(text)
+            if forced:
+                # as the tokenizer splits the whole answer (as in training), when that keeps the tokens so far
+                whole = llama.tokenize((text + forced).encode("utf-8"), add_bos=False, special=False)
+                tail = (whole[len(answer) + 1 :] if whole[: len(answer) + 1] == answer + fed
+                        else llama.tokenize(forced.encode("utf-8"), add_bos=False, special=False))
+                fed += tail[: max(0, min(max_tokens - len(answer), self.n_ctx - llama.n_tokens) - 1)]
+            answer += fed
+            llama.eval(fed)
+        content = llama.detokenize(answer).decode("utf-8", "ignore")
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish}],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(answer),
+                          "total_tokens": len(prompt) + len(answer), "decoding_steps": steps}}
 
     def complete(self, request):
         """DSPy's engine interface (`dspy.LM("local/...", engine=...)`): `lm15.Request` in, `lm15.Response` out."""

@@ -18,11 +18,12 @@ from typing import Any
 
 from hotmem.assemble import MAX_ENTITIES, MAX_NAME_CHARS, ExtractedEntity, ExtractedRelation, assemble_graph
 from hotmem.errors import InvalidInputError
+from hotmem.names import SPEAKER
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.types import Graph, Turn, render_turns, speakers_of
 
-__all__ = ["ANSWER_FORMATS", "STUDENT_SYSTEM_PROMPT", "check_answer_format", "graph_to_target", "lines_grammar",
-           "parse_student_output", "schema_prompt", "student_json_schema", "student_messages"]
+__all__ = ["ANSWER_FORMATS", "STUDENT_SYSTEM_PROMPT", "check_answer_format", "forced_continuation", "graph_to_target",
+           "lines_grammar", "parse_student_output", "schema_prompt", "student_json_schema", "student_messages"]
 
 ANSWER_FORMATS = ("json", "lines")
 
@@ -107,6 +108,43 @@ def lines_grammar(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = T
         f"type ::= {_gbnf_alternatives(schema.entity_types)}",
         f"predicate ::= {predicate}",
     ])
+
+
+def _typed_names(lines: Sequence[str]) -> dict[str, str]:
+    """The type each name got where a `lines` answer first wrote it."""
+    types: dict[str, str] = {}
+    for fields in (line.split("|") for line in lines):
+        for name, type_ in zip(fields[0:4:3], fields[1:5:3]):
+            types.setdefault(name, type_)
+    return types
+
+
+def forced_continuation(answer: str, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True) -> str:
+    """The text that follows `answer` in a `lines_grammar(schema, closed)` answer, whatever the model would prefer.
+
+    What the grammar forces: the rest of a type or (closed) a predicate once one name alone starts that way, the line
+    break after an object's type. And what the graph would keep anyway: a name written before has the type it was
+    first given (graph assembly keeps the first), the speaker is a PERSON. The engine feeds this text to the model in
+    one batch instead of decoding it a token at a time."""
+    *done, line = answer.split("\n")
+    fields = line.split("|")
+    partial = fields[-1]
+    if len(fields) in (2, 5):  # a subject's or an object's type
+        if not partial:  # the name before it is complete
+            name = fields[-2]
+            known = "PERSON" if name == SPEAKER else _typed_names([*done, line] if len(fields) == 5 else done).get(name)
+            types = [known] if known in schema.entity_types else []
+        else:
+            types = [t for t in schema.entity_types if t.startswith(partial)]
+        if len(types) != 1:
+            return ""
+        # after the subject's type come `|predicate` or a line break; after the object's, the line break
+        return types[0][len(partial):] + ("\n" if len(fields) == 5 else "")
+    if len(fields) == 3 and closed:
+        predicates = [p for p in schema.predicates if p.startswith(partial)]
+        # not the `|` after it: the tokenizer often joins it to the next name (`|M` `arseille`)
+        return predicates[0][len(partial):] if len(predicates) == 1 else ""
+    return ""
 
 
 def student_json_schema(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from hotmem.errors import StudentNotFoundError
@@ -23,6 +24,7 @@ from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.shipped import shipped_root
 from hotmem.students.format import (
     STUDENT_SYSTEM_PROMPT,
+    forced_continuation,
     lines_grammar,
     parse_student_output,
     schema_prompt,
@@ -77,8 +79,11 @@ class Student:
     name = "student"
 
     def __init__(self, path: str | Path | None = None, *, schema: RelationSchema = CONVERSATION_SCHEMA,
-                 closed: bool = True, max_tokens: int = 384, n_threads: int | None = None, merge: bool = True):
-        """`merge`: fold a LoRA-only student into its base once (cached) rather than apply the LoRA at every step."""
+                 closed: bool = True, max_tokens: int = 384, n_threads: int | None = None, merge: bool = True,
+                 jump_forward: bool = True):
+        """`merge`: fold a LoRA-only student into its base once (cached) rather than apply the LoRA at every step.
+        `jump_forward`: feed the text a `lines` answer's grammar forces (the rest of a type or predicate, separators)
+        in one batch rather than decode it token by token (a quarter fewer decoding steps on gold test)."""
         folder = Path(path) if path else shipped_student_dir()
         if folder is None or not (folder / STUDENT_FILE).is_file():
             raise StudentNotFoundError(
@@ -117,6 +122,8 @@ class Student:
         self.model = f"student:{folder.name}"
         if self.answer_format == "lines":
             self._constraint = {"line_grammar": lines_grammar(schema, closed)}
+            if jump_forward:
+                self._constraint["continuation"] = partial(forced_continuation, schema=schema, closed=closed)
         else:
             self._constraint = {"schema": student_json_schema(schema, closed)}
 
