@@ -60,7 +60,7 @@ def main() -> None:
     before, after = rows[MODES[0]], rows[MODES[1]]
     differing = [{"id": a["id"], MODES[0]: a["answer"], MODES[1]: b["answer"]}
                  for a, b in zip(before, after) if a["answer"] != b["answer"]]
-    report = {"split": args.split, "examples": len(records), "student": str(students[MODES[0]].folder),
+    report = {"split": args.split, "examples": len(records), "student": args.student or "optimized/student",
               "summary": summary, "same_answers": len(records) - len(differing), "differing": differing}
     print("| decoding | p50 | p95 | mean | output tokens / ex | decoding steps / ex |")
     print("|---|---|---|---|---|---|")

@@ -86,6 +86,16 @@ def _records(name: str, path: str | None, split: str | None, skip: int, limit: i
     return load_dataset(name, path=path, split=split, limit=limit, skip=skip)
 
 
+def _extra_set(spec: str) -> tuple[str, int, int | None]:
+    """`personaext-conversation:1000:100` -> records 1000 to 1100 of that data set; `name` alone: all of it."""
+    name, *numbers = spec.split(":")
+    try:
+        skip, limit = (int(numbers[0]), int(numbers[1])) if numbers else (0, None)
+    except (ValueError, IndexError) as exc:
+        raise InvalidInputError(f"--val-extra is NAME or NAME:SKIP:LIMIT, not {spec!r}") from exc
+    return name, skip, limit
+
+
 def _retrieve(value: str) -> int | dict[str, int]:
     """`--retrieve 4` or `--retrieve gold=3,personaext-conversation=1`."""
 
@@ -105,6 +115,13 @@ def _optimize(args: argparse.Namespace) -> int:
     valset, val_schema = _records(args.val, args.val_path, args.val_split, args.val_skip, args.val_limit)
     if val_schema.fingerprint() != schema.fingerprint():
         raise SchemaMismatchError("train and validation sets use different relation schemas")
+    for spec in args.val_extra or ():
+        name, skip, limit = _extra_set(spec)
+        extra, extra_schema = _records(name, None, None, skip, limit)
+        if extra_schema.fingerprint() != schema.fingerprint():
+            raise SchemaMismatchError(f"--val-extra {spec}: {name} is not in the training set's schema "
+                                      f"({schema.name!r}); a corpus mapped onto it is (e.g. personaext-conversation)")
+        valset += extra
     config = OptimizeConfig(
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
@@ -313,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "optimized/student) at lower learning rates, a later stage "
                            "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
                            "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
-                           "`corpora-more-3` or `personaext-more`)")
+                           "`corpora-more-3`, `corpora-more-4` or `personaext-more`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")
@@ -338,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--val-split", default="dev")
     opt.add_argument("--val-skip", type=int, default=0)
     opt.add_argument("--val-limit", type=int, default=None)
+    opt.add_argument("--val-extra", action="append", metavar="NAME[:SKIP:LIMIT]",
+                     help="more validation records from another data set in the same schema, e.g. "
+                          "personaext-conversation:1000:100 (PersonaExt lines 1,001-1,100 mapped); repeatable")
     opt.add_argument("--reflection-lm", default="embedded/qwen2.5-coder-1.5b", help="LM that proposes instructions")
     opt.add_argument("--budget", default="light",
                      help="light, medium, heavy, or a number of metric calls (0: save the program without GEPA)")

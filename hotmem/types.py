@@ -169,6 +169,9 @@ class Record(BaseModel):
     #: Set when relations were annotated only between these argument pairs (DialogRE): a predicted relation
     #: between any other pair is unlabeled, neither right nor wrong, and is not scored.
     scored_pairs: list[tuple[str, str]] | None = None
+    #: Set when the annotation holds only these predicates (a corpus mapped onto part of the schema): a predicted
+    #: relation with another predicate (or the inverse of none of these) is unlabeled and is not scored.
+    scored_predicates: list[str] | None = None
 
     @property
     def text(self) -> str:

@@ -144,3 +144,24 @@ def test_a_quota_per_source_survives_saving(tmp_path):
     assert loaded.k == {"big": 2, "small": 1}
     loaded._embed.embed = BagOfTopics()
     assert len(loaded.nearest("a cat in Paris")) == 3
+
+
+def test_validation_takes_more_records_from_a_data_set_in_the_same_schema(monkeypatch, capsys):
+    """`--val-extra gold:0:5` appends records 0-4 of gold to the validation set; another schema is refused."""
+    from hotmem.cli import _extra_set, main
+    from hotmem.data import load_gold
+    from hotmem.errors import SchemaMismatchError
+
+    seen = {}
+
+    def fake_optimize(config, trainset, valset, schema):
+        seen["val"] = [r.id for r in valset]
+        raise SchemaMismatchError("stop here")
+
+    monkeypatch.setattr("hotmem.pipeline.optimize.optimize", fake_optimize)
+    assert main(["optimize", "--val-limit", "2", "--val-extra", "gold:0:5", "--val-extra", "gold"]) == 2
+    gold = [r.id for r in load_gold()]
+    assert seen["val"][2:7] == gold[:5] and seen["val"][7:] == gold
+    assert _extra_set("personaext-conversation:1000:100") == ("personaext-conversation", 1000, 100)
+    with pytest.raises(InvalidInputError, match="--val-extra"):
+        _extra_set("gold:ten")

@@ -115,3 +115,19 @@ def test_relations_outside_the_annotated_pairs_are_not_scored():
     annotated = score_graph(GOLD, predicted, text=TEXT, scored_pairs=[("Berlin", "Anna"), ("speaker", "Siemens")])
     assert (annotated.relation_tp, annotated.relation_pred) == (1, 2)
     assert annotated.spurious_relations == [R("speaker", "works_at", "Siemens")]
+
+
+def test_relations_with_predicates_the_annotation_cannot_hold_are_not_scored():
+    gold = Graph(entities=[E("speaker"), E("Anna"), E("Tom"), E("Berlin", "LOCATION")],
+                 relations=[R("Anna", "child_of", "speaker"), R("Anna", "lives_in", "Berlin")])
+    text = "My daughter Anna lives in Berlin with Tom."
+    predicted = Graph(entities=gold.entities, relations=[
+        R("speaker", "parent_of", "Anna"), R("Anna", "resides_in", "Berlin"), R("Tom", "lives_in", "Berlin"),
+        R("Anna", "sibling_of", "Tom"),
+    ])
+    everything = score_graph(gold, predicted, text=text)
+    assert (everything.relation_tp, everything.relation_pred) == (2, 4)
+    # a corpus mapped onto child_of and lives_in: the inverse and the synonym are scored, the sibling guess is not
+    mapped = score_graph(gold, predicted, text=text, scored_predicates=["child_of", "lives_in"])
+    assert (mapped.relation_tp, mapped.relation_pred, mapped.relation_gold) == (2, 3, 2)
+    assert mapped.spurious_relations == [R("Tom", "lives_in", "Berlin")]

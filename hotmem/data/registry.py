@@ -117,7 +117,9 @@ def _load_mapped(
 
     Only records whose every triple maps are kept (one with an unmapped fact would score a right answer as spurious);
     `skip` and `limit` count the corpus's own records, so `personaext-conversation` with `limit=1000` is the PersonaExt
-    evaluation slice mapped. The schema is the part of ours the map produces: the corpus annotates only those.
+    evaluation slice mapped. The schema is the whole conversation schema, so a program made for it runs as an app
+    runs it; the corpus annotates only the predicates the map produces, so each record scores only those
+    (`Record.scored_predicates`).
     """
     from collections import Counter
 
@@ -128,16 +130,17 @@ def _load_mapped(
                                 f"mapped data sets: {[c + MAPPED_SUFFIX for c in shipped_alignments()]}")
     records, _ = load_dataset(corpus, path=path, split=split, limit=limit, skip=skip)
     alignment = SchemaAlignment.load(corpus)
+    annotated = list(alignment.targets)
     mapped, tally = [], Counter()
     for record in records:
         outcomes = Counter()
         graph = alignment.map_graph(record.graph, tally=outcomes)
         tally.update(outcomes)
         if not outcomes["unmapped"] and not outcomes["invalid"]:
-            mapped.append(record.model_copy(update={"graph": graph}))
+            mapped.append(record.model_copy(update={"graph": graph, "scored_predicates": annotated}))
     logger.info("%s mapped onto %s: %d of %d records kept (every triple maps); %d of %d triples kept", corpus,
                 alignment.target, len(mapped), len(records), tally["kept"], tally["triples"])
-    return mapped, CONVERSATION_SCHEMA.restrict(alignment.targets)
+    return mapped, CONVERSATION_SCHEMA
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -190,7 +190,7 @@ def _run_one(extractor: GraphExtractor, record: Record, schema: RelationSchema) 
     after = extractor.usage()
     result: GraphScore = score_graph(
         record.graph, graph, text=render_turns(record.turns), speakers=speakers_of(record.turns), schema=schema,
-        scored_pairs=record.scored_pairs,
+        scored_pairs=record.scored_pairs, scored_predicates=record.scored_predicates,
     )
     return Row(
         id=record.id,

@@ -339,16 +339,9 @@ def reference_scores(labels: Iterable[dict[str, Any]], schema: RelationSchema,
         main = Graph() if item.get("error") else Graph.model_validate(item["graph"])
         stages = {"label": main, "filtered": clean_label(main, turns, schema, config)[0],
                   "kept": kept_label(item, schema, config) or Graph()}
-        annotates = item.get("annotates")
         for stage, graph in stages.items():
-            if annotates is not None:
-                inside = set(annotates)
-                graph = graph.model_copy(update={"relations": [
-                    r for r in graph.relations
-                    if {schema.canonical(r.predicate), schema.inverse_of(schema.canonical(r.predicate) or "")} & inside
-                ]})
             score = score_graph(Graph.model_validate(item["reference"]), graph, text=text, speakers=speakers,
-                                schema=schema)
+                                schema=schema, scored_predicates=item.get("annotates"))
             for i, n in enumerate((score.relation_tp, score.relation_pred, score.relation_gold)):
                 counts[stage][i] += n
     if not scored:

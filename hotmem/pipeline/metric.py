@@ -8,7 +8,7 @@ clauses for decompose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import dspy
@@ -106,17 +106,26 @@ def score_graph(
     speakers: Sequence[str] = (),
     schema: RelationSchema = CONVERSATION_SCHEMA,
     scored_pairs: Sequence[tuple[str, str]] | None = None,
+    scored_predicates: Collection[str] | None = None,
 ) -> GraphScore:
     """Compare `pred` with `gold` (one-to-one greedy matching on normalised names and schema predicates).
 
     `scored_pairs`: when the annotation labels relations only between some argument pairs (DialogRE), predicted
-    relations between other pairs are left out of the relation scores.
+    relations between other pairs are left out of the relation scores. `scored_predicates`: when it holds only some
+    of the schema's predicates (a corpus mapped onto part of it), predicted relations with any other predicate are
+    left out (one whose inverse is scored stays: it states a scored fact the other way round).
     """
     key = lambda name: normalize_name(name, speakers)  # noqa: E731
     if scored_pairs is not None:
         pairs = {frozenset((key(a), key(b))) for a, b in scored_pairs}
         pred = pred.model_copy(update={"relations": [
             r for r in pred.relations if frozenset((key(r.subject), key(r.object))) in pairs
+        ]})
+    if scored_predicates is not None:
+        inside = set(scored_predicates)
+        pred = pred.model_copy(update={"relations": [
+            r for r in pred.relations
+            if {schema.canonical(r.predicate), schema.inverse_of(r.predicate)} & inside
         ]})
     result = GraphScore(entity_pred=len(pred.entities), entity_gold=len(gold.entities))
 
@@ -331,7 +340,8 @@ class GraphMetric:
         speakers = speakers_of(turns)
         graph = predicted_graph(pred)
         result = score_graph(gold.graph, graph, text=text, speakers=speakers, schema=self.schema,
-                             scored_pairs=getattr(gold, "scored_pairs", None))
+                             scored_pairs=getattr(gold, "scored_pairs", None),
+                             scored_predicates=getattr(gold, "scored_predicates", None))
         return result, text
 
     def __call__(self, gold, pred, trace=None, pred_name=None, pred_trace=None):
@@ -370,5 +380,5 @@ def to_example(record) -> dspy.Example:
     """A `Record` as the `dspy.Example` programs and the metric take (input: `turns`; gold: `graph`)."""
     return dspy.Example(
         turns=list(record.turns), graph=record.graph, id=record.id, category=record.category,
-        scored_pairs=record.scored_pairs,
+        scored_pairs=record.scored_pairs, scored_predicates=record.scored_predicates,
     ).with_inputs("turns")
