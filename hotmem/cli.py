@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "optimized/student) at lower learning rates, a later stage "
                            "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
                            "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
-                           "`corpora-more-3`, `corpora-more-4` or `personaext-more`)")
+                           "`corpora-more-3` or its alternative `corpora-more-4`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")

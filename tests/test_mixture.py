@@ -99,10 +99,10 @@ def test_every_shipped_mixture_loads(path):
     assert Mixture.load(path).sources
 
 
-@pytest.mark.parametrize("last", ["corpora-more-3", "corpora-more-4", "personaext-more"])
+@pytest.mark.parametrize("last", ["corpora-more-3", "corpora-more-4"])
 def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
-    """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or one of its
-    alternatives, corpora-more-4 and personaext-more): each stage skips what the ones before it drew (gold train is
+    """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or its
+    alternative, corpora-more-4): each stage skips what the ones before it drew (gold train is
     replayed on purpose)."""
     taken: dict[str, list[range]] = {}
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
