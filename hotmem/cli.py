@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "optimized/student) at lower learning rates, a later stage "
                            "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
                            "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
-                           "`corpora-more-3` or its alternative `corpora-more-4`)")
+                           "`corpora-more-3` or its alternatives `corpora-more-4` and, half its size for one "
+                           "sitting, `corpora-more-5`)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")

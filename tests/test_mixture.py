@@ -11,6 +11,7 @@ from hotmem.pipeline.mixture import (
     MIXTURES,
     PERSONAEXT_HELD_OUT,
     SOURCES,
+    _names_a_speaker,
     Mixture,
     MixtureSource,
     build_examples,
@@ -20,7 +21,7 @@ from hotmem.pipeline.mixture import (
     stage_ancestors,
 )
 from hotmem.schema import CONVERSATION_SCHEMA
-from hotmem.types import Graph, Relation
+from hotmem.types import Graph, Relation, Turn
 
 needs_data = pytest.mark.skipif(find_data_root() is None, reason="../shared/data is not here")
 
@@ -99,10 +100,10 @@ def test_every_shipped_mixture_loads(path):
     assert Mixture.load(path).sources
 
 
-@pytest.mark.parametrize("last", ["corpora-more-3", "corpora-more-4"])
+@pytest.mark.parametrize("last", ["corpora-more-3", "corpora-more-4", "corpora-more-5"])
 def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
     """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or its
-    alternative, corpora-more-4): each stage skips what the ones before it drew (gold train is
+    alternatives, corpora-more-4 and its half-size corpora-more-5): each stage skips what the ones before it drew (gold train is
     replayed on purpose)."""
     taken: dict[str, list[range]] = {}
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
@@ -161,9 +162,11 @@ def test_convai2_never_brings_back_personaext_evaluation_texts():
 
 @needs_data
 def test_dialogre_chunks_keep_only_relations_whose_arguments_they_contain():
-    for record, schema in list(SOURCES["dialogre"].read(None))[:50]:
+    chunks = list(SOURCES["dialogre"].read(None))
+    assert sum(bool(record.graph.relations) for record, _ in chunks) > 0.9 * len(chunks)
+    for record, schema in chunks[:50]:
         names = {e.name for e in record.graph.entities}
-        assert record.graph.relations and all({r.subject, r.object} <= names for r in record.graph.relations)
+        assert all({r.subject, r.object} <= names for r in record.graph.relations)
         assert all(r.predicate in schema.predicates for r in record.graph.relations)
         assert sum(len(t.text) for t in record.turns) <= 1200
 
@@ -181,3 +184,20 @@ def test_a_mapped_corpus_is_taught_only_the_predicates_its_map_produces(corpus):
         assert record.id.endswith("@conversation") and record.graph.relations
         assert schema.predicates == targets and schema.name == CONVERSATION_SCHEMA.name
         assert all(schema.get(r.predicate) for r in record.graph.relations)
+
+
+def test_a_dialogre_chunk_teaches_a_speakers_name_only_where_it_shows_it():
+    """DialogRE labels `Speaker 2 per:alternate_names Pheebs` for the whole dialogue; a chunk teaches it only where
+    someone says the name to Speaker 2 next to one of their turns, or Speaker 2 introduces themselves."""
+    def chunk(*lines):
+        return [Turn(speaker=speaker, text=text) for speaker, text in lines]
+
+    addressed = chunk(("Speaker 1", "Hey Pheebs."), ("Speaker 2", "Hi!"))
+    assert _names_a_speaker(addressed, "Speaker 2", "Pheebs")
+    assert not _names_a_speaker(addressed, "Speaker 1", "Pheebs")  # who says a name is not who bears it
+    in_passing = chunk(("Speaker 1", "Did Pheebs call you back?"), ("Speaker 2", "No."))
+    assert not _names_a_speaker(in_passing, "Speaker 2", "Pheebs")
+    far = chunk(("Speaker 1", "Hey Pheebs."), ("Speaker 3", "Hi."), ("Speaker 2", "Hello."))
+    assert not _names_a_speaker(far, "Speaker 2", "Pheebs")
+    assert _names_a_speaker(chunk(("Speaker 4", "Hi, I'm Tommy."),), "Speaker 4", "Tommy")
+    assert _names_a_speaker(chunk(("Speaker 1, Speaker 2", "Hi."), ("Speaker 3", "Oh, Ross!")), "Speaker 2", "Ross")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -105,7 +106,28 @@ def _convai2(path: str | None):
             yield record, schema
 
 
+_SPEAKER_LABEL = re.compile(r"Speaker \d+")
+
+
+def _names_a_speaker(chunk: Sequence[Turn], speaker: str, name: str) -> bool:
+    """Whether a chunk shows that `speaker` is called `name`: they say "I'm <name>" (or "I am", "my name is",
+    "this is"), or another speaker says the name in a turn next to one of theirs, addressing them."""
+    own = [i for i, turn in enumerate(chunk) if speaker in _SPEAKER_LABEL.findall(turn.speaker or "")]
+    introduction = re.compile(rf"\b(?:i'm|i am|my name is|this is)\s+{re.escape(name)}\b", re.IGNORECASE)
+    if any(introduction.search(chunk[i].text) for i in own):
+        return True
+    # a name said to someone: "Hey Joey!", "Joey, ...", "..., Joey." (a mention in passing shows nothing)
+    vocative = re.compile(rf"(?:^|[,.!?]\s*|\b(?:hey|hi|oh|ok|okay|yeah|well|thanks|thank you|bye)\s+)"
+                          rf"{re.escape(name)}\s*(?:[,.!?]|$)", re.IGNORECASE)
+    return any(0 <= j < len(chunk) and j not in own and vocative.search(chunk[j].text)
+               for i in own for j in (i - 1, i + 1))
+
+
 def _dialogre(path: str | None):
+    """DialogRE train chunks, labelled with the relations whose two arguments the chunk holds. DialogRE annotates a
+    whole dialogue, so `Speaker 1 per:alternate_names Joey` would be taught wherever Joey is mentioned: that label
+    stays only where the chunk shows who Joey is (`_names_a_speaker`). A chunk left with no relation stays in, as
+    an example of stating none (and so every earlier mixture's `skip` still counts the same chunks)."""
     from hotmem.data import DIALOGRE_SCHEMA, dataset_file, load_dialogre
 
     for record in load_dialogre(dataset_file("dialogre", path, split="train")):  # dev stays held out
@@ -113,10 +135,12 @@ def _dialogre(path: str | None):
         for i, chunk in enumerate(chunk_turns(record.turns)):  # as GraphExtractor chunks a dialogue
             text = "\n".join(t.text for t in chunk)
             said = {e.name for e in record.graph.entities if is_grounded(e.name, text, speakers_of(chunk))}
-            graph = Graph(entities=[e for e in record.graph.entities if e.name in said],
-                          relations=[r for r in record.graph.relations if {r.subject, r.object} <= said])
+            held = [r for r in record.graph.relations if {r.subject, r.object} <= said]
+            shown = [r for r in held if r.predicate != "per:alternate_names" or not _SPEAKER_LABEL.fullmatch(
+                r.subject) or _names_a_speaker(chunk, r.subject, r.object)]
+            graph = Graph(entities=[e for e in record.graph.entities if e.name in said], relations=shown)
             scored = [(a, b) for a, b in record.scored_pairs or () if {a, b} <= said]
-            if graph.relations and speakers:
+            if held and speakers:
                 yield Record(id=f"{record.id}#{i}", turns=chunk, graph=graph, source="dialogre",
                              scored_pairs=scored), DIALOGRE_SCHEMA
 
@@ -151,7 +175,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("convai2", "ConvAI2 persona lines and utterances with Dialogue-NLI triples, DNLI schema, minus PersonaExt's "
            "evaluation texts", RESEARCH_ONLY, _convai2),
     Source("dialogre", "DialogRE v2 train dialogues, chunked as GraphExtractor chunks them; relations whose two "
-           "arguments are in the chunk", "non-commercial research only (DialogRE LICENSE.txt)", _dialogre),
+           "arguments are in the chunk (a speaker's name only where the chunk shows it)", "non-commercial research only (DialogRE LICENSE.txt)", _dialogre),
     Source("conll04", "CoNLL04 train sentences, its own 5 predicates",
            "research only: no licence stated (Roth & Yih 2004)", _conll04),
     Source("dialogre-conversation", "the same chunks mapped onto the conversation schema "
