@@ -103,8 +103,8 @@ def test_every_shipped_mixture_loads(path):
 @pytest.mark.parametrize("last", ["corpora-more-3", "corpora-more-4", "corpora-more-5"])
 def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
     """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or its
-    alternatives, corpora-more-4 and its half-size corpora-more-5): each stage skips what the ones before it drew (gold train is
-    replayed on purpose)."""
+    alternatives, corpora-more-4 and its half-size corpora-more-5): each stage skips what the ones before it drew
+    (gold train is replayed on purpose)."""
     taken: dict[str, list[range]] = {}
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
                                                 "corpora-more-2", last)]

@@ -175,7 +175,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("convai2", "ConvAI2 persona lines and utterances with Dialogue-NLI triples, DNLI schema, minus PersonaExt's "
            "evaluation texts", RESEARCH_ONLY, _convai2),
     Source("dialogre", "DialogRE v2 train dialogues, chunked as GraphExtractor chunks them; relations whose two "
-           "arguments are in the chunk (a speaker's name only where the chunk shows it)", "non-commercial research only (DialogRE LICENSE.txt)", _dialogre),
+           "arguments are in the chunk (a speaker's name only where the chunk shows it)",
+           "non-commercial research only (DialogRE LICENSE.txt)", _dialogre),
     Source("conll04", "CoNLL04 train sentences, its own 5 predicates",
            "research only: no licence stated (Roth & Yih 2004)", _conll04),
     Source("dialogre-conversation", "the same chunks mapped onto the conversation schema "
