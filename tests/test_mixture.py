@@ -100,14 +100,15 @@ def test_every_shipped_mixture_loads(path):
     assert Mixture.load(path).sources
 
 
-@pytest.mark.parametrize("last", ["corpora-more-3", "corpora-more-4", "corpora-more-5"])
+@pytest.mark.parametrize("last", [["corpora-more-3"], ["corpora-more-4"], ["corpora-more-5", "corpora-more-6"]],
+                         ids="/".join)
 def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
     """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or its
-    alternatives, corpora-more-4 and its half-size corpora-more-5): each stage skips what the ones before it drew
-    (gold train is replayed on purpose)."""
+    alternatives, corpora-more-4, or its two halves corpora-more-5 -> corpora-more-6): each stage skips what the ones
+    before it drew (gold train is replayed on purpose)."""
     taken: dict[str, list[range]] = {}
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
-                                                "corpora-more-2", last)]
+                                                "corpora-more-2", *last)]
     assert len({stage.seed for stage in stages}) == 1  # `skip` counts records in one shuffled order: one seed
     for mixture in stages:
         for source in mixture.sources:
@@ -201,3 +202,6 @@ def test_a_dialogre_chunk_teaches_a_speakers_name_only_where_it_shows_it():
     assert not _names_a_speaker(far, "Speaker 2", "Pheebs")
     assert _names_a_speaker(chunk(("Speaker 4", "Hi, I'm Tommy."),), "Speaker 4", "Tommy")
     assert _names_a_speaker(chunk(("Speaker 1, Speaker 2", "Hi."), ("Speaker 3", "Oh, Ross!")), "Speaker 2", "Ross")
+    assert _names_a_speaker(chunk(("Speaker 1", "Hey Rach listen, ..."), ("Speaker 2", "What?")), "Speaker 2", "Rach")
+    assert _names_a_speaker(chunk(("Speaker 1", "I'll have my friends call me Valerie."),), "Speaker 1", "Valerie")
+    assert not _names_a_speaker(chunk(("Speaker 1", "Joey is late."), ("Speaker 2", "Yes.")), "Speaker 2", "Joey")

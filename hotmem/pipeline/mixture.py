@@ -111,14 +111,18 @@ _SPEAKER_LABEL = re.compile(r"Speaker \d+")
 
 def _names_a_speaker(chunk: Sequence[Turn], speaker: str, name: str) -> bool:
     """Whether a chunk shows that `speaker` is called `name`: they say "I'm <name>" (or "I am", "my name is",
-    "this is"), or another speaker says the name in a turn next to one of theirs, addressing them."""
+    "this is", "call me", "refers to me as"), or another speaker says the name in a turn next to one of theirs,
+    addressing them."""
     own = [i for i, turn in enumerate(chunk) if speaker in _SPEAKER_LABEL.findall(turn.speaker or "")]
-    introduction = re.compile(rf"\b(?:i'm|i am|my name is|this is)\s+{re.escape(name)}\b", re.IGNORECASE)
+    introduction = re.compile(rf"\b(?:i'm|i am|my name is|this is|call me|calls me|called me|refers? to me as)"
+                              rf"\s+['\"]?{re.escape(name)}\b", re.IGNORECASE)
     if any(introduction.search(chunk[i].text) for i in own):
         return True
-    # a name said to someone: "Hey Joey!", "Joey, ...", "..., Joey." (a mention in passing shows nothing)
+    # a name said to someone: "Hey Joey!", "Joey, ...", "..., Joey.", "Joey you ..." (a mention in passing shows
+    # nothing; a name ending a question, "why would you say that Joey?", is as often one said about someone)
     vocative = re.compile(rf"(?:^|[,.!?]\s*|\b(?:hey|hi|oh|ok|okay|yeah|well|thanks|thank you|bye)\s+)"
-                          rf"{re.escape(name)}\s*(?:[,.!?]|$)", re.IGNORECASE)
+                          rf"{re.escape(name)}(?:\s*(?:[,.!?]|$)|\s+(?:i|you|we|look|listen|please)\b)",
+                          re.IGNORECASE)
     return any(0 <= j < len(chunk) and j not in own and vocative.search(chunk[j].text)
                for i in own for j in (i - 1, i + 1))
 
