@@ -302,6 +302,48 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     assert saved["stateful_callbacks"]["TrainingClock"]["attributes"]["sessions"] == 1
 
 
+@needs_smollm
+def test_chats_of_several_examples_train_with_the_loss_on_every_answer(tmp_path):
+    """Rows of `examples_per_prompt` > 1: TRL masks every answer of a chat and nothing else, with Qwen2.5's chat
+    template (the students' base; TRL patches it with generation markers); a template it cannot patch is refused
+    before training. SmolLM2's tokenizer stands in for Qwen's: both write ChatML, and Qwen's loads in minutes."""
+    for module in ("torch", "trl", "peft", "datasets"):
+        pytest.importorskip(module)
+    import random
+
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from trl import SFTTrainer
+    from trl.chat_template_utils import qwen2_5_chat_template
+
+    from hotmem.llama.models import model_path
+    from hotmem.pipeline.distill import _answers, distill, sft_config
+    from hotmem.pipeline.mixture import Mixture, example_rows, share_prompts
+    from hotmem.types import Record
+
+    pairs = [(Record(id=f"x{i}", turns=as_turns(f"{TEXT} ({i})"), graph=GRAPH), CONVERSATION_SCHEMA)
+             for i in range(5)]
+    alone = example_rows(pairs, "test", Mixture(sources=[], whole_schema_rate=1.0, answer_format="lines"),
+                         random.Random(0))[0]
+    rows = share_prompts(alone, per_prompt=3, max_chars=8000)
+    assert [row["id"] for row in rows] == ["x0+x1+x2", "x3+x4"]
+    assert _answers(sft_dataset(rows)) == _answers(sft_dataset(alone)) == 5  # the manifest's "examples"
+    path = model_path("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tiny = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1)
+    config = DistillConfig(out_dir=str(tmp_path / "student"), max_steps=1, batch_size=2, lora_r=2, lora_alpha=4)
+    with pytest.raises(DistillError, match="examples_per_prompt"):  # SmolLM2's own template
+        distill(config, sft_dataset(rows), base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny"), progress=False)
+    tokenizer.chat_template = qwen2_5_chat_template
+    trainer = SFTTrainer(model=Qwen2ForCausalLM(tiny), args=sft_config(config, bf16=False, use_cpu=True, chats=True),
+                         train_dataset=sft_dataset(rows), processing_class=tokenizer,
+                         peft_config=LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config)))
+    for chat, answers in zip(trainer.train_dataset, (alone[:3], alone[3:])):
+        trained = tokenizer.decode([t for t in chat["labels"] if t != -100])
+        assert trained == "".join(f"\n{row['completion'][0]['content']}<|im_end|>\n" for row in answers)
+
+
 def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
     """`init_from`: the earlier run's adapter, trainable, on the same base and answer format; the manifest and
     card carry the earlier stage."""

@@ -65,6 +65,30 @@ def test_a_later_stage_draws_records_an_earlier_one_did_not():
         Mixture(sources=[MixtureSource("gold", skip=-1)])
 
 
+def test_examples_that_show_the_same_whole_schema_share_one_chat():
+    alone, _ = build_examples(Mixture(sources=[MixtureSource("gold", repeats=2)], whole_schema_rate=0.5))
+    chats, report = build_examples(Mixture(sources=[MixtureSource("gold", repeats=2)], whole_schema_rate=0.5,
+                                           examples_per_prompt=4, max_chars=4000))
+    assert all("prompt" in row for row in alone)  # one example a row: prompt-completion, as before
+    # every example is in exactly one chat, as the same system prompt, conversation and answer
+    examples = {row["id"]: [*row["prompt"][1:], *row["completion"]] for row in alone}
+    seen = []
+    for chat in chats:
+        system, *turns = chat["messages"]
+        ids = chat["id"].split("+")
+        assert system["role"] == "system" and [m["role"] for m in turns] == ["user", "assistant"] * len(ids)
+        assert len(ids) <= 4 and sum(len(m["content"]) for m in chat["messages"]) <= 4000
+        assert len({i.split("#")[0] for i in ids}) == len(ids)  # never one record twice in a chat
+        assert turns == [m for i in ids for m in examples[i]]
+        assert all(next(r for r in alone if r["id"] == i)["prompt"][0] == system for i in ids)
+        seen += ids
+    assert sorted(seen) == sorted(examples) and report["gold"]["examples"] == len(alone) == 192
+    # the whole-schema half shares prompts; a sampled predicate list is its example's own
+    assert 192 / 4 < len(chats) < 192 * 0.75
+    with pytest.raises(InvalidInputError, match="examples_per_prompt"):
+        Mixture(sources=[], examples_per_prompt=0)
+
+
 def test_over_long_examples_are_dropped_and_counted_not_cut():
     rows, report = build_examples(Mixture(sources=[MixtureSource("gold")], max_chars=900))
     assert report["gold"]["too_long"] > 0 and report["gold"]["examples"] > 0
@@ -100,12 +124,12 @@ def test_every_shipped_mixture_loads(path):
     assert Mixture.load(path).sources
 
 
-@pytest.mark.parametrize("last", [["corpora-more-3"], ["corpora-more-4"], ["corpora-more-5", "corpora-more-6"]],
-                         ids="/".join)
+@pytest.mark.parametrize("last", [["corpora-more-3"], ["corpora-more-4"], ["corpora-more-5", "corpora-more-6"],
+                                  ["corpora-more-5", "corpora-more-6-chats"]], ids="/".join)
 def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
     """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or its
-    alternatives, corpora-more-4, or its two halves corpora-more-5 -> corpora-more-6): each stage skips what the ones
-    before it drew (gold train is replayed on purpose)."""
+    alternatives, corpora-more-4, or its two halves corpora-more-5 -> corpora-more-6 or -6-chats): each stage skips
+    what the ones before it drew (gold train is replayed on purpose)."""
     taken: dict[str, list[range]] = {}
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
                                                 "corpora-more-2", *last)]

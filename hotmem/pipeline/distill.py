@@ -138,11 +138,14 @@ def lora_kwargs(config: DistillConfig) -> dict[str, Any]:
             "target_modules": list(config.target_modules), "bias": "none"}
 
 
-def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False):
-    """The training half of the recipe: TRL's `SFTConfig` (Unsloth trains through TRL's trainer too)."""
+def sft_config(config: DistillConfig, *, bf16: bool, use_cpu: bool = False, chats: bool = False):
+    """The training half of the recipe: TRL's `SFTConfig` (Unsloth trains through TRL's trainer too). `chats`: the
+    rows are `messages` chats of several examples (`hotmem.pipeline.mixture.share_prompts`), the loss on every
+    answer; else prompt-completion rows, the loss on the completion."""
     from trl import SFTConfig
 
     return SFTConfig(
+        assistant_only_loss=chats,
         output_dir=str(Path(config.out_dir) / "checkpoints"),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -376,6 +379,26 @@ def _same_data(checkpoints: Path, dataset, resuming: bool, answer_format: str) -
                  + "\n")
 
 
+def _answers(dataset) -> int:
+    """Examples in the data set: a row each, or a chat's answers (`share_prompts`)."""
+    if "messages" not in dataset.column_names:
+        return len(dataset)
+    return sum(m["role"] == "assistant" for chat in dataset["messages"] for m in chat)
+
+
+def _check_chat_template(tokenizer) -> None:
+    """Chats of several examples need TRL to mask every answer, which it does for templates it knows."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(tokenizer.chat_template or ""):
+        return
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError as exc:
+        raise DistillError("a mixture with examples_per_prompt > 1 trains on chats, and TRL cannot mask the answers "
+                           f"of this base's chat template: {exc} Use examples_per_prompt 1.") from exc
+
+
 @contextlib.contextmanager
 def _no_base_config_warning():
     """PEFT looks for the base's config.json at each save: a base dequantized from a GGUF has none, and warns."""
@@ -411,7 +434,10 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         model, peft_config, earlier = _start_from_earlier(config, model, peft_config, base_source, answer_format)
     on_cpu = not cuda_available()
     dtype = training_dtype(config.dtype)
-    args = sft_config(config, bf16=dtype == "bfloat16", use_cpu=on_cpu)
+    chats = "messages" in dataset.column_names
+    if chats:
+        _check_chat_template(tokenizer)
+    args = sft_config(config, bf16=dtype == "bfloat16", use_cpu=on_cpu, chats=chats)
     args.disable_tqdm = not progress
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[training_clock()])
@@ -437,7 +463,8 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         # the base trained on, which differs from the one asked for when the hub is out of reach
         "recipe": {**asdict(config), "target_modules": list(config.target_modules), "base_model": base_source,
                    "requested_base_model": config.base_model},
-        "examples": len(dataset),
+        "examples": _answers(dataset),
+        "rows": len(dataset),
         "dtype": dtype,
         "global_step": trainer.state.global_step,
         "train_loss": output.training_loss,
@@ -467,12 +494,15 @@ def lora_card(manifest: dict[str, Any]) -> str:
     """A LoRA student's `card.md`, from its `manifest.json` alone (its sources, mixture, cost and earlier stages)."""
     recorded = manifest.get("mixture")
     mixture = Mixture(**{**recorded, "name": mixture_name(recorded)}) if recorded else Mixture(sources=[])
+    rows = manifest.get("rows", manifest["examples"])
+    shared = f" ({manifest['examples']:,} examples in {rows:,} chats)" if rows != manifest["examples"] else ""
     return model_card(
         manifest.get("mixture_sources") or {}, mixture,
         model=f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
               "its prompt (`prompt: schema`).",
-        training=f"{manifest['backend']}, {manifest['global_step']} steps, {manifest['seconds_total'] / 3600:.2f} h "
-                 f"over {manifest['sessions']} session(s), {manifest['tokens_per_second']} tokens/s, "
+        training=f"{manifest['backend']}{shared}, {manifest['global_step']} steps, "
+                 f"{manifest['seconds_total'] / 3600:.2f} h over {manifest['sessions']} session(s), "
+                 f"{manifest['tokens_per_second']} tokens/s, "
                  f"peak RSS {manifest['peak_rss_gb']} GB.",
         earlier=earlier_stages_for_card(manifest))
 
