@@ -2,6 +2,7 @@
 
     python bench/paired.py runs/compare                      # a compare.py --out folder, or rows.py export's
     python bench/paired.py runs/compare --out bench/results/compare-2026-11-26/paired.md
+    python bench/paired.py bench/results/student-v11-2026-12-04/rows --difference v11 v10   # any two systems
 
 Every system of a data set ran the same examples, so the examples are resampled together (10,000 times, seeded) and
 each resample scores every system by micro-averaged F1 over it, as the table does. The intervals are the 2.5th and
@@ -41,7 +42,8 @@ def interval(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def dataset_section(name: str, systems: dict[str, dict[str, dict]], resamples: int, seed: int) -> list[str]:
+def dataset_section(name: str, systems: dict[str, dict[str, dict]], resamples: int, seed: int,
+                    comparisons: tuple[tuple[str, str], ...] = COMPARISONS) -> list[str]:
     ids = sorted(set.intersection(*(set(rows) for rows in systems.values())))
     if not ids:
         return [f"## {name}", "", "no example that every system ran", ""]
@@ -54,7 +56,7 @@ def dataset_section(name: str, systems: dict[str, dict[str, dict]], resamples: i
     lines += [f"| {s} | {point[s]:.3f} | {interval(scores[s])[0]:.3f} – {interval(scores[s])[1]:.3f} |"
               for s in systems]
     lines += ["", "| difference | relation F1 points | 95% interval | resamples above 0 |", "|---|---|---|---|"]
-    for system, reference in COMPARISONS:
+    for system, reference in comparisons:
         if system in scores and reference in scores:
             delta = scores[system] - scores[reference]
             low, high = interval(delta)
@@ -74,14 +76,15 @@ def _p50(rows: dict[str, dict], ids: list[str]) -> float:
     return statistics.median(latencies) if latencies else 0.0
 
 
-def report(run: Path, resamples: int = 10_000, seed: int = 0) -> str:
+def report(run: Path, resamples: int = 10_000, seed: int = 0,
+           comparisons: tuple[tuple[str, str], ...] = COMPARISONS) -> str:
     lines = [f"# Paired bootstrap over `{run}`", "",
              f"{resamples:,} resamples of the examples (seed {seed}), micro-averaged relation F1 per resample.", ""]
     for dataset in sorted(p for p in run.iterdir() if p.is_dir()):
         systems = {p.parent.name: read_rows(p) for p in sorted(dataset.glob(f"*/{ROWS}"))}
         systems = {s: rows for s, rows in systems.items() if rows}
         if systems:
-            lines += dataset_section(dataset.name, systems, resamples, seed)
+            lines += dataset_section(dataset.name, systems, resamples, seed, comparisons)
     return "\n".join(lines)
 
 
@@ -91,8 +94,11 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    parser.add_argument("--difference", nargs=2, action="append", metavar=("SYSTEM", "REFERENCE"),
+                        help="report SYSTEM − REFERENCE (repeatable; default: the comparison issue's goals)")
     args = parser.parse_args()
-    text = report(args.run, args.resamples, args.seed)
+    comparisons = tuple(map(tuple, args.difference)) if args.difference else COMPARISONS
+    text = report(args.run, args.resamples, args.seed, comparisons)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
