@@ -2,7 +2,7 @@
 
     python bench/paired.py runs/compare                      # a compare.py --out folder, or rows.py export's
     python bench/paired.py runs/compare --out bench/results/compare-2026-11-26/paired.md
-    python bench/paired.py bench/results/student-v11-2026-12-04/rows --difference v11 v10   # any two systems
+    python bench/paired.py bench/results/student-v11-2026-12-05/rows --difference v11 v10   # any two systems
 
 Every system of a data set ran the same examples, so the examples are resampled together (10,000 times, seeded) and
 each resample scores every system by micro-averaged F1 over it, as the table does. The intervals are the 2.5th and
