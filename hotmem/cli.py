@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
                            "`corpora-more-3` or its alternatives `corpora-more-4` and, half its size for one "
                            "sitting, `corpora-more-5` then `corpora-more-6` or `corpora-more-6-chats`, its examples "
-                           "sharing schema prompts)")
+                           "sharing schema prompts, then `corpora-more-7-chats`, a second pass over CoNLL04)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")

@@ -63,6 +63,15 @@ def test_a_later_stage_draws_records_an_earlier_one_did_not():
     assert len(drawn(skip=90, limit=10)[1]) == available - 90  # the tail, when fewer are left
     with pytest.raises(InvalidInputError, match="skip and limit"):
         Mixture(sources=[MixtureSource("gold", skip=-1)])
+    # a second pass (`epoch` 1) goes through the same records in another order; pass 0 is the order earlier stages
+    # counted `skip` in
+    whole, second_pass = drawn()[1], drawn(epoch=1)[1]
+    as_before = [record.id for record in load_gold("train")]
+    random.Random("0:gold").shuffle(as_before)
+    assert whole == as_before and sorted(second_pass) == sorted(whole) and second_pass != whole
+    assert drawn(epoch=1, skip=10, limit=5)[1] == second_pass[10:15]
+    with pytest.raises(InvalidInputError, match="epoch"):
+        Mixture(sources=[MixtureSource("gold", epoch=-1)])
 
 
 def test_examples_that_show_the_same_whole_schema_share_one_chat():
@@ -125,12 +134,12 @@ def test_every_shipped_mixture_loads(path):
 
 
 @pytest.mark.parametrize("last", [["corpora-more-3"], ["corpora-more-4"], ["corpora-more-5", "corpora-more-6"],
-                                  ["corpora-more-5", "corpora-more-6-chats"]], ids="/".join)
+                                  ["corpora-more-5", "corpora-more-6-chats", "corpora-more-7-chats"]], ids="/".join)
 def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
     """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or its
-    alternatives, corpora-more-4, or its two halves corpora-more-5 -> corpora-more-6 or -6-chats): each stage skips
-    what the ones before it drew (gold train is replayed on purpose)."""
-    taken: dict[str, list[range]] = {}
+    alternatives, corpora-more-4, or its two halves corpora-more-5 -> corpora-more-6 or -6-chats -> -7-chats): each
+    stage skips what the ones before it drew in the same pass over a corpus (gold train is replayed on purpose)."""
+    taken: dict[tuple[str, int], list[range]] = {}
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
                                                 "corpora-more-2", *last)]
     assert len({stage.seed for stage in stages}) == 1  # `skip` counts records in one shuffled order: one seed
@@ -139,8 +148,9 @@ def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
             if source.name == "gold":
                 continue
             drawn = range(source.skip, source.skip + source.limit)
-            assert all(not set(drawn) & set(earlier) for earlier in taken.get(source.name, [])), source
-            taken.setdefault(source.name, []).append(drawn)
+            assert all(not set(drawn) & set(earlier) for earlier in taken.get((source.name, source.epoch), [])), source
+            taken.setdefault((source.name, source.epoch), []).append(drawn)
+
 
 
 def test_every_earlier_stage_is_listed_even_when_their_folders_share_a_name():

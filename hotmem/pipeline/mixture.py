@@ -205,6 +205,9 @@ class MixtureSource:
     repeats: int = 1
     #: records passed over before drawing: a later stage with the same seed draws records an earlier one did not
     skip: int = 0
+    #: the pass over the source: each pass shuffles it in its own order (pass 0 as before passes existed), and `skip`
+    #: counts within the pass, so stages that drew all of a corpus can go through it again
+    epoch: int = 0
     path: str | None = None  # the data set's file or folder (default: the data root), or a labels folder
 
 
@@ -231,8 +234,8 @@ class Mixture:
         for source in self.sources:
             if source.name not in SOURCES:
                 raise InvalidInputError(f"unknown mixture source {source.name!r}; known: {sorted(SOURCES)}")
-            if source.repeats < 1 or source.skip < 0 or (source.limit is not None and source.limit < 0):
-                raise InvalidInputError(f"{source.name}: repeats must be ≥ 1, skip and limit ≥ 0")
+            if source.repeats < 1 or min(source.skip, source.epoch) < 0 or (source.limit or 0) < 0:
+                raise InvalidInputError(f"{source.name}: repeats must be ≥ 1, skip and limit ≥ 0, epoch ≥ 0")
         if not 0.0 <= self.whole_schema_rate <= 1.0 or self.negatives < 0:
             raise InvalidInputError("whole_schema_rate is in [0, 1] and negatives ≥ 0")
         if self.examples_per_prompt < 1:
@@ -293,11 +296,11 @@ def example_rows(pairs: Sequence[tuple[Record, RelationSchema]], source: str, mi
 
 def draw(mixture: Mixture) -> Iterator[tuple[MixtureSource, int, list[tuple[Record, RelationSchema]]]]:
     """Per source of the mixture: its spec, how many records it holds, and the (record, schema) pairs drawn from
-    it (shuffled with the mixture's seed, `skip` passed over, `limit` applied, before repeats). Every student's
-    training reads this."""
+    it (shuffled with the mixture's seed and the source's epoch, `skip` passed over, `limit` applied, before
+    repeats). Every student's training reads this."""
     for spec in mixture.sources:
         pairs = list(SOURCES[spec.name].read(spec.path))
-        random.Random(f"{mixture.seed}:{spec.name}").shuffle(pairs)
+        random.Random(f"{mixture.seed}:{spec.name}" + (f":{spec.epoch}" if spec.epoch else "")).shuffle(pairs)
         end = None if spec.limit is None else spec.skip + spec.limit
         yield spec, len(pairs), pairs[spec.skip:end]
 
