@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default="gold", help="gold, personaext, dialogre, convai2 or conll04; "
                           "personaext-conversation etc.: mapped onto the conversation schema")
     evaluate.add_argument("--path", default=None, help="data set file or folder (default: ../shared/data/...)")
-    evaluate.add_argument("--split", default=None, help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
+    evaluate.add_argument("--split", default=None,
+                          help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
     evaluate.add_argument("--program", default="default",
                           help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` "
                           "exported; 'auto' (what GraphExtractor() runs)")
@@ -332,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
                            "`corpora-more-3` or its alternatives `corpora-more-4` and, half its size for one "
                            "sitting, `corpora-more-5` then `corpora-more-6` or `corpora-more-6-chats`, its examples "
-                           "sharing schema prompts, then `corpora-more-7-chats`, a second pass over CoNLL04)")
+                           "sharing schema prompts, then `corpora-more-7-chats`, a second pass over CoNLL04, and "
+                           "`corpora-more-8-chats`, mostly DialogRE)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")
