@@ -328,13 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "from their annotated spans")
     dist.add_argument("--init-from", default=None, metavar="RUN",
                       help="start from a finished run's weights (or an exported student's adapter GGUF, e.g. "
-                           "optimized/student) at lower learning rates, a later stage "
-                           "(encoder: `--mixture encoder-conversation` after `--mixture encoder`; lora: "
-                           "`conversation-first`, then `conversation-whole`, `corpora-more`, `corpora-more-2`, "
-                           "`corpora-more-3` or its alternatives `corpora-more-4` and, half its size for one "
-                           "sitting, `corpora-more-5` then `corpora-more-6` or `corpora-more-6-chats`, its examples "
-                           "sharing schema prompts, then `corpora-more-7-chats`, a second pass over CoNLL04, and "
-                           "`corpora-more-8-chats`, mostly DialogRE)")
+                           "optimized/student) at lower learning rates: a later stage (encoder: `--mixture "
+                           "encoder-conversation` after `--mixture encoder`; lora: the shipped student's chain of "
+                           "stages and mixtures is in optimized/student/report.md)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
                            "instead of training")
