@@ -185,10 +185,12 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _mixture(args: argparse.Namespace):
-    from hotmem.pipeline.mixture import Mixture, MixtureSource
+    from hotmem.pipeline.mixture import Mixture, MixtureSource, earlier_stage, stage_ancestors
 
     if args.mixture:
-        return Mixture.load(args.mixture)
+        # `"skip": "continue"` starts past what the stages this run follows drew
+        stages = stage_ancestors({"init_from": earlier_stage(Path(args.init_from))}) if args.init_from else []
+        return Mixture.load(args.mixture).after([stage.get("mixture") for stage in stages])
     return Mixture(sources=[MixtureSource("labels", path=args.labels)]
                    + ([MixtureSource("gold", repeats=args.gold_repeats)] if args.gold_repeats else []))
 
@@ -309,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lora: a LoRA on a 0.5B Qwen (llama.cpp); encoder: a span extractor on MiniLM (ONNX)")
     dist.add_argument("--mixture", default=None,
                       help="the supervision: a mixture file, or the name of a shipped one ('default': gold, "
-                           "PersonaExt, ConvAI2/DNLI, DialogRE and CoNLL04 train parts, each in its own schema)")
+                           "PersonaExt, ConvAI2/DNLI, DialogRE and CoNLL04 train parts, each in its own schema); "
+                           "a source's \"skip\": \"continue\" draws past what the --init-from run's stages drew")
     dist.add_argument("--labels", default="runs/labels", help="without --mixture: the folder `hotmem label` wrote")
     dist.add_argument("--out", default="runs/student", help="checkpoints (resumable) and exports")
     dist.add_argument("--base", default="Qwen/Qwen2.5-0.5B-Instruct",

@@ -1,13 +1,17 @@
 """The student's supervision: a declared mixture of sources, each in its own schema, evaluation slices kept out."""
 
+import argparse
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
 from hotmem.data import find_data_root, load_gold
 from hotmem.errors import InvalidInputError
+from hotmem.cli import _mixture
 from hotmem.pipeline.mixture import (
+    CONTINUE,
     MIXTURES,
     PERSONAEXT_HELD_OUT,
     SOURCES,
@@ -61,7 +65,7 @@ def test_a_later_stage_draws_records_an_earlier_one_did_not():
     assert available == len(load_gold("train")) and len(first) == len(later) == 10
     assert not set(first) & set(later) and first + later == drawn(limit=20)[1]
     assert len(drawn(skip=90, limit=10)[1]) == available - 90  # the tail, when fewer are left
-    with pytest.raises(InvalidInputError, match="skip and limit"):
+    with pytest.raises(InvalidInputError, match="skip is a count"):
         Mixture(sources=[MixtureSource("gold", skip=-1)])
     # a second pass (`epoch` 1) goes through the same records in another order; pass 0 is the order earlier stages
     # counted `skip` in
@@ -145,7 +149,10 @@ def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
                                                 "corpora-more-2", *last)]
     assert len({stage.seed for stage in stages}) == 1  # `skip` counts records in one shuffled order: one seed
+    recorded: list[dict] = []
     for mixture in stages:
+        mixture = mixture.after(recorded)  # a stage may say `"skip": "continue"`
+        recorded.insert(0, mixture.to_dict())
         for source in mixture.sources:
             if source.name == "gold":
                 continue
@@ -153,6 +160,56 @@ def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
             assert all(not set(drawn) & set(earlier) for earlier in taken.get((source.name, source.epoch), [])), source
             taken.setdefault((source.name, source.epoch), []).append(drawn)
 
+
+
+SHIPPED_CHAIN = ("conversation-first", "conversation-whole", "corpora-more", "corpora-more-2", "corpora-more-5",
+                 "corpora-more-6-chats", "corpora-more-7-chats", "corpora-more-8-chats")
+
+
+def continued(mixture: Mixture) -> Mixture:
+    """The mixture with every corpus source's skip left to `"continue"` (gold train is replayed whole)."""
+    return replace(mixture, sources=[s if s.name == "gold" else replace(s, skip=CONTINUE) for s in mixture.sources])
+
+
+def test_continue_starts_each_source_where_the_earlier_stages_stopped():
+    """`"skip": "continue"` gives every shipped stage the skips that were counted by hand, per source and pass."""
+    recorded: list[dict] = []
+    for name in SHIPPED_CHAIN:
+        shipped = Mixture.load(name)
+        assert continued(shipped).after(recorded).sources == shipped.sources, name
+        recorded.insert(0, shipped.to_dict())  # as stage_ancestors lists them: the latest first
+    assert continued(Mixture.load("conversation-first")).after([]).sources == Mixture.load(
+        "conversation-first").sources  # a first stage starts at the beginning
+
+
+def test_continue_refuses_what_it_cannot_continue():
+    first = Mixture(sources=[MixtureSource("gold", limit=10), MixtureSource("conll04", limit=5)])
+    later = Mixture(sources=[MixtureSource("gold", skip=CONTINUE, limit=10)])
+    assert later.after([first.to_dict()]).sources[0].skip == 10
+    with pytest.raises(InvalidInputError, match="seed"):  # another shuffle order: offsets mean other records
+        replace(later, seed=1).after([first.to_dict()])
+    with pytest.raises(InvalidInputError, match="epoch"):  # a whole pass was drawn
+        later.after([Mixture(sources=[MixtureSource("gold")]).to_dict()])
+    # a second pass, or another file, continues from nothing
+    other_pass = Mixture(sources=[MixtureSource("gold", skip=CONTINUE, epoch=1, limit=10)])
+    assert other_pass.after([first.to_dict()]).sources[0].skip == 0
+    with pytest.raises(InvalidInputError, match="Mixture.after"):  # never drawn unresolved
+        next(draw(later))
+    with pytest.raises(InvalidInputError, match="skip"):
+        Mixture(sources=[MixtureSource("gold", skip="next")])
+
+
+def test_distill_continues_past_the_stages_of_the_run_it_starts_from(tmp_path):
+    """`hotmem distill --mixture F --init-from RUN`: RUN's manifest (and its own `init_from`) say what was drawn."""
+    first = Mixture(sources=[MixtureSource("gold", limit=10)]).to_dict()
+    second = Mixture(sources=[MixtureSource("gold", skip=10, limit=20)]).to_dict()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"mixture": second, "init_from": {"mixture": first}}))
+    (tmp_path / "next.json").write_text(json.dumps({"sources": [{"name": "gold", "skip": "continue", "limit": 5}]}))
+    args = argparse.Namespace(mixture=str(tmp_path / "next.json"), init_from=str(run))
+    assert _mixture(args).sources[0].skip == 30
+    assert _mixture(argparse.Namespace(mixture=str(tmp_path / "next.json"), init_from=None)).sources[0].skip == 0
 
 
 def test_every_earlier_stage_is_listed_even_when_their_folders_share_a_name():

@@ -17,6 +17,8 @@ example's own predicates plus `negatives` random others from its schema, shuffle
 With `examples_per_prompt` > 1, examples that show the same whole schema share one chat (`share_prompts`): the
 schema listing is 87% of the characters of `corpora-more-6`'s rows, and shared by 8 it costs 157 tokens an example
 instead of 400.
+A stage trained on from an earlier one (`hotmem distill --init-from`) draws what the earlier stages did not with
+`"skip": "continue"`: past every record they drew from that source in the same pass (`Mixture.after`).
 Evaluation slices never enter: gold dev and test, PersonaExt lines 1-1,000 (and 1,001-2,000, GEPA's validation),
 DialogRE dev, CoNLL04 valid, and any ConvAI2 text that is also in PersonaExt's evaluation slice.
 """
@@ -28,7 +30,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,14 @@ from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.format import check_answer_format, graph_to_target, schema_prompt, student_messages
 from hotmem.types import Graph, Record, Turn, speakers_of
 
-__all__ = ["MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage",
+__all__ = ["CONTINUE", "MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage",
            "earlier_stages_for_card", "example_rows", "mixture_name", "model_card", "sft_example", "share_prompts",
            "shown_predicates", "source_report", "stage_ancestors"]
 
 #: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
 MIXTURES = Path(__file__).with_name("mixtures")
+#: `MixtureSource.skip` of a source that continues where the earlier stages stopped
+CONTINUE = "continue"
 #: PersonaExt lines kept out of training: 1-1,000 are its evaluation slice, 1,001-2,000 GEPA's validation set.
 PERSONAEXT_HELD_OUT = 2000
 
@@ -203,8 +207,9 @@ class MixtureSource:
     name: str
     limit: int | None = None  # examples drawn (shuffled with the mixture's seed) before repeats; None: all
     repeats: int = 1
-    #: records passed over before drawing: a later stage with the same seed draws records an earlier one did not
-    skip: int = 0
+    #: records passed over before drawing: a later stage with the same seed draws records an earlier one did not;
+    #: `"continue"` passes over what the stages the run starts from drew (`Mixture.after` works it out)
+    skip: int | str = 0
     #: the pass over the source: each pass shuffles it in its own order (pass 0 as before passes existed), and `skip`
     #: counts within the pass, so stages that drew all of a corpus can go through it again
     epoch: int = 0
@@ -234,8 +239,10 @@ class Mixture:
         for source in self.sources:
             if source.name not in SOURCES:
                 raise InvalidInputError(f"unknown mixture source {source.name!r}; known: {sorted(SOURCES)}")
-            if source.repeats < 1 or min(source.skip, source.epoch) < 0 or (source.limit or 0) < 0:
-                raise InvalidInputError(f"{source.name}: repeats must be ≥ 1, skip and limit ≥ 0, epoch ≥ 0")
+            if source.skip != CONTINUE and (not isinstance(source.skip, int) or source.skip < 0):
+                raise InvalidInputError(f"{source.name}: skip is a count ≥ 0 or {CONTINUE!r}, not {source.skip!r}")
+            if source.repeats < 1 or source.epoch < 0 or (source.limit or 0) < 0:
+                raise InvalidInputError(f"{source.name}: repeats must be ≥ 1, limit ≥ 0, epoch ≥ 0")
         if not 0.0 <= self.whole_schema_rate <= 1.0 or self.negatives < 0:
             raise InvalidInputError("whole_schema_rate is in [0, 1] and negatives ≥ 0")
         if self.examples_per_prompt < 1:
@@ -254,6 +261,33 @@ class Mixture:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def after(self, stages: Sequence[dict[str, Any] | None]) -> Mixture:
+        """This mixture with every `"skip": "continue"` resolved against the mixtures of the earlier `stages` (as
+        their manifests record them; `stage_ancestors` lists them): past the last record any of them drew from the
+        same source (and file) in the same pass. A stage with another seed shuffled the source in another order, and
+        one that drew a whole pass leaves nothing to continue with: both are errors rather than a silent overlap."""
+        resolved = []
+        for source in self.sources:
+            if source.skip == CONTINUE:
+                end = 0
+                for stage in filter(None, stages):
+                    for earlier in stage.get("sources") or ():
+                        if (earlier["name"], earlier.get("epoch", 0), earlier.get("path")) != (
+                                source.name, source.epoch, source.path):
+                            continue
+                        if stage.get("seed", 0) != self.seed:
+                            raise InvalidInputError(
+                                f"{source.name}: an earlier stage drew it with seed {stage.get('seed', 0)}, this "
+                                f"mixture has seed {self.seed}: records drawn in another order cannot be continued")
+                        if earlier.get("limit") is None:
+                            raise InvalidInputError(
+                                f"{source.name}: an earlier stage drew all of pass {source.epoch}; continue with "
+                                f"\"epoch\": {source.epoch + 1} (the same records in another order)")
+                        end = max(end, earlier.get("skip", 0) + earlier["limit"])
+                source = replace(source, skip=end)
+            resolved.append(source)
+        return replace(self, sources=resolved)
 
 
 def shown_predicates(graph: Graph, schema: RelationSchema, rng: random.Random, negatives: int,
@@ -299,6 +333,10 @@ def draw(mixture: Mixture) -> Iterator[tuple[MixtureSource, int, list[tuple[Reco
     it (shuffled with the mixture's seed and the source's epoch, `skip` passed over, `limit` applied, before
     repeats). Every student's training reads this."""
     for spec in mixture.sources:
+        if spec.skip == CONTINUE:
+            raise InvalidInputError(f"{spec.name}: \"skip\": \"continue\" says where to start only against the "
+                                    "stages this one follows: resolve it with `Mixture.after` (`hotmem distill "
+                                    "--init-from` does)")
         pairs = list(SOURCES[spec.name].read(spec.path))
         random.Random(f"{mixture.seed}:{spec.name}" + (f":{spec.epoch}" if spec.epoch else "")).shuffle(pairs)
         end = None if spec.limit is None else spec.skip + spec.limit
