@@ -1,12 +1,15 @@
-"""The LoRA student decoding token by token (llama-cpp-python's chat completion) against jump-forward decoding (the
-text its `lines` grammar forces fed in one batch, `Student(jump_forward=True)`): latency, output tokens, decoding
-steps and whether the answers are the same, side by side in one process.
+"""Two decodings of the LoRA student, or two students, side by side: latency, output tokens, same answers.
+
+The student decoding token by token (llama-cpp-python's chat completion) against jump-forward decoding (the text its
+`lines` grammar forces fed in one batch, `Student(jump_forward=True)`); or, with `--against`, two students, each
+decoding as it ships. Decoding steps and whether the answers are the same come with the latencies.
 
     python bench/student_decoding.py --split test --out bench/results/<folder>/decoding.json
+    python bench/student_decoding.py --student runs/new --against runs/old --out .../speed.json
 
-Two copies of the student are loaded; they answer each gold conversation in turn (which goes first alternates), so
-a slow spell of this machine hits both. Run it alone: a second model-heavy process on two cores doubles every figure.
-"""
+Two students (or two copies of one) are loaded; they answer each gold conversation in turn (which goes first
+alternates), so a slow spell of this machine hits both, and their ratio holds from one machine to another where a
+bare p50 does not. Run it alone: a second model-heavy process on two cores doubles every figure."""
 
 from __future__ import annotations
 
@@ -30,17 +33,23 @@ def main() -> None:
     parser.add_argument("--student", help="an exported student folder (default: the shipped one)")
     parser.add_argument("--split", default="test", choices=("train", "dev", "test"))
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--against", help="another student folder: the two students side by side, each decoding "
+                                              "jump-forward, instead of the student's two decodings")
     parser.add_argument("--out", type=Path, help="write the figures and the differing answers as JSON here")
     args = parser.parse_args()
 
     records = load_gold(args.split)[: args.limit]
-    students = {mode: Student(args.student, jump_forward=mode == "jump-forward") for mode in MODES}
-    warm = student_messages(records[0].turns, students[MODES[0]].system_prompt)
+    if args.against:
+        students = {args.against: Student(args.against), args.student or "optimized/student": Student(args.student)}
+    else:
+        students = {mode: Student(args.student, jump_forward=mode == "jump-forward") for mode in MODES}
+    modes = tuple(students)
     for student in students.values():  # load the weights and process the fixed system prompt once
+        warm = student_messages(records[0].turns, student.system_prompt)
         student.engine.chat(warm, max_tokens=4, **student._constraint)
-    rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    rows: dict[str, list[dict]] = {mode: [] for mode in modes}
     for i, record in enumerate(records):
-        for mode in MODES if i % 2 == 0 else MODES[::-1]:
+        for mode in modes if i % 2 == 0 else modes[::-1]:
             student = students[mode]
             started = time.perf_counter()
             result = student.engine.chat(student_messages(record.turns, student.system_prompt),
@@ -57,17 +66,22 @@ def main() -> None:
                          "mean_s": round(statistics.mean(seconds), 3),
                          "tokens_per_example": round(statistics.mean(r["tokens"] for r in mode_rows), 1),
                          "steps_per_example": round(statistics.mean(r["steps"] for r in mode_rows), 1)}
-    before, after = rows[MODES[0]], rows[MODES[1]]
-    differing = [{"id": a["id"], MODES[0]: a["answer"], MODES[1]: b["answer"]}
+    before, after = rows[modes[0]], rows[modes[1]]
+    differing = [{"id": a["id"], modes[0]: a["answer"], modes[1]: b["answer"]}
                  for a, b in zip(before, after) if a["answer"] != b["answer"]]
+    ratio = {"p50": round(summary[modes[1]]["p50_s"] / summary[modes[0]]["p50_s"], 3),
+             "mean": round(summary[modes[1]]["mean_s"] / summary[modes[0]]["mean_s"], 3)}
     report = {"split": args.split, "examples": len(records), "student": args.student or "optimized/student",
-              "summary": summary, "same_answers": len(records) - len(differing), "differing": differing}
-    print("| decoding | p50 | p95 | mean | output tokens / ex | decoding steps / ex |")
+              "against": args.against, "summary": summary, "ratio": ratio,
+              "same_answers": len(records) - len(differing), "differing": differing}
+    print(f"| {'student' if args.against else 'decoding'} | p50 | p95 | mean | output tokens / ex | "
+          "decoding steps / ex |")
     print("|---|---|---|---|---|---|")
     for mode, s in summary.items():
         print(f"| {mode} | {s['p50_s']:.2f} s | {s['p95_s']:.2f} s | {s['mean_s']:.2f} s | "
               f"{s['tokens_per_example']:.1f} | {s['steps_per_example']:.1f} |")
-    print(f"same answers: {report['same_answers']} / {len(records)}")
+    print(f"{modes[1]} / {modes[0]}: p50 {ratio['p50']}, mean {ratio['mean']}; "
+          f"same answers: {report['same_answers']} / {len(records)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out, json.dumps(report, indent=1, ensure_ascii=False))
