@@ -158,6 +158,25 @@ def test_graph_extractor_on_the_embedded_default():
         assert relation.predicate in CONVERSATION_SCHEMA.predicates
 
 
+EVERYDAY = {  # a move, a job, kin: what a user tries first; every name said must be in the graph
+    "My sister Anna moved to Berlin and works at Siemens.": {"Anna", "Berlin", "Siemens"},
+    "My brother Tom moved to Madrid and works at Telefonica.": {"Tom", "Madrid", "Telefonica"},
+    "My friend Lena moved to Vienna last year.": {"Lena", "Vienna"},
+    "My cousin Raj relocated to Toronto and works for Shopify.": {"Raj", "Toronto", "Shopify"},
+    "My mom moved to Lisbon after she retired.": {"Lisbon"},
+    "Sarah lives in New York with her husband Michael and their two kids.": {"Sarah", "New York", "Michael"},
+}
+
+
+@needs_embedded
+def test_the_embedded_default_keeps_every_name_of_everyday_sentences():
+    from hotmem import GraphExtractor
+
+    extract = GraphExtractor()
+    missing = {text: names - {e.name for e in extract(text).entities} for text, names in EVERYDAY.items()}
+    assert not any(missing.values()), missing
+
+
 @needs_embedded
 def test_non_english_text_gives_a_graph():
     from hotmem import GraphExtractor
