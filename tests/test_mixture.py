@@ -303,3 +303,11 @@ def test_a_dialogre_chunk_teaches_a_speakers_name_only_where_it_shows_it():
     assert _names_a_speaker(chunk(("Speaker 1", "Hey Rach listen, ..."), ("Speaker 2", "What?")), "Speaker 2", "Rach")
     assert _names_a_speaker(chunk(("Speaker 1", "I'll have my friends call me Valerie."),), "Speaker 1", "Valerie")
     assert not _names_a_speaker(chunk(("Speaker 1", "Joey is late."), ("Speaker 2", "Yes.")), "Speaker 2", "Joey")
+
+
+def test_two_passes_of_a_source_are_two_rows_and_one_pass_twice_is_refused():
+    mixture = Mixture(sources=[MixtureSource("gold", limit=4), MixtureSource("gold", epoch=1, limit=3)])
+    _, report = build_examples(mixture)
+    assert {name: r["examples"] for name, r in report.items()} == {"gold (pass 0)": 4, "gold (pass 1)": 3}
+    with pytest.raises(InvalidInputError, match="pass 0"):
+        Mixture(sources=[MixtureSource("gold", limit=4), MixtureSource("gold", skip=4, limit=4)])

@@ -216,8 +216,9 @@ def mixture_pairs(mixture: Mixture) -> tuple[list[tuple[Record, RelationSchema]]
     report: dict[str, dict[str, Any]] = {}
     for spec, available, drawn in draw(mixture):
         pairs += drawn * spec.repeats
-        report[spec.name] = source_report(spec, available, drawn, len(drawn) * spec.repeats,
-                                          sum(bool(r.graph.relations) for r, _ in drawn) * spec.repeats)
+        report[mixture.source_label(spec)] = source_report(
+            spec, available, drawn, len(drawn) * spec.repeats,
+            sum(bool(r.graph.relations) for r, _ in drawn) * spec.repeats)
     return pairs, report
 
 

@@ -243,6 +243,11 @@ class Mixture:
                 raise InvalidInputError(f"{source.name}: skip is a count ≥ 0 or {CONTINUE!r}, not {source.skip!r}")
             if source.repeats < 1 or source.epoch < 0 or (source.limit or 0) < 0:
                 raise InvalidInputError(f"{source.name}: repeats must be ≥ 1, limit ≥ 0, epoch ≥ 0")
+        passes = Counter((source.name, source.epoch, source.path) for source in self.sources)
+        for (name, epoch, _), count in passes.items():
+            if count > 1:  # one range a pass: two would overlap, or be one source said twice
+                raise InvalidInputError(f"{name}: pass {epoch} of the same file is listed {count} times; draw it "
+                                        "once with a larger limit, or list another epoch")
         if not 0.0 <= self.whole_schema_rate <= 1.0 or self.negatives < 0:
             raise InvalidInputError("whole_schema_rate is in [0, 1] and negatives ≥ 0")
         if self.examples_per_prompt < 1:
@@ -261,6 +266,12 @@ class Mixture:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def source_label(self, source: MixtureSource) -> str:
+        """A source's row name in a model card: its name, with its pass when the mixture lists the name twice."""
+        if sum(s.name == source.name for s in self.sources) > 1:
+            return f"{source.name} (pass {source.epoch})"
+        return source.name
 
     def after(self, stages: Sequence[dict[str, Any] | None]) -> Mixture:
         """This mixture with every `"skip": "continue"` resolved against the mixtures of the earlier `stages` (as
@@ -361,7 +372,8 @@ def build_examples(mixture: Mixture) -> tuple[list[dict[str, Any]], dict[str, di
     for spec, available, drawn in draw(mixture):
         added, counts = example_rows(drawn, spec.name, mixture, rng, spec.repeats)
         rows += added
-        report[spec.name] = source_report(spec, available, drawn, counts["examples"], counts["with_relations"],
+        report[mixture.source_label(spec)] = source_report(spec, available, drawn, counts["examples"],
+                                                           counts["with_relations"],
                                           too_long=counts["too_long"])
     if not rows:
         raise DistillError("the mixture holds no example")
