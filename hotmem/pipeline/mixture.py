@@ -373,8 +373,7 @@ def build_examples(mixture: Mixture) -> tuple[list[dict[str, Any]], dict[str, di
         added, counts = example_rows(drawn, spec.name, mixture, rng, spec.repeats)
         rows += added
         report[mixture.source_label(spec)] = source_report(spec, available, drawn, counts["examples"],
-                                                           counts["with_relations"],
-                                          too_long=counts["too_long"])
+                                                           counts["with_relations"], too_long=counts["too_long"])
     if not rows:
         raise DistillError("the mixture holds no example")
     if mixture.examples_per_prompt > 1:
