@@ -309,5 +309,7 @@ def test_two_passes_of_a_source_are_two_rows_and_one_pass_twice_is_refused():
     mixture = Mixture(sources=[MixtureSource("gold", limit=4), MixtureSource("gold", epoch=1, limit=3)])
     _, report = build_examples(mixture)
     assert {name: r["examples"] for name, r in report.items()} == {"gold (pass 0)": 4, "gold (pass 1)": 3}
+    two_files = Mixture(sources=[MixtureSource("labels", path="a"), MixtureSource("labels", path="b")])
+    assert [two_files.source_label(s) for s in two_files.sources] == ["labels (pass 0, a)", "labels (pass 0, b)"]
     with pytest.raises(InvalidInputError, match="pass 0"):
         Mixture(sources=[MixtureSource("gold", limit=4), MixtureSource("gold", skip=4, limit=4)])

@@ -268,9 +268,10 @@ class Mixture:
         return asdict(self)
 
     def source_label(self, source: MixtureSource) -> str:
-        """A source's row name in a model card: its name, with its pass when the mixture lists the name twice."""
+        """A source's row name in a model card: its name, with its pass (and file) when the mixture lists the name
+        twice; unique, since a mixture lists each pass of each file once."""
         if sum(s.name == source.name for s in self.sources) > 1:
-            return f"{source.name} (pass {source.epoch})"
+            return f"{source.name} (pass {source.epoch}" + (f", {source.path})" if source.path else ")")
         return source.name
 
     def after(self, stages: Sequence[dict[str, Any] | None]) -> Mixture:
