@@ -201,7 +201,7 @@ def _distill_encoder(args: argparse.Namespace) -> int:
                                          mixture_pairs, soup_encoders, train_encoder)
 
     if args.soup:
-        result = soup_encoders(args.soup, EncoderConfig(out_dir=args.out, int8=True))
+        result = soup_encoders(args.soup, EncoderConfig(out_dir=args.out, int8=True), weights=args.soup_weights)
     else:
         mixture = _mixture(args)
         config = EncoderConfig(out_dir=args.out, epochs=args.epochs, save_steps=args.save_steps,
@@ -226,6 +226,14 @@ def _distill(args: argparse.Namespace) -> int:
 
     if args.student == "encoder":
         return _distill_encoder(args)
+    if args.soup:
+        from hotmem.pipeline.distill import soup_students
+
+        result = soup_students(args.soup, DistillConfig(out_dir=args.out, base_model=args.base),
+                               weights=args.soup_weights)
+        print(f"soup of {len(args.soup)} runs, rank {result.manifest['recipe']['lora_r']}, "
+              f"{result.manifest['soup_seconds']} s; exported to {result.out_dir}")
+        return 0
     if args.checkpoint:
         from hotmem.pipeline.distill import export_checkpoint
 
@@ -335,8 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "encoder-conversation` after `--mixture encoder`; lora: the shipped student's chain of "
                            "stages and mixtures is in optimized/student/report.md)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
-                      help="encoder: average the weights of finished runs fine-tuned from one run (a model soup) "
-                           "instead of training")
+                      help="average the weights of finished runs that share an earlier stage (a model soup) instead "
+                           "of training; lora: the sum of their updates as one adapter of their summed rank")
+    dist.add_argument("--soup-weights", nargs="+", type=float, default=None, metavar="W",
+                      help="a weight per --soup run (default: the mean)")
     dist.add_argument("--checkpoint", default=None, metavar="DIR",
                       help="lora: export a checkpoint of a run (still training) to --out as a runnable student, "
                            "instead of training")

@@ -409,6 +409,65 @@ def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
     assert "Earlier stage: `first`" in (tmp_path / "second" / "card.md").read_text()
 
 
+@needs_smollm
+def test_a_lora_soup_is_the_weighted_sum_of_its_runs_updates(tmp_path):
+    """`soup_students`: a run and the run trained on from it become one adapter whose weight update is the weighted
+    sum of theirs, exactly; runs that share no stage are refused."""
+    for module in ("torch", "trl", "peft"):
+        pytest.importorskip(module)
+    import random
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from hotmem.llama.models import model_path
+    from hotmem.pipeline.distill import distill, soup_students
+    from hotmem.pipeline.mixture import Mixture, example_rows
+    from hotmem.types import Record
+
+    path = model_path("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tiny = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=4, num_key_value_heads=2)
+    pairs = [(Record(id=f"x{i}", turns=as_turns(TEXT), graph=GRAPH), CONVERSATION_SCHEMA) for i in range(4)]
+    dataset = sft_dataset(example_rows(pairs, "test", Mixture(sources=[]), random.Random(0))[0])
+    recipe = {"max_steps": 2, "save_steps": 2, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_seq_length": 2048,
+              "learning_rate": 1e-2}
+
+    def train(name, init_from=None):
+        config = DistillConfig(out_dir=str(tmp_path / name), init_from=init_from, **recipe)
+        return distill(config, dataset, base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny-qwen2"), progress=False)
+
+    first = train("first")
+    second = train("second", init_from=str(first.out_dir))
+    soup = soup_students([first.out_dir, second.out_dir], DistillConfig(out_dir=str(tmp_path / "soup")),
+                         weights=[0.25, 0.75], base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny-qwen2"))
+
+    def updates(folder):
+        adapter = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+        state = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+        scaling = adapter["lora_alpha"] / adapter["r"]
+        return {k.replace(".lora_A.weight", ""): scaling * state[k.replace("lora_A", "lora_B")] @ state[k]
+                for k in state if "lora_A" in k}
+
+    runs, mixed = [updates(r.out_dir) for r in (first, second)], updates(soup.out_dir)
+    assert mixed.keys() == runs[0].keys() and not torch.allclose(runs[0][next(iter(mixed))], runs[1][next(iter(mixed))])
+    for key, update in mixed.items():
+        assert torch.allclose(update, 0.25 * runs[0][key] + 0.75 * runs[1][key], atol=1e-6), key
+    assert soup.manifest["recipe"]["lora_r"] == 8 and soup.manifest["soup_weights"] == [0.25, 0.75]
+    assert (soup.out_dir / "adapter.gguf").is_file() and (soup.out_dir / "merged" / "config.json").is_file()
+    card = (soup.out_dir / "card.md").read_text()
+    assert "`first` (0.25), `second` (0.75)" in card
+    assert card.count("### Earlier stage: `first`") == card.count("### Earlier stage: `second`") == 1
+    alone = train("alone")  # trained from the base: shares no stage with `second`
+    with pytest.raises(DistillError, match="share no earlier stage"):
+        soup_students([second.out_dir, alone.out_dir], DistillConfig(out_dir=str(tmp_path / "no")))
+    with pytest.raises(DistillError, match="2 weights for 3 runs"):
+        soup_students([first.out_dir, second.out_dir, first.out_dir], DistillConfig(out_dir=str(tmp_path / "no")),
+                      weights=[0.5, 0.5])
+
+
 def test_asking_for_a_missing_student_says_how_to_get_one(tmp_path):
     from hotmem.errors import StudentNotFoundError
     from hotmem.extractor import GraphExtractor

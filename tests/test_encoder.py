@@ -467,7 +467,15 @@ def test_a_soup_averages_runs_from_one_start_and_its_card_lists_them(tmp_path, t
     card = (soup.out_dir / "card.md").read_text()
     for name in ("run1", "run2", trained.out_dir.name):  # both runs and the run they started from, once each
         assert card.count(f"### Earlier stage: `{name}`") == 1
+    # a run and the run it was trained on from make a soup too, weighted as asked
+    pair = soup_encoders([trained.out_dir, runs[0].out_dir], _config(tmp_path / "pair", tiny_encoder),
+                         weights=[0.25, 0.75])
+    assert f"`{trained.out_dir.name}` (0.25), `run1` (0.75)" in (pair.out_dir / "card.md").read_text()
+    mixture = Mixture(sources=[MixtureSource("gold", limit=2)], seed=3)
+    pairs, sources = mixture_pairs(mixture)
+    alone = train_encoder(_config(tmp_path / "alone", tiny_encoder, max_steps=1), pairs, sources=sources,
+                          mixture=mixture)
     with pytest.raises(DistillError, match="fine-tuned from one run"):
-        soup_encoders([runs[0].out_dir, trained.out_dir], _config(tmp_path / "mixed", tiny_encoder))
+        soup_encoders([runs[0].out_dir, alone.out_dir], _config(tmp_path / "mixed", tiny_encoder))
     with pytest.raises(DistillError, match="at least two"):
         soup_encoders([runs[0].out_dir], _config(tmp_path / "one", tiny_encoder))

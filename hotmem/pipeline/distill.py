@@ -20,7 +20,7 @@ import json
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from hotmem.errors import DistillError, ModelNotAvailableError
 from hotmem.io import write_atomic
 from hotmem.llama.gguf import read_lora_gguf, write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
-from hotmem.pipeline.mixture import Mixture, earlier_stage, earlier_stages_for_card, mixture_name, model_card
+from hotmem.pipeline.mixture import (Mixture, earlier_stage, earlier_stages_for_card, mixture_name, model_card,
+                                     soup_listing, soup_runs, stage_ancestors)
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
@@ -263,9 +264,13 @@ def load_base(config: DistillConfig, backend: str):
 
 
 def _earlier_adapter(config: DistillConfig) -> Path:
-    """The earlier stage's PEFT adapter folder: a run's own, or one rebuilt from a shipped student's adapter GGUF
-    (`optimized/student` keeps only that) under this run's folder."""
-    folder = Path(config.init_from)
+    """The earlier stage's PEFT adapter folder (`_run_adapter`), rebuilt if need be under this run's folder."""
+    return _run_adapter(Path(config.init_from), Path(config.out_dir) / "init-adapter")
+
+
+def _run_adapter(folder: Path, rebuilt: Path) -> Path:
+    """A finished run's PEFT adapter folder: its own, or one rebuilt at `rebuilt` from a shipped student's adapter
+    GGUF (`optimized/student` keeps only that)."""
     adapter = folder / "adapter"
     if (adapter / "adapter_config.json").is_file():
         return adapter
@@ -274,7 +279,6 @@ def _earlier_adapter(config: DistillConfig) -> Path:
     if not lora_gguf or not (folder / lora_gguf).is_file():
         raise DistillError(f"init_from: no trained LoRA student at {folder} (a finished `hotmem distill` run's "
                            "folder, or an exported student with its adapter GGUF, is expected)")
-    rebuilt = Path(config.out_dir) / "init-adapter"
     if not (rebuilt / "adapter_config.json").is_file():
         _adapter_from_gguf(folder, folder / lora_gguf, rebuilt)
     return rebuilt
@@ -490,16 +494,87 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     return DistillResult(out, manifest)
 
 
+def soup_students(runs: Sequence[str | Path], config: DistillConfig, *, weights: Sequence[float] | None = None,
+                  base: tuple | None = None) -> DistillResult:
+    """A model soup of LoRA students: the weighted sum of the runs' weight updates (`weights`, the mean by
+    default) as one adapter on their common base, exported like a trained run to `config.out_dir`. PEFT's
+    `add_weighted_adapter(combination_type="cat")` stacks the adapters, so the sum is exact and the soup's rank is
+    the sum of theirs. The runs must share an earlier stage (`hotmem.pipeline.mixture.soup_runs`), a base and an
+    answer format. `base`: an already loaded `(model, tokenizer, source)`, instead of the runs' base."""
+    import time
+
+    from peft import PeftModel
+
+    folders = [Path(run) for run in runs]
+    stages = soup_runs(folders)
+    weights = [1 / len(folders)] * len(folders) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(folders):
+        raise DistillError(f"soup: {len(weights)} weights for {len(folders)} runs")
+    formats = {json.loads((f / "student.json").read_text()).get("answer_format", "json")
+               if (f / "student.json").is_file() else "json" for f in folders}
+    bases = {stage["base_model"] for stage in stages}
+    if len(formats) != 1 or len(bases) != 1:
+        raise DistillError(f"soup: the runs must share a base and an answer format; they have {sorted(bases)} and "
+                           f"{sorted(formats)}")
+    out = Path(config.out_dir)
+    adapters = [_run_adapter(folder, out / f"soup-adapter-{i}") for i, folder in enumerate(folders)]
+    started = time.perf_counter()
+    if base is None:
+        recipe = json.loads((folders[0] / "manifest.json").read_text()).get("recipe", {})
+        config = replace(config, base_model=recipe.get("requested_base_model") or config.base_model)
+        model, tokenizer, _, base_source = load_base(config, "trl")
+    else:
+        model, tokenizer, base_source = base
+    if {base_source} != bases:
+        raise DistillError(f"soup: the runs were trained on {bases.pop()!r}, {base_source!r} was loaded")
+    names = [f"run{i}" for i in range(len(folders))]
+    with _no_base_config_warning():
+        model = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name=names[0])
+        for name, adapter in zip(names[1:], adapters[1:]):
+            model.load_adapter(str(adapter), adapter_name=name)
+    model.add_weighted_adapter(names, weights, "default", combination_type="cat")
+    model.set_adapter("default")
+    for name in names:
+        model.delete_adapter(name)
+    rank = model.peft_config["default"].r  # alpha is the rank: PEFT folds each run's scaling into its A
+    soup_config = replace(config, lora_r=rank, lora_alpha=rank, init_from=None)
+    with _no_base_config_warning():
+        export_student(model, tokenizer, out, base_source, soup_config, formats.pop())
+    ancestors = stage_ancestors({"soup_of": stages})
+    manifest = {
+        "backend": "soup",
+        "base_model": base_source,
+        "recipe": {**asdict(soup_config), "target_modules": sorted(model.peft_config["default"].target_modules),
+                   "base_model": base_source},
+        "soup_of": stages,
+        "soup_weights": weights,
+        "examples": None,
+        # the training time of every run in it, their shared start once, and the most memory any took
+        "seconds_total": round(sum(stage.get("seconds_total") or 0 for stage in ancestors), 1),
+        "soup_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_gb": max([stage.get("peak_rss_gb") or 0 for stage in ancestors] + [peak_rss_gb()]),
+    }
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    write_atomic(out / "card.md", lora_card(manifest))
+    return DistillResult(out, manifest)
+
+
 def lora_card(manifest: dict[str, Any]) -> str:
     """A LoRA student's `card.md`, from its `manifest.json` alone (its sources, mixture, cost and earlier stages)."""
+    model = (f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
+             "its prompt (`prompt: schema`).")
+    if manifest.get("soup_of"):
+        training = (f"The weighted sum of the weight updates of {soup_listing(manifest)} (a model soup, rank "
+                    f"{manifest['recipe']['lora_r']}), runs that share an earlier stage; "
+                    f"{manifest['seconds_total'] / 3600:.2f} h of training in all.")
+        return model_card({}, Mixture(sources=[]), model=model, training=training,
+                          earlier=earlier_stages_for_card(manifest))
     recorded = manifest.get("mixture")
     mixture = Mixture(**{**recorded, "name": mixture_name(recorded)}) if recorded else Mixture(sources=[])
     rows = manifest.get("rows", manifest["examples"])
     shared = f" ({manifest['examples']:,} examples in {rows:,} chats)" if rows != manifest["examples"] else ""
     return model_card(
-        manifest.get("mixture_sources") or {}, mixture,
-        model=f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
-              "its prompt (`prompt: schema`).",
+        manifest.get("mixture_sources") or {}, mixture, model=model,
         training=f"{manifest['backend']}{shared}, {manifest['global_step']} steps, "
                  f"{manifest['seconds_total'] / 3600:.2f} h over {manifest['sessions']} session(s), "
                  f"{manifest['tokens_per_second']} tokens/s, "

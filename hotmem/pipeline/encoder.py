@@ -40,7 +40,8 @@ from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
 from hotmem.io import write_atomic
 from hotmem.pipeline.mixture import (Mixture, draw, earlier_stage, earlier_stages_for_card, model_card,
-                                     shown_predicates, source_report, stage_ancestors)
+                                     shown_predicates, soup_listing, soup_runs, source_report,
+                                     stage_ancestors)
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
@@ -550,28 +551,24 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
     return EncoderResult(out, manifest)
 
 
-def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig,
-                  schema: RelationSchema = CONVERSATION_SCHEMA) -> EncoderResult:
-    """A model soup (Wortsman et al., 2022): the average of the weights of finished runs that were fine-tuned from
-    the same run (`init_from`), exported to `config.out_dir` like a trained run, with a manifest and a card that
-    list every run's sources. Runs of one starting point differ little in their weights, and their average often
-    generalises better than each."""
-    if len(runs) < 2:
-        raise DistillError("a soup needs at least two runs")
+def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig, schema: RelationSchema = CONVERSATION_SCHEMA,
+                  *, weights: Sequence[float] | None = None) -> EncoderResult:
+    """A model soup (Wortsman et al., 2022): the average of the weights of finished runs that share an earlier
+    stage (`hotmem.pipeline.mixture.soup_runs`), exported to `config.out_dir` like a trained run, with a manifest
+    and a card that list every run's sources. Runs of one starting point differ little in their weights, and their
+    average often generalises better than each. `weights`: a weight per run (the mean by default)."""
     folders = [Path(run) for run in runs]
-    manifests = []
+    manifests = soup_runs(folders)
+    weights = [1 / len(folders)] * len(folders) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(folders):
+        raise DistillError(f"soup: {len(weights)} weights for {len(folders)} runs")
     for folder in folders:
-        manifest = earlier_stage(folder, role="soup")
         if not (folder / CHECKPOINT).is_file():
             raise DistillError(f"soup: no trained encoder student at {folder / CHECKPOINT}")
-        manifests.append(manifest)
-    starts = {json.dumps(m.get("init_from") and m["init_from"].get("folder")) for m in manifests}
-    if len(starts) != 1 or starts == {"null"}:
-        raise DistillError(f"soup: the runs must be fine-tuned from one run (`init_from`); they start from {starts}")
     started = time.perf_counter()
     states = [torch.load(folder / CHECKPOINT, weights_only=False)["model"] for folder in folders]
-    soup = {key: sum(state[key].float() for state in states) / len(states) if value.is_floating_point() else value
-            for key, value in states[0].items()}
+    soup = {key: sum(w * state[key].float() for w, state in zip(weights, states)) if value.is_floating_point()
+            else value for key, value in states[0].items()}
     encoder_folder = Path(config.encoder) if config.encoder else minilm_folder()
     model = load_model(encoder_folder, config.max_width)
     model.load_state_dict(soup)
@@ -585,6 +582,7 @@ def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig,
         "params": {"encoder": sum(p.numel() for p in model.encoder.parameters()),
                    "total": sum(p.numel() for p in model.parameters())},
         "soup_of": manifests,
+        "soup_weights": weights,
         # the training time of every run in it, the shared start once, and the most memory any took
         "seconds_total": round(sum(m.get("seconds_total") or 0 for m in stage_ancestors({"soup_of": manifests})), 1),
         "soup_seconds": round(time.perf_counter() - started, 1),
@@ -607,8 +605,8 @@ def encoder_card(manifest: dict[str, Any], sources: dict[str, dict[str, Any]], m
              "runs without retraining.")
     sizes = ", ".join(f"{k} {v} MB" for k, v in manifest["export"]["size_mb"].items())
     if manifest.get("soup_of"):
-        names = ", ".join(f"`{run['folder']}`" for run in manifest["soup_of"])
-        training = (f"The average of the weights of {names} (a model soup), runs fine-tuned from the same run; "
+        training = (f"The weighted average of the weights of {soup_listing(manifest)} (a model soup), runs that "
+                    "share an earlier stage; "
                     f"{manifest['seconds_total'] / 3600:.2f} h of training in all. ONNX files: {sizes}.")
     else:
         training = (f"PyTorch on CPU, {manifest['steps']} steps of {manifest['recipe']['batch_size']} examples, "

@@ -438,18 +438,43 @@ def earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
             "steps": earlier.get("steps", earlier.get("global_step")), **{key: earlier.get(key) for key in keep}}
 
 
+def _stage_key(stage: dict[str, Any]) -> str:
+    # by content, not folder name: `runs/v6/student` and `runs/v5/student` are both "student"
+    return json.dumps(stage, sort_keys=True, default=str)
+
+
 def stage_ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Every run whose weights are in this one, once each: the runs it started from and the runs a soup averages."""
     found, pending, seen = [], [manifest.get("init_from"), *(manifest.get("soup_of") or [])], set()
     while pending:
         stage = pending.pop(0)
-        # by content, not folder name: `runs/v6/student` and `runs/v5/student` are both "student"
-        key = json.dumps(stage, sort_keys=True, default=str) if stage else None
+        key = _stage_key(stage) if stage else None
         if stage and key not in seen:
             seen.add(key)
             found.append(stage)
             pending += [stage.get("init_from"), *(stage.get("soup_of") or [])]
     return found
+
+
+def soup_runs(folders: Sequence[Path]) -> list[dict[str, Any]]:
+    """The runs a model soup averages, as `earlier_stage` records them. Refused unless there are two or more and
+    they share an earlier stage (fine-tuned from one run, or one trained on from another): only weights that lie
+    close together average into a model that works."""
+    if len(folders) < 2:
+        raise DistillError("a soup needs at least two runs")
+    stages = [earlier_stage(folder, role="soup") for folder in folders]
+    lineages = [{_stage_key(stage) for stage in [run, *stage_ancestors(run)]} for run in stages]
+    if not set.intersection(*lineages):
+        raise DistillError(f"soup: {', '.join(str(f) for f in folders)} share no earlier stage; the runs must be "
+                           "fine-tuned from one run, or trained on one from another (`init_from`)")
+    return stages
+
+
+def soup_listing(manifest: dict[str, Any]) -> str:
+    """The runs of a soup's manifest with their weights, for its card: "`v16` (0.5), `v17` (0.5)"."""
+    runs = manifest["soup_of"]
+    weights = manifest.get("soup_weights") or [1 / len(runs)] * len(runs)  # soups before weights were the mean
+    return ", ".join(f"`{run['folder']}` ({weight:.3g})" for run, weight in zip(runs, weights))
 
 
 def mixture_name(mixture: dict[str, Any] | None) -> str | None:
