@@ -240,12 +240,17 @@ def _distill(args: argparse.Namespace) -> int:
         print(f"exported {args.checkpoint} to {export_checkpoint(args.checkpoint, args.out)}")
         return 0
     learning_rate = args.learning_rate or (STAGE_TWO_LEARNING_RATE if args.init_from else DistillConfig.learning_rate)
+    lora_r = args.lora_r or DistillConfig.lora_r
     config = DistillConfig(
         out_dir=args.out, base_model=args.base, backend=args.backend, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+        batch_size=args.batch_size, lora_r=lora_r, lora_alpha=2 * lora_r,
         max_seq_length=args.max_seq_length, save_steps=args.save_steps, init_from=args.init_from,
         learning_rate=learning_rate,
     )
+    if args.init_from and not args.lora_r:  # a later stage trains the earlier run's adapter on, of its shape
+        from hotmem.pipeline.distill import earlier_lora_shape
+
+        config.lora_r, config.lora_alpha = earlier_lora_shape(config)
     mixture = _mixture(args)
     if args.answer_format:
         mixture.answer_format = args.answer_format
@@ -331,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--batch-size", type=int, default=4)
     dist.add_argument("--learning-rate", type=float, default=None,
                       help="lora: default 2e-4, 1e-4 with --init-from")
-    dist.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha is twice the rank)")
+    dist.add_argument("--lora-r", type=int, default=None,
+                      help="LoRA rank, alpha twice that (default 16; with --init-from the earlier run's rank and alpha)")
     dist.add_argument("--max-seq-length", type=int, default=2048)
     dist.add_argument("--save-steps", type=int, default=25)
     dist.add_argument("--partial-entities", action="store_true",

@@ -422,7 +422,7 @@ def test_a_lora_soup_is_the_weighted_sum_of_its_runs_updates(tmp_path):
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from hotmem.llama.models import model_path
-    from hotmem.pipeline.distill import distill, soup_students
+    from hotmem.pipeline.distill import distill, earlier_lora_shape, soup_students
     from hotmem.pipeline.mixture import Mixture, example_rows
     from hotmem.types import Record
 
@@ -460,6 +460,12 @@ def test_a_lora_soup_is_the_weighted_sum_of_its_runs_updates(tmp_path):
     card = (soup.out_dir / "card.md").read_text()
     assert "`first` (0.25), `second` (0.75)" in card
     assert card.count("### Earlier stage: `first`") == card.count("### Earlier stage: `second`") == 1
+    # a later stage trains on from the soup, at its rank and alpha (what `hotmem distill --init-from` reads)
+    third = DistillConfig(out_dir=str(tmp_path / "third"), init_from=str(soup.out_dir), **recipe)
+    third.lora_r, third.lora_alpha = earlier_lora_shape(third)
+    assert (third.lora_r, third.lora_alpha) == (8, 8)
+    assert distill(third, dataset, base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny-qwen2"),
+                   progress=False).manifest["init_from"]["folder"] == "soup"
     alone = train("alone")  # trained from the base: shares no stage with `second`
     with pytest.raises(DistillError, match="share no earlier stage"):
         soup_students([second.out_dir, alone.out_dir], DistillConfig(out_dir=str(tmp_path / "no")))

@@ -268,6 +268,12 @@ def _earlier_adapter(config: DistillConfig) -> Path:
     return _run_adapter(Path(config.init_from), Path(config.out_dir) / "init-adapter")
 
 
+def earlier_lora_shape(config: DistillConfig) -> tuple[int, float]:
+    """(rank, alpha) of the `init_from` run's LoRA (a soup's is the sum of its runs' ranks, its alpha the rank)."""
+    trained = json.loads((_earlier_adapter(config) / "adapter_config.json").read_text())
+    return trained["r"], trained["lora_alpha"]
+
+
 def _run_adapter(folder: Path, rebuilt: Path) -> Path:
     """A finished run's PEFT adapter folder: its own, or one rebuilt at `rebuilt` from a shipped student's adapter
     GGUF (`optimized/student` keeps only that)."""
