@@ -142,12 +142,12 @@ def test_every_shipped_mixture_loads(path):
                                    "corpora-more-8-chats", "corpora-more-9-chats"],
                                   ["corpora-more-5", "corpora-more-6-chats", "corpora-more-8-chats",
                                    "corpora-more-9-chats", "corpora-more-10-chats", "corpora-more-11-chats",
-                                   "corpora-more-12-chats", "corpora-more-13-chats"]],
+                                   "corpora-more-12-chats", "corpora-more-13-chats", "corpora-more-14-chats"]],
                          ids="/".join)
 def test_the_shipped_stages_never_draw_a_corpus_record_twice(last):
     """conversation-first -> conversation-whole -> corpora-more -> corpora-more-2 -> corpora-more-3 (or its
     alternatives, corpora-more-4, or its two halves corpora-more-5 -> corpora-more-6 or -6-chats -> (-7-chats ->)
-    -8-chats -> -9-chats -> ... -> -13-chats): each stage skips what the ones before it drew in the same pass over a
+    -8-chats -> -9-chats -> ... -> -14-chats): each stage skips what the ones before it drew in the same pass over a
     corpus (gold train is replayed on purpose)."""
     taken: dict[tuple[str, int], list[range]] = {}
     stages = [Mixture.load(name) for name in ("conversation-first", "conversation-whole", "corpora-more",
