@@ -344,19 +344,16 @@ def test_chats_of_several_examples_train_with_the_loss_on_every_answer(tmp_path)
         assert trained == "".join(f"\n{row['completion'][0]['content']}<|im_end|>\n" for row in answers)
 
 
-def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
-    """`init_from`: the earlier run's adapter, trainable, on the same base and answer format; the manifest and
-    card carry the earlier stage."""
+def _tiny_qwen2_and_four_examples():
+    """SmolLM2's tokenizer, a one-layer Qwen2 config of its vocabulary, and four SFT rows of TEXT: seconds to train."""
     for module in ("torch", "trl", "peft"):
         pytest.importorskip(module)
     import random
 
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config
 
     from hotmem.llama.models import model_path
-    from hotmem.pipeline.distill import _start_from_earlier, distill, sft_dataset
-    from hotmem.pipeline.mixture import Mixture, MixtureSource, build_examples, example_rows
+    from hotmem.pipeline.mixture import Mixture, example_rows
     from hotmem.types import Record
 
     path = model_path("smollm2-135m")
@@ -364,7 +361,19 @@ def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
     tiny = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                        num_attention_heads=4, num_key_value_heads=2)
     pairs = [(Record(id=f"x{i}", turns=as_turns(TEXT), graph=GRAPH), CONVERSATION_SCHEMA) for i in range(4)]
-    dataset = sft_dataset(example_rows(pairs, "test", Mixture(sources=[]), random.Random(0))[0])
+    return tokenizer, tiny, sft_dataset(example_rows(pairs, "test", Mixture(sources=[]), random.Random(0))[0])
+
+
+def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
+    """`init_from`: the earlier run's adapter, trainable, on the same base and answer format; the manifest and
+    card carry the earlier stage."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from hotmem.pipeline.distill import _start_from_earlier, distill, sft_dataset
+    from hotmem.pipeline.mixture import Mixture, MixtureSource, build_examples
+
+    tokenizer, tiny, dataset = _tiny_qwen2_and_four_examples()
     recipe = {"max_steps": 2, "save_steps": 2, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_seq_length": 2048}
     first = distill(DistillConfig(out_dir=str(tmp_path / "first"), **recipe), dataset,
                     base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny-qwen2"), progress=False)
@@ -413,25 +422,13 @@ def test_a_second_stage_trains_on_from_the_earlier_runs_adapter(tmp_path):
 def test_a_lora_soup_is_the_weighted_sum_of_its_runs_updates(tmp_path):
     """`soup_students`: a run and the run trained on from it become one adapter whose weight update is the weighted
     sum of theirs, exactly; runs that share no stage are refused."""
-    for module in ("torch", "trl", "peft"):
-        pytest.importorskip(module)
-    import random
-
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    from hotmem.llama.models import model_path
     from hotmem.pipeline.distill import distill, earlier_lora_shape, soup_students
-    from hotmem.pipeline.mixture import Mixture, example_rows
-    from hotmem.types import Record
 
-    path = model_path("smollm2-135m")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tiny = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=4, num_key_value_heads=2)
-    pairs = [(Record(id=f"x{i}", turns=as_turns(TEXT), graph=GRAPH), CONVERSATION_SCHEMA) for i in range(4)]
-    dataset = sft_dataset(example_rows(pairs, "test", Mixture(sources=[]), random.Random(0))[0])
+    tokenizer, tiny, dataset = _tiny_qwen2_and_four_examples()
     recipe = {"max_steps": 2, "save_steps": 2, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "max_seq_length": 2048,
               "learning_rate": 1e-2}
 
