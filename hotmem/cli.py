@@ -230,8 +230,9 @@ def _distill(args: argparse.Namespace) -> int:
         from hotmem.pipeline.distill import soup_students
 
         result = soup_students(args.soup, DistillConfig(out_dir=args.out, base_model=args.base),
-                               weights=args.soup_weights)
-        print(f"soup of {len(args.soup)} runs, rank {result.manifest['recipe']['lora_r']}, "
+                               weights=args.soup_weights, rank=args.lora_r)
+        print(f"soup of {len(args.soup)} runs, rank {result.manifest['recipe']['lora_r']} (share of the sum left "
+              f"out {result.manifest['soup_left_out']}), "
               f"{result.manifest['soup_seconds']} s; exported to {result.out_dir}")
         return 0
     if args.checkpoint:
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "stages and mixtures is in optimized/student/report.md)")
     dist.add_argument("--soup", nargs="+", default=None, metavar="RUN",
                       help="average the weights of finished runs that share an earlier stage (a model soup) instead "
-                           "of training; lora: the sum of their updates as one adapter of their summed rank")
+                           "of training; lora: the sum of their updates as one adapter of their summed rank, or with "
+                           "--lora-r its best approximation of that rank")
     dist.add_argument("--soup-weights", nargs="+", type=float, default=None, metavar="W",
                       help="a weight per --soup run (default: the mean)")
     dist.add_argument("--checkpoint", default=None, metavar="DIR",

@@ -457,6 +457,13 @@ def test_a_lora_soup_is_the_weighted_sum_of_its_runs_updates(tmp_path):
     card = (soup.out_dir / "card.md").read_text()
     assert "`first` (0.25), `second` (0.75)" in card
     assert card.count("### Earlier stage: `first`") == card.count("### Earlier stage: `second`") == 1
+    # the best approximation of a lower rank: all of the sum at its own rank, a recorded share of it below
+    at_rank = {r: soup_students([first.out_dir, second.out_dir], DistillConfig(out_dir=str(tmp_path / f"r{r}")),
+                                weights=[0.25, 0.75], rank=r, base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny-qwen2"))
+               for r in (8, 2)}
+    assert at_rank[8].manifest["soup_left_out"] < 1e-6 and at_rank[8].manifest["recipe"]["lora_r"] == 8
+    assert all(torch.allclose(u, mixed[k], atol=1e-5) for k, u in updates(at_rank[8].out_dir).items())
+    assert 0 < at_rank[2].manifest["soup_left_out"] < 1 and at_rank[2].manifest["recipe"]["lora_r"] == 2
     # a later stage trains on from the soup, at its rank and alpha (what `hotmem distill --init-from` reads)
     third = DistillConfig(out_dir=str(tmp_path / "third"), init_from=str(soup.out_dir), **recipe)
     third.lora_r, third.lora_alpha = earlier_lora_shape(third)

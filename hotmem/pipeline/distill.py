@@ -501,12 +501,14 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
 
 
 def soup_students(runs: Sequence[str | Path], config: DistillConfig, *, weights: Sequence[float] | None = None,
-                  base: tuple | None = None) -> DistillResult:
+                  rank: int | None = None, base: tuple | None = None) -> DistillResult:
     """A model soup of LoRA students: the weighted sum of the runs' weight updates (`weights`, the mean by
     default) as one adapter on their common base, exported like a trained run to `config.out_dir`. PEFT's
     `add_weighted_adapter(combination_type="cat")` stacks the adapters, so the sum is exact and the soup's rank is
-    the sum of theirs. The runs must share an earlier stage (`hotmem.pipeline.mixture.soup_runs`), a base and an
-    answer format. `base`: an already loaded `(model, tokenizer, source)`, instead of the runs' base."""
+    the sum of theirs; with `rank`, its `"svd"` keeps the sum's best approximation of that rank instead (runs of one
+    chain differ little, so their sum has little beyond the rank of one; the manifest records what was left out).
+    The runs must share an earlier stage (`hotmem.pipeline.mixture.soup_runs`), a base and an answer format.
+    `base`: an already loaded `(model, tokenizer, source)`, instead of the runs' base."""
     import time
 
     from peft import PeftModel
@@ -538,7 +540,10 @@ def soup_students(runs: Sequence[str | Path], config: DistillConfig, *, weights:
         model = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name=names[0])
         for name, adapter in zip(names[1:], adapters[1:]):
             model.load_adapter(str(adapter), adapter_name=name)
-    model.add_weighted_adapter(names, weights, "default", combination_type="cat")
+    combination = (dict(combination_type="cat") if rank is None else
+                   dict(combination_type="svd", svd_rank=rank, svd_full_matrices=False))
+    model.add_weighted_adapter(names, weights, "default", **combination)
+    left_out = _share_left_out(model, names, weights, "default") if rank else 0.0
     model.set_adapter("default")
     for name in names:
         model.delete_adapter(name)
@@ -554,6 +559,8 @@ def soup_students(runs: Sequence[str | Path], config: DistillConfig, *, weights:
                    "base_model": base_source},
         "soup_of": stages,
         "soup_weights": weights,
+        # the share of the sum's squared norm the rank cut off, summed over the modules (0 for the exact sum)
+        "soup_left_out": left_out,
         "examples": None,
         # the training time of every run in it, their shared start once, and the most memory any took
         "seconds_total": round(sum(stage.get("seconds_total") or 0 for stage in ancestors), 1),
@@ -563,6 +570,21 @@ def soup_students(runs: Sequence[str | Path], config: DistillConfig, *, weights:
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
     write_atomic(out / "card.md", lora_card(manifest))
     return DistillResult(out, manifest)
+
+
+def _share_left_out(model, runs: Sequence[str], weights: Sequence[float], soup: str) -> float:
+    """How much of the weighted sum of the `runs` adapters' updates the `soup` adapter misses,
+    ||ΔW - ΔW'||² / ||ΔW||² over every LoRA module together."""
+    import torch
+
+    missed = total = 0.0
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "get_delta_weight") and soup in getattr(module, "lora_A", {}):
+                exact = sum(w * module.get_delta_weight(run).float() for run, w in zip(runs, weights))
+                missed += float((exact - module.get_delta_weight(soup).float()).pow(2).sum())
+                total += float(exact.pow(2).sum())
+    return round(missed / total, 6) if total else 0.0
 
 
 def lora_card(manifest: dict[str, Any]) -> str:
