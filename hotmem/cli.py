@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--learning-rate", type=float, default=None,
                       help="lora: default 2e-4, 1e-4 with --init-from")
     dist.add_argument("--lora-r", type=int, default=None,
-                      help="LoRA rank, alpha twice that (default 16; with --init-from the earlier run's rank and alpha)")
+                      help="LoRA rank, alpha twice that (default 16; with --init-from the earlier run's rank and "
+                           "alpha; with --soup the soup's rank)")
     dist.add_argument("--max-seq-length", type=int, default=2048)
     dist.add_argument("--save-steps", type=int, default=25)
     dist.add_argument("--partial-entities", action="store_true",
