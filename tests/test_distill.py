@@ -464,6 +464,7 @@ def test_a_lora_soup_is_the_weighted_sum_of_its_runs_updates(tmp_path):
     assert at_rank[8].manifest["soup_left_out"] < 1e-6 and at_rank[8].manifest["recipe"]["lora_r"] == 8
     assert all(torch.allclose(u, mixed[k], atol=1e-5) for k, u in updates(at_rank[8].out_dir).items())
     assert 0 < at_rank[2].manifest["soup_left_out"] < 1 and at_rank[2].manifest["recipe"]["lora_r"] == 2
+    assert "best rank-2 approximation" in (at_rank[2].out_dir / "card.md").read_text()
     # a later stage trains on from the soup, at its rank and alpha (what `hotmem distill --init-from` reads)
     third = DistillConfig(out_dir=str(tmp_path / "third"), init_from=str(soup.out_dir), **recipe)
     third.lora_r, third.lora_alpha = earlier_lora_shape(third)

@@ -592,9 +592,11 @@ def lora_card(manifest: dict[str, Any]) -> str:
     model = (f"A LoRA on {manifest.get('base_model')} trained to write hotmem's compact graph for the schema in "
              "its prompt (`prompt: schema`).")
     if manifest.get("soup_of"):
-        training = (f"The weighted sum of the weight updates of {soup_listing(manifest)} (a model soup, rank "
-                    f"{manifest['recipe']['lora_r']}), runs that share an earlier stage; "
-                    f"{manifest['seconds_total'] / 3600:.2f} h of training in all.")
+        rank = manifest["recipe"]["lora_r"]
+        summed = (f"cut to its best rank-{rank} approximation, which leaves out {manifest['soup_left_out']:.1e} of the "
+                  "sum's squared norm" if manifest.get("soup_left_out") else f"rank {rank}")
+        training = (f"The weighted sum of the weight updates of {soup_listing(manifest)} (a model soup, {summed}), "
+                    f"runs that share an earlier stage; {manifest['seconds_total'] / 3600:.2f} h of training in all.")
         return model_card({}, Mixture(sources=[]), model=model, training=training,
                           earlier=earlier_stages_for_card(manifest))
     recorded = manifest.get("mixture")
