@@ -411,9 +411,11 @@ def _check_chat_template(tokenizer) -> None:
 
 @contextlib.contextmanager
 def _no_base_config_warning():
-    """PEFT looks for the base's config.json at each save: a base dequantized from a GGUF has none, and warns."""
+    """PEFT looks for the base's config.json at each save: a base dequantized from a GGUF has none, and warns (when
+    offline, that the hub lookup of the GGUF's name failed)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Unable to fetch remote file", category=UserWarning)
         yield
 
 
