@@ -73,7 +73,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     meta = {"command": " ".join(sys.argv), "backend": extractor.backend.name, "lm": extractor.backend.model,
             "schema": schema.name}
-    report = evaluate_program(extractor, records, schema=schema, name=name, out_dir=out, meta=meta)
+    report = evaluate_program(extractor, records, schema=schema, name=name, out_dir=out, meta=meta,
+                              rescore=args.rescore)
     print(report.markdown())
     if args.json:
         print(json.dumps(report.summary(), indent=1))
@@ -293,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
     evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")
     evaluate.add_argument("--cache", action="store_true", help="reuse cached LM answers (latency is then meaningless)")
+    evaluate.add_argument("--rescore", action="store_true",
+                          help="score the graphs already in --out against the data as now loaded, without rerunning")
     evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
     _add_lm(evaluate)
     evaluate.set_defaults(func=_evaluate)

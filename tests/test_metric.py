@@ -1,3 +1,4 @@
+import json
 import dspy
 import pytest
 
@@ -131,3 +132,47 @@ def test_relations_with_predicates_the_annotation_cannot_hold_are_not_scored():
     mapped = score_graph(gold, predicted, text=text, scored_predicates=["child_of", "lives_in"])
     assert (mapped.relation_tp, mapped.relation_pred, mapped.relation_gold) == (2, 3, 2)
     assert mapped.spurious_relations == [R("Tom", "lives_in", "Berlin")]
+
+
+class _Canned:
+    """A backend answering GOLD's graph to anything, counting its calls: evaluation's bookkeeping under test."""
+
+    name = model = "canned"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, turns):
+        self.calls += 1
+        return GOLD
+
+    def usage(self):
+        return {"calls": self.calls, "prompt_tokens": 0, "output_tokens": 7 * self.calls}
+
+
+def test_rescore_scores_the_saved_graphs_against_the_records_as_now_loaded(tmp_path):
+    from hotmem.errors import InvalidInputError
+    from hotmem.extractor import GraphExtractor
+    from hotmem.pipeline.evaluate import evaluate_program
+    from hotmem.schema import CONVERSATION_SCHEMA
+    from hotmem.types import Record
+
+    backend = _Canned()
+    extractor = GraphExtractor(backend=backend)
+    records = [Record(id=f"r{i}", turns=[Turn(text=TEXT)], graph=GOLD) for i in range(2)]
+    first = evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False)
+    assert first.summary()["relation_f1"] == 1.0 and backend.calls == 2
+    # the annotation changes (a loader fix): one gold relation fewer in r0
+    fewer = GOLD.model_copy(update={"relations": GOLD.relations[:2]})
+    records[0] = records[0].model_copy(update={"graph": fewer})
+    kept = evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False)
+    assert kept.summary()["relation_f1"] == 1.0  # resuming keeps the saved scores
+    again = evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False,
+                             rescore=True)
+    assert backend.calls == 2  # nothing ran again
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [r["relation"] for r in rows] == [[2, 3, 2], [3, 3, 3]]
+    assert [r["output_tokens"] for r in rows] == [7, 7]  # the run's cost stays
+    assert again.summary()["relation_p"] == 5 / 6
+    with pytest.raises(InvalidInputError, match="out_dir"):
+        evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, rescore=True)

@@ -17,8 +17,6 @@ from hotmem.types import Entity, Graph, Record, Relation
 
 logger = logging.getLogger(__name__)
 
-logger = logging.getLogger(__name__)
-
 
 #: Environment variable that points at the folder holding the research data sets (`dialogre/`, `conll04/`, ...).
 DATA_DIR_ENV = "HOTMEM_DATA_DIR"
@@ -105,12 +103,16 @@ class _GraphBuilder:
     """Collects entities and relations by name, so repeated mentions become one node and one edge.
 
     A graph is a set of facts about named things: the same triple annotated twice (CoNLL04 marks each mention) is
-    still one fact. An entity first seen as MISC takes the first specific type it is seen with later.
+    still one fact, and with a `schema`, so is a fact annotated both ways (DialogRE labels `A per:friends B` and
+    `B per:friends A`, `A per:boss B` and `B per:subordinate A`): its first statement stays, as the extractor states
+    a fact once (`RelationSchema.fact`). An entity first seen as MISC takes the first specific type it is seen with
+    later.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, schema: RelationSchema | None = None) -> None:
+        self._schema = schema
         self._types: dict[str, str] = {}
-        self._relations: dict[tuple[str, str, str], None] = {}
+        self._relations: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 
     def entity(self, name: str, type_: str = "MISC") -> None:
         if self._types.get(name, "MISC") == "MISC":
@@ -121,12 +123,13 @@ class _GraphBuilder:
     ) -> None:
         self.entity(subject, subject_type)
         self.entity(obj, object_type)
-        self._relations.setdefault((subject, predicate, obj), None)
+        key = self._schema.fact(subject, predicate, obj) if self._schema else (subject, predicate, obj)
+        self._relations.setdefault(key, (subject, predicate, obj))
 
     def build(self) -> Graph:
         return Graph(
             entities=[Entity(name=name, type=type_) for name, type_ in self._types.items()],
-            relations=[Relation(subject=s, predicate=p, object=o) for s, p, o in self._relations],
+            relations=[Relation(subject=s, predicate=p, object=o) for s, p, o in self._relations.values()],
         )
 
 

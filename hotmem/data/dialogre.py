@@ -83,7 +83,7 @@ def _dialogre_turn(line: str) -> Turn:
 
 
 def _dialogre_graph(instances: Sequence[Mapping[str, Any]], file: Path, item: int) -> Graph:
-    builder = _GraphBuilder()
+    builder = _GraphBuilder(DIALOGRE_SCHEMA)  # a fact labelled both ways is one fact
     for instance in instances:
         try:
             x, y, labels = instance["x"], instance["y"], instance["r"]

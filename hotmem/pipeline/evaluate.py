@@ -14,7 +14,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import dspy
 from tqdm.auto import tqdm
 
 from hotmem.backends import TeacherBackend
-from hotmem.errors import ConfigurationError
+from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.extractor import GraphExtractor
 from hotmem.io import JsonlLog, write_atomic
 from hotmem.pipeline.metric import GraphScore, prf, score_graph
@@ -147,17 +147,30 @@ def evaluate_program(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    rescore: bool = False,
 ) -> Report:
     """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`.
 
     `program`: a `GraphExtractor`, any `Backend` (a `Student`, a `TeacherBackend`), or a DSPy program run on `lm`.
     A configuration error (a model that is not installed) stops the run at once; any other failure is counted.
+    `rescore`: score the graphs already in `out_dir` against the records as they are now (after a change to a
+    loader or the metric) instead of keeping their scores; the program runs only on records not yet done.
     """
+    if rescore and not out_dir:
+        raise InvalidInputError("rescore re-reads the graphs of an earlier run: pass its out_dir")
     extractor = as_extractor(program, lm)
     log = JsonlLog(Path(out_dir) / "rows.jsonl") if out_dir else None
     done = _load_rows(log) if log else {}
     if done:
         logger.info("resuming %s: %d of %d examples already done", name, len(done), len(records))
+    if rescore and done:
+        if bare := [key for key, row in done.items() if not row.graph]:
+            raise InvalidInputError(f"{log.path}: {len(bare)} rows keep no graph to rescore (first: {bare[0]})")
+        by_id = {record.id: record for record in records}
+        done = {key: _score(by_id[key], Graph.model_validate(row.graph), schema, row) if key in by_id else row
+                for key, row in done.items()}
+        write_atomic(log.path, "".join(json.dumps(asdict(row), ensure_ascii=False, default=str) + "\n"
+                                       for row in done.values()))
     with contextlib.ExitStack() as stack:
         write = stack.enter_context(log.writer()) if log else None
         for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
@@ -188,20 +201,24 @@ def _run_one(extractor: GraphExtractor, record: Record, schema: RelationSchema) 
         error, graph = f"{type(exc).__name__}: {exc}"[:500], Graph()
     latency = time.perf_counter() - started
     after = extractor.usage()
+    run = Row(id=record.id, category=record.category, entity=(0, 0, 0), relation=(0, 0, 0), triple=0,
+              valid_relations=0, latency_s=round(latency, 3), lm_calls=after["calls"] - before["calls"],
+              output_tokens=after["output_tokens"] - before["output_tokens"], error=error)
+    return _score(record, graph, schema, run)
+
+
+def _score(record: Record, graph: Graph, schema: RelationSchema, run: Row) -> Row:
+    """`run` (its cost and error) with `graph` scored against `record`."""
     result: GraphScore = score_graph(
         record.graph, graph, text=render_turns(record.turns), speakers=speakers_of(record.turns), schema=schema,
         scored_pairs=record.scored_pairs, scored_predicates=record.scored_predicates,
     )
-    return Row(
-        id=record.id,
+    return replace(
+        run,
         category=record.category,
         entity=(result.entity_tp, result.entity_pred, result.entity_gold),
         relation=(result.relation_tp, result.relation_pred, result.relation_gold),
         triple=result.triple_tp,
         valid_relations=result.schema_valid_relations,
-        latency_s=round(latency, 3),
-        lm_calls=after["calls"] - before["calls"],
-        output_tokens=after["output_tokens"] - before["output_tokens"],
-        error=error,
         graph=graph.model_dump(),
     )
