@@ -176,3 +176,14 @@ def test_rescore_scores_the_saved_graphs_against_the_records_as_now_loaded(tmp_p
     assert again.summary()["relation_p"] == 5 / 6
     with pytest.raises(InvalidInputError, match="out_dir"):
         evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, rescore=True)
+
+
+def test_a_fact_stated_twice_counts_once_in_either_graph():
+    twice = Graph(entities=[E("Anna"), E("Ben"), E("Cleo")],
+                  relations=[R("Anna", "married_to", "Ben"), R("Ben", "married_to", "Anna"),
+                             R("Anna", "parent_of", "Cleo"), R("Cleo", "child_of", "Anna")])
+    once = Graph(entities=twice.entities, relations=[R("Ben", "married_to", "Anna"), R("Cleo", "child_of", "Anna")])
+    text = "Anna is married to Ben; Cleo is their daughter."
+    assert score_graph(twice, once, text=text).relation_prf == (1.0, 1.0, 1.0)
+    result = score_graph(once, twice, text=text)
+    assert (result.relation_tp, result.relation_pred, result.relation_gold) == (2, 2, 2)

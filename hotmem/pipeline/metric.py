@@ -98,6 +98,15 @@ def _predicates_match(schema: RelationSchema, predicted: str, gold: str) -> bool
     return canonical_pred == canonical_gold
 
 
+def _one_statement_a_fact(graph: Graph, schema: RelationSchema, key) -> Graph:
+    facts = {}
+    for relation in graph.relations:
+        facts.setdefault(schema.fact(key(relation.subject), relation.predicate, key(relation.object)), relation)
+    if len(facts) == len(graph.relations):
+        return graph
+    return graph.model_copy(update={"relations": list(facts.values())})
+
+
 def score_graph(
     gold: Graph,
     pred: Graph,
@@ -110,12 +119,15 @@ def score_graph(
 ) -> GraphScore:
     """Compare `pred` with `gold` (one-to-one greedy matching on normalised names and schema predicates).
 
+    A fact stated twice in either graph (`A married_to B` and `B married_to A`, or `A parent_of B` and `B child_of A`)
+    counts once, as the extractor keeps it (`RelationSchema.fact`).
     `scored_pairs`: when the annotation labels relations only between some argument pairs (DialogRE), predicted
     relations between other pairs are left out of the relation scores. `scored_predicates`: when it holds only some
     of the schema's predicates (a corpus mapped onto part of it), predicted relations with any other predicate are
     left out (one whose inverse is scored stays: it states a scored fact the other way round).
     """
     key = lambda name: normalize_name(name, speakers)  # noqa: E731
+    gold, pred = (_one_statement_a_fact(graph, schema, key) for graph in (gold, pred))
     if scored_pairs is not None:
         pairs = {frozenset((key(a), key(b))) for a, b in scored_pairs}
         pred = pred.model_copy(update={"relations": [
