@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -152,6 +152,14 @@ class RelationSchema(BaseModel):
         predicate = self.canonical(predicate) or predicate
         inverse = self.inverse_of(predicate)
         return min((subject, predicate, obj), (obj, inverse, subject)) if inverse else (subject, predicate, obj)
+
+    def distinct(self, relations: Iterable[Relation], key: Callable[[str], str] | None = None) -> list[Relation]:
+        """The first statement of each fact among `relations` (`fact`), in order; `key` normalises names first."""
+        key = key or (lambda name: name)
+        facts: dict[tuple[str, str, str], Relation] = {}
+        for relation in relations:
+            facts.setdefault(self.fact(key(relation.subject), relation.predicate, key(relation.object)), relation)
+        return list(facts.values())
 
     def allows(self, relation: Relation, head_type: str | None, tail_type: str | None) -> bool:
         """Schema-valid: the predicate is known and the endpoint types (when known) are allowed."""

@@ -31,6 +31,22 @@ def test_synonyms_inverses_and_symmetry():
     assert schema.inverse_of("lives_in") is None
 
 
+def test_a_fact_is_one_fact_however_it_is_stated():
+    schema = CONVERSATION_SCHEMA
+    stated = [
+        Relation(subject="Ann", predicate="parent_of", object="Bo"),
+        Relation(subject="Bo", predicate="child_of", object="Ann"),  # the same fact from the other end
+        Relation(subject="ann", predicate="mother_of", object="Bo"),  # and with a synonym, once names are folded
+        Relation(subject="Ann", predicate="married_to", object="Cy"),
+        Relation(subject="Cy", predicate="married_to", object="Ann"),  # symmetric
+        Relation(subject="Ann", predicate="lives_in", object="Oslo"),
+        Relation(subject="Oslo", predicate="lives_in", object="Ann"),  # no inverse: another fact
+    ]
+    assert schema.fact("Bo", "child_of", "Ann") == schema.fact("Ann", "parent_of", "Bo")
+    assert schema.distinct(stated) == [stated[0], stated[2], stated[3], stated[5], stated[6]]
+    assert schema.distinct(stated, key=str.lower) == [stated[0], stated[3], stated[5], stated[6]]
+
+
 def test_schema_rejects_inconsistent_definitions():
     with pytest.raises(ValueError, match="duplicate"):
         RelationSchema(name="x", entity_types=("A",), relations=(RelationType(name="r", description="d"),) * 2)

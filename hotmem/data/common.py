@@ -112,7 +112,7 @@ class _GraphBuilder:
     def __init__(self, schema: RelationSchema | None = None) -> None:
         self._schema = schema
         self._types: dict[str, str] = {}
-        self._relations: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self._relations: dict[tuple[str, str, str], Relation] = {}
 
     def entity(self, name: str, type_: str = "MISC") -> None:
         if self._types.get(name, "MISC") == "MISC":
@@ -123,13 +123,14 @@ class _GraphBuilder:
     ) -> None:
         self.entity(subject, subject_type)
         self.entity(obj, object_type)
-        key = self._schema.fact(subject, predicate, obj) if self._schema else (subject, predicate, obj)
-        self._relations.setdefault(key, (subject, predicate, obj))
+        if (subject, predicate, obj) not in self._relations:
+            self._relations[subject, predicate, obj] = Relation(subject=subject, predicate=predicate, object=obj)
 
     def build(self) -> Graph:
+        relations = list(self._relations.values())
         return Graph(
             entities=[Entity(name=name, type=type_) for name, type_ in self._types.items()],
-            relations=[Relation(subject=s, predicate=p, object=o) for s, p, o in self._relations.values()],
+            relations=self._schema.distinct(relations) if self._schema else relations,
         )
 
 

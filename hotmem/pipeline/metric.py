@@ -99,12 +99,8 @@ def _predicates_match(schema: RelationSchema, predicted: str, gold: str) -> bool
 
 
 def _one_statement_a_fact(graph: Graph, schema: RelationSchema, key) -> Graph:
-    facts = {}
-    for relation in graph.relations:
-        facts.setdefault(schema.fact(key(relation.subject), relation.predicate, key(relation.object)), relation)
-    if len(facts) == len(graph.relations):
-        return graph
-    return graph.model_copy(update={"relations": list(facts.values())})
+    relations = schema.distinct(graph.relations, key)
+    return graph if len(relations) == len(graph.relations) else graph.model_copy(update={"relations": relations})
 
 
 def score_graph(
