@@ -3,6 +3,7 @@
 import argparse
 import json
 import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -268,6 +269,14 @@ def test_dialogre_chunks_keep_only_relations_whose_arguments_they_contain():
         assert all({r.subject, r.object} <= names for r in record.graph.relations)
         assert all(r.predicate in schema.predicates for r in record.graph.relations)
         assert sum(len(t.text) for t in record.turns) <= 1200
+    # the every-name variant: the same chunks, and besides their relations every speaker-name label they hold
+    every = list(SOURCES["dialogre-every-name"].read(None))
+    assert [record.id for record, _ in every] == [record.id for record, _ in chunks]
+    added = Counter()
+    for (shown, _), (all_names, _) in zip(chunks, every):
+        assert all(r in all_names.graph.relations for r in shown.graph.relations)
+        added.update(r.predicate for r in all_names.graph.relations if r not in shown.graph.relations)
+    assert set(added) == {"per:alternate_names"}
 
 
 @needs_data

@@ -134,11 +134,12 @@ def _names_a_speaker(chunk: Sequence[Turn], speaker: str, name: str) -> bool:
                for i in own for j in (i - 1, i + 1))
 
 
-def _dialogre(path: str | None):
+def _dialogre(path: str | None, every_name: bool = False):
     """DialogRE train chunks, labelled with the relations whose two arguments the chunk holds. DialogRE annotates a
     whole dialogue, so `Speaker 1 per:alternate_names Joey` would be taught wherever Joey is mentioned: that label
-    stays only where the chunk shows who Joey is (`_names_a_speaker`). A chunk left with no relation stays in, as
-    an example of stating none (and so every earlier mixture's `skip` still counts the same chunks)."""
+    stays only where the chunk shows who Joey is (`_names_a_speaker`), unless `every_name`. A chunk left with no
+    relation stays in, as an example of stating none (and so every earlier mixture's `skip` still counts the same
+    chunks)."""
     from hotmem.data import DIALOGRE_SCHEMA, dataset_file, load_dialogre
 
     for record in load_dialogre(dataset_file("dialogre", path, split="train")):  # dev stays held out
@@ -147,8 +148,8 @@ def _dialogre(path: str | None):
             text = "\n".join(t.text for t in chunk)
             said = {e.name for e in record.graph.entities if is_grounded(e.name, text, speakers_of(chunk))}
             held = [r for r in record.graph.relations if {r.subject, r.object} <= said]
-            shown = [r for r in held if r.predicate != "per:alternate_names" or not _SPEAKER_LABEL.fullmatch(
-                r.subject) or _names_a_speaker(chunk, r.subject, r.object)]
+            shown = [r for r in held if every_name or r.predicate != "per:alternate_names" or not
+                     _SPEAKER_LABEL.fullmatch(r.subject) or _names_a_speaker(chunk, r.subject, r.object)]
             graph = Graph(entities=[e for e in record.graph.entities if e.name in said], relations=shown)
             scored = [(a, b) for a, b in record.scored_pairs or () if {a, b} <= said]
             if held and speakers:
@@ -188,6 +189,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("dialogre", "DialogRE v2 train dialogues, chunked as GraphExtractor chunks them; relations whose two "
            "arguments are in the chunk (a speaker's name only where the chunk shows it)",
            "non-commercial research only (DialogRE LICENSE.txt)", _dialogre),
+    Source("dialogre-every-name", "the same chunks with every speaker-name label whose two arguments they hold, "
+           "shown or not (as the encoder student was taught)", "non-commercial research only (DialogRE LICENSE.txt)",
+           lambda path: _dialogre(path, every_name=True)),
     Source("conll04", "CoNLL04 train sentences, its own 5 predicates",
            "research only: no licence stated (Roth & Yih 2004)", _conll04),
     Source("dialogre-conversation", "the same chunks mapped onto the conversation schema "
