@@ -24,6 +24,7 @@ from hotmem.pipeline.mixture import (
     earlier_stages_for_card,
     shown_predicates,
     stage_ancestors,
+    training_seconds,
 )
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.types import Graph, Relation, Turn
@@ -226,6 +227,16 @@ def test_every_earlier_stage_is_listed_even_when_their_folders_share_a_name():
     # a soup of two runs that started from one run lists that run once
     soup = {"soup_of": [{"folder": "a", "init_from": first}, {"folder": "b", "init_from": first}]}
     assert [stage["folder"] for stage in stage_ancestors(soup)] == ["a", "b", "student"]
+
+
+def test_a_soup_of_a_soup_counts_each_runs_training_once():
+    """A soup's `seconds_total` already sums its runs': a soup built on it counts those runs once, the soup not."""
+    start = {"folder": "start", "seconds_total": 100.0, "init_from": None}
+    a, b = ({"folder": name, "seconds_total": 10.0, "init_from": start} for name in ("a", "b"))
+    soup = {"folder": "soup", "soup_of": [a, b], "seconds_total": training_seconds({"soup_of": [a, b]})}
+    assert soup["seconds_total"] == 120.0
+    later = {"folder": "later", "seconds_total": 5.0, "init_from": soup}
+    assert training_seconds({"soup_of": [soup, later]}) == 125.0
 
 
 def test_a_card_names_each_earlier_stage_by_its_mixture():

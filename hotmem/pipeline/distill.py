@@ -29,7 +29,7 @@ from hotmem.io import write_atomic
 from hotmem.llama.gguf import read_lora_gguf, write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
 from hotmem.pipeline.mixture import (Mixture, earlier_stage, earlier_stages_for_card, mixture_name, model_card,
-                                     soup_listing, soup_runs, stage_ancestors)
+                                     soup_listing, soup_runs, stage_ancestors, training_seconds)
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
@@ -565,7 +565,7 @@ def soup_students(runs: Sequence[str | Path], config: DistillConfig, *, weights:
         "soup_left_out": left_out,
         "examples": None,
         # the training time of every run in it, their shared start once, and the most memory any took
-        "seconds_total": round(sum(stage.get("seconds_total") or 0 for stage in ancestors), 1),
+        "seconds_total": training_seconds({"soup_of": stages}),
         "soup_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_gb": max([stage.get("peak_rss_gb") or 0 for stage in ancestors] + [peak_rss_gb()]),
     }

@@ -41,7 +41,7 @@ from hotmem.errors import DistillError
 from hotmem.io import write_atomic
 from hotmem.pipeline.mixture import (Mixture, draw, earlier_stage, earlier_stages_for_card, model_card,
                                      shown_predicates, soup_listing, soup_runs, source_report,
-                                     stage_ancestors)
+                                     stage_ancestors, training_seconds)
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
@@ -584,7 +584,7 @@ def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig, schema: Rel
         "soup_of": manifests,
         "soup_weights": weights,
         # the training time of every run in it, the shared start once, and the most memory any took
-        "seconds_total": round(sum(m.get("seconds_total") or 0 for m in stage_ancestors({"soup_of": manifests})), 1),
+        "seconds_total": training_seconds({"soup_of": manifests}),
         "soup_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_gb": max([m.get("peak_rss_gb") or 0 for m in stage_ancestors({"soup_of": manifests})]
                            + [peak_rss_gb()]),

@@ -43,7 +43,7 @@ from hotmem.types import Graph, Record, Turn, speakers_of
 
 __all__ = ["CONTINUE", "MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage",
            "earlier_stages_for_card", "example_rows", "mixture_name", "model_card", "sft_example", "share_prompts",
-           "shown_predicates", "source_report", "stage_ancestors"]
+           "shown_predicates", "source_report", "stage_ancestors", "training_seconds"]
 
 #: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
 MIXTURES = Path(__file__).with_name("mixtures")
@@ -458,6 +458,13 @@ def stage_ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             found.append(stage)
             pending += [stage.get("init_from"), *(stage.get("soup_of") or [])]
     return found
+
+
+def training_seconds(manifest: dict[str, Any]) -> float:
+    """The training time of every run whose weights are in this one (`stage_ancestors`), each counted once: a soup
+    among them trained nothing itself, and its `seconds_total` already sums its runs'."""
+    return round(sum(stage.get("seconds_total") or 0 for stage in stage_ancestors(manifest)
+                     if not stage.get("soup_of")), 1)
 
 
 def soup_runs(folders: Sequence[Path]) -> list[dict[str, Any]]:
