@@ -179,8 +179,15 @@ def _label(args: argparse.Namespace) -> int:
     # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
     samplers = [_extractor(args, args.program, CONVERSATION_SCHEMA, lm.copy(rollout_id=i, temperature=args.temperature))
                 for i in range(1, args.samples)]
-    report = label_corpus(extractor, _corpus(args.source, args.path, args.seed), config=config,
-                          samplers=samplers)
+    utterances = _corpus(args.source, args.path, args.seed)
+    if args.unseen_by:
+        from hotmem.pipeline.mixture import base_id, drawn_record_ids, earlier_stage
+        from hotmem.shipped import shipped_root
+
+        run = shipped_root() / "student" if args.unseen_by == "student" else Path(args.unseen_by)
+        taught = drawn_record_ids(earlier_stage(run, role="--unseen-by"))
+        utterances = (u for u in utterances if base_id(u.id) not in taught)
+    report = label_corpus(extractor, utterances, config=config, samplers=samplers)
     print(json.dumps(report.to_dict(), indent=1))
     return 0
 
@@ -308,7 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "'dialogre-conversation', 'conll04-conversation', 'gold' (training parts)")
     label.add_argument("--path", default=None, help="for convai2/dialogre: the data file (default: ../shared/data)")
     label.add_argument("--out", default="runs/labels", help="folder for labels.jsonl, dataset/ and report.json")
-    label.add_argument("--program", default="default", help=_PROGRAM_HELP)
+    label.add_argument("--program", default="default",
+                       help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` exported")
+    label.add_argument("--unseen-by", default=None, metavar="RUN",
+                       help="leave out every record the training of RUN (a folder `hotmem distill` wrote, or "
+                       "'student': the shipped one) and of the runs in its weights drew: labels on text it was not "
+                       "taught")
     label.add_argument("--limit", type=int, default=None, help="first N utterances of the corpus")
     label.add_argument("--seed", type=int, default=None, help="an annotated corpus: shuffle it with this seed first")
     label.add_argument("--threads", type=int, default=1, help="concurrent requests (for a served LM)")

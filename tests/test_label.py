@@ -210,6 +210,31 @@ def test_the_label_command_scores_an_annotated_corpus(tmp_path, monkeypatch, cap
     assert scores["utterances"] == 2 and scores["label"]["recall"] == 0.0 and scores["label"]["annotated"] > 0
 
 
+def test_the_label_command_leaves_out_what_a_run_was_taught(tmp_path, monkeypatch):
+    """`--unseen-by RUN`: only records no stage of RUN drew are labelled, so the labels measure it on new text."""
+    import hotmem
+    from hotmem.cli import main
+    from hotmem.pipeline.mixture import Mixture, MixtureSource, draw
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    everything = annotated_utterances("gold")
+    run = tmp_path / "run"
+    run.mkdir()
+    taught = Mixture(sources=[MixtureSource("gold", limit=len(everything) - 2)]).to_dict()
+    (run / "manifest.json").write_text(json.dumps({"mixture": taught}))
+    hotmem.configure(dspy.utils.DummyLM([{"references": [], "statements": []}] * 4, adapter=dspy.JSONAdapter()))
+    try:
+        assert main(["label", "gold", "--unseen-by", str(run), "--program", "teacher", "--out",
+                     str(tmp_path / "labels")]) == 0
+        assert main(["label", "gold", "--unseen-by", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    finally:
+        hotmem.configure()
+    labelled = [json.loads(line)["id"] for line in (tmp_path / "labels" / LABELS_FILE).read_text().splitlines()]
+    drawn = {record.id for _, _, pairs in draw(Mixture(**taught)) for record, _ in pairs}
+    assert len(labelled) == 2 and not drawn & set(labelled)
+    assert set(labelled) | drawn == {u.id for u in everything}
+
+
 def test_labels_are_scored_against_the_annotations_at_each_stage(tmp_path):
     lives = Relation(subject="speaker", predicate="lives_in", object="Oslo")
     wrong = Relation(subject="Oslo", predicate="lives_in", object="speaker")  # schema-invalid: the filters take it

@@ -19,8 +19,10 @@ from hotmem.pipeline.mixture import (
     Mixture,
     MixtureSource,
     _names_a_speaker,
+    base_id,
     build_examples,
     draw,
+    drawn_record_ids,
     earlier_stages_for_card,
     shown_predicates,
     stage_ancestors,
@@ -217,6 +219,20 @@ def test_distill_continues_past_the_stages_of_the_run_it_starts_from(tmp_path):
     args = argparse.Namespace(mixture=str(tmp_path / "next.json"), init_from=str(run))
     assert _mixture(args).sources[0].skip == 30
     assert _mixture(argparse.Namespace(mixture=str(tmp_path / "next.json"), init_from=None)).sources[0].skip == 0
+
+
+def test_the_records_a_run_was_taught_are_those_every_stage_in_its_weights_drew():
+    first = Mixture(sources=[MixtureSource("gold", limit=10)])
+    second = Mixture(sources=[MixtureSource("gold", skip=10, limit=5)])
+    taught = {record.id for mixture in (first, second) for _, _, pairs in draw(mixture) for record, _ in pairs}
+    run = {"mixture": second.to_dict(), "init_from": {"mixture": first.to_dict()}}
+    assert len(taught) == 15 and drawn_record_ids(run) == taught
+    # a soup was taught what its runs were; the first runs wrote an unresolved skip as null
+    unresolved = {**first.to_dict(), "sources": [{"name": "gold", "limit": 10, "skip": None}]}
+    assert drawn_record_ids({"soup_of": [{"mixture": unresolved}, {"mixture": second.to_dict()}]}) == taught
+    assert drawn_record_ids({"mixture": None}) == set()
+    # a record mapped onto our schema is the same text as in its corpus's own
+    assert base_id("personaext-train-00012@conversation") == base_id("personaext-train-00012")
 
 
 def test_every_earlier_stage_is_listed_even_when_their_folders_share_a_name():

@@ -41,9 +41,9 @@ from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.format import check_answer_format, graph_to_target, schema_prompt, student_messages
 from hotmem.types import Graph, Record, Turn, speakers_of
 
-__all__ = ["CONTINUE", "MIXTURES", "SOURCES", "Mixture", "MixtureSource", "build_examples", "draw", "earlier_stage",
-           "earlier_stages_for_card", "example_rows", "mixture_name", "model_card", "sft_example", "share_prompts",
-           "shown_predicates", "source_report", "stage_ancestors", "training_seconds"]
+__all__ = ["CONTINUE", "MIXTURES", "SOURCES", "Mixture", "MixtureSource", "base_id", "build_examples", "draw",
+           "drawn_record_ids", "earlier_stage", "earlier_stages_for_card", "example_rows", "mixture_name", "model_card",
+           "sft_example", "share_prompts", "shown_predicates", "source_report", "stage_ancestors", "training_seconds"]
 
 #: Mixtures shipped with hotmem, by name (`hotmem distill --mixture default`).
 MIXTURES = Path(__file__).with_name("mixtures")
@@ -354,9 +354,38 @@ def draw(mixture: Mixture) -> Iterator[tuple[MixtureSource, int, list[tuple[Reco
                                     "stages this one follows: resolve it with `Mixture.after` (`hotmem distill "
                                     "--init-from` does)")
         pairs = list(SOURCES[spec.name].read(spec.path))
-        random.Random(f"{mixture.seed}:{spec.name}" + (f":{spec.epoch}" if spec.epoch else "")).shuffle(pairs)
-        end = None if spec.limit is None else spec.skip + spec.limit
-        yield spec, len(pairs), pairs[spec.skip:end]
+        yield spec, len(pairs), _drawn(pairs, spec, mixture.seed)
+
+
+def _drawn(pairs: list[tuple[Record, RelationSchema]], spec: MixtureSource,
+           seed: int) -> list[tuple[Record, RelationSchema]]:
+    pairs = list(pairs)
+    random.Random(f"{seed}:{spec.name}" + (f":{spec.epoch}" if spec.epoch else "")).shuffle(pairs)
+    end = None if spec.limit is None else spec.skip + spec.limit
+    return pairs[spec.skip:end]
+
+
+def base_id(record_id: str) -> str:
+    """A record's id without the suffix its copy in another schema carries (`<id>@conversation`): one text."""
+    return record_id.split("@", 1)[0]
+
+
+def drawn_record_ids(manifest: dict[str, Any]) -> set[str]:
+    """The `base_id` of every record a run's training drew: its own mixture's and those of every run in its weights
+    (`stage_ancestors`), so a text taught in a corpus's own schema counts as taught in its mapping too. What is left
+    measures the run on text it was not taught (`hotmem label --unseen-by`)."""
+    mixtures = [manifest.get("mixture"), *(stage.get("mixture") for stage in stage_ancestors(manifest))]
+    read: dict[tuple[str, str | None], list[tuple[Record, RelationSchema]]] = {}
+    ids: set[str] = set()
+    for mixture in filter(None, mixtures):
+        for source in mixture.get("sources") or ():
+            # the first runs wrote an unresolved skip as null
+            spec = MixtureSource(**{**source, "skip": source.get("skip") or 0})
+            key = (spec.name, spec.path)
+            if key not in read:
+                read[key] = list(SOURCES[spec.name].read(spec.path))
+            ids |= {base_id(record.id) for record, _ in _drawn(read[key], spec, mixture.get("seed", 0))}
+    return ids
 
 
 def source_report(spec: MixtureSource, available: int, drawn: Sequence[tuple[Record, RelationSchema]],
