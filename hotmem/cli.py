@@ -34,13 +34,18 @@ def _lm(args: argparse.Namespace, **kwargs):
     return make_lm(args.lm, api_base=args.api_base, enforces_schema=args.enforces_schema, **kwargs)
 
 
+def _is_student(spec: str) -> bool:
+    from hotmem.students.lora import STUDENT_FILE
+
+    return spec in {"auto", "student"} or (Path(spec) / STUDENT_FILE).is_file()
+
+
 def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int | None = None):
     """A `GraphExtractor` for `--program SPEC`: 'auto', 'student' or a student folder pick that backend; anything
     else is a teacher program ('default', 'teacher' or a folder saved by `hotmem optimize`)."""
     from hotmem.extractor import DEFAULT_MAX_CHARS, GraphExtractor
-    from hotmem.students.lora import STUDENT_FILE
 
-    if spec in {"auto", "student"} or (Path(spec) / STUDENT_FILE).is_file():
+    if _is_student(spec):
         backend, program = spec, None
     else:
         backend, program = "teacher", spec
@@ -174,7 +179,12 @@ def _label(args: argparse.Namespace) -> int:
                                 f"{args.agree})")
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
                          clean_items=not args.drop_whole, agree=args.agree)
-    lm = _lm(args) or configured_lm() or make_lm(LABELLING_LM)
+    if _is_student(args.program):  # a student runs its own model: no teacher LM to load, nothing to sample
+        if args.samples > 1:
+            raise InvalidInputError("--samples samples a teacher's LM: a student --program labels once")
+        lm = _lm(args)
+    else:
+        lm = _lm(args) or configured_lm() or make_lm(LABELLING_LM)
     extractor = _extractor(args, args.program, CONVERSATION_SCHEMA, lm)
     # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
     samplers = [_extractor(args, args.program, CONVERSATION_SCHEMA, lm.copy(rollout_id=i, temperature=args.temperature))

@@ -319,3 +319,26 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(tmp_path):
     ids = [json.loads(line)["id"] for line in labels.read_text().splitlines()]
     assert len(ids) == 400 and len(set(ids)) == 400
     assert len(load_labels(out)) == 400
+
+
+def test_a_student_labels_without_loading_a_teacher_lm(tmp_path, monkeypatch):
+    """`--program <student>`: the student runs its own model, so the 1.5B teacher need not be installed, and
+    self-consistency (which samples a teacher's LM) is refused with a clear error."""
+    import hotmem.lm
+    from hotmem.cli import main
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a student's labelling run loaded a teacher LM")
+
+    monkeypatch.setattr(hotmem.lm, "make_lm", no_teacher)
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "student.gguf").write_bytes(b"")  # not loaded: nothing is labelled
+    (student / "student.json").write_text(json.dumps({"prompt": "schema", "merged_gguf": "student.gguf"}))
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("")
+    out = tmp_path / "labels"
+    assert main(["label", str(corpus), "--program", str(student), "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["labelled"] == 0
+    assert main(["label", str(corpus), "--program", str(student), "--samples", "2", "--out", str(out)]) == 2

@@ -69,6 +69,8 @@ def test_a_later_stage_draws_records_an_earlier_one_did_not():
     assert available == len(load_gold("train")) and len(first) == len(later) == 10
     assert not set(first) & set(later) and first + later == drawn(limit=20)[1]
     assert len(drawn(skip=90, limit=10)[1]) == available - 90  # the tail, when fewer are left
+    with pytest.raises(InvalidInputError, match="nothing is left to draw.*epoch"):  # none left: not silently none
+        drawn(skip=available, limit=10)
     with pytest.raises(InvalidInputError, match="skip is a count"):
         Mixture(sources=[MixtureSource("gold", skip=-1)])
     # a second pass (`epoch` 1) goes through the same records in another order; pass 0 is the order earlier stages

@@ -354,6 +354,10 @@ def draw(mixture: Mixture) -> Iterator[tuple[MixtureSource, int, list[tuple[Reco
                                     "stages this one follows: resolve it with `Mixture.after` (`hotmem distill "
                                     "--init-from` does)")
         pairs = list(SOURCES[spec.name].read(spec.path))
+        if pairs and spec.limit != 0 and spec.skip >= len(pairs):  # a source listed but silently left out
+            raise InvalidInputError(f"{spec.name}: pass {spec.epoch} holds {len(pairs)} records and all are passed "
+                                    f"over (skip {spec.skip}): nothing is left to draw; go through it again with "
+                                    f"\"epoch\": {spec.epoch + 1}, or leave it out")
         yield spec, len(pairs), _drawn(pairs, spec, mixture.seed)
 
 
