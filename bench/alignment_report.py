@@ -111,6 +111,17 @@ def report(data: Path) -> str:
         f"Relations the map does not list: {full['unlisted'] or 'none'}.\n"
     )
 
+    annotated = alignment.produces(r.predicate for record in records for r in record.graph.relations)
+    idle = [t for t in alignment.targets if t not in annotated]
+    unused = [s for s, m in alignment.mapped.items() if m.predicate in idle]
+    w(
+        f"`personaext-conversation` annotates the {len(annotated)} of our predicates its triples map to "
+        f"(`hotmem.data.mapped_predicates`; what evaluation scores and training may teach absent): "
+        f"{', '.join(f'`{t}`' for t in annotated)}. The map's rules could produce {len(idle)} more, "
+        f"{', '.join(f'`{t}`' for t in idle)}, from PersonaExt relations schema.json lists but no line of the data "
+        f"uses ({', '.join(f'`{u}`' for u in unused)}): no line says anything about those.\n"
+    )
+
     w(f"## Kept triples per target predicate (all {len(records):,} lines)\n")
     w("| our predicate | kept |")
     w("|---|---:|")

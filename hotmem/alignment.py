@@ -198,6 +198,13 @@ class SchemaAlignment(BaseModel):
         named = {m.predicate for m in self.mapped.values()} | {r.predicate for r in self.rules if r.predicate}
         return tuple(p for p in self.schema.predicates if p in named)
 
+    def produces(self, source_predicates: Iterable[str]) -> tuple[str, ...]:
+        """The target predicates these source predicates map to, in the target schema's order: what a corpus whose
+        data uses them annotates. A rule for a predicate the data never uses adds none (PersonaExt's schema.json
+        lists `has_profession`, its data never uses it: a mapped PersonaExt line says nothing about `works_as`)."""
+        named = {mapping.predicate for mapping in map(self.mapping, set(source_predicates)) if mapping is not None}
+        return tuple(p for p in self.schema.predicates if p in named)
+
     def lists(self, predicate: str) -> bool:
         """Whether the map decides this source predicate (by name or by a rule)."""
         return predicate in self.predicates or any(fnmatch.fnmatchcase(predicate, r.match) for r in self.rules)

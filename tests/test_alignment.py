@@ -376,6 +376,14 @@ def test_conflicting_retype_and_duplicates(alignment):
     assert (tally["kept"], tally["invalid"], tally["duplicate"]) == (2, 1, 1)
 
 
+def test_a_map_produces_only_what_the_source_predicates_it_is_given_map_to():
+    alignment = SchemaAlignment.load(NAME)
+    assert alignment.produces(["have_pet", "like_food", "like_sports", "have_chidren", "have_no", "unheard_of"]) == (
+        tuple(p for p in CONVERSATION_SCHEMA.predicates if p in {"has_pet", "likes", "child_of"}))
+    assert "works_as" in alignment.targets and "works_as" not in alignment.produces(["employed_by_company"])
+    assert alignment.produces([]) == ()
+
+
 @pytest.mark.parametrize("name, source_predicates, targets", [
     ("conll04", ["Live_In", "Work_For", "OrgBased_In", "Located_In", "Kill"],
      ("lives_in", "works_at", "located_in", "headquartered_in")),

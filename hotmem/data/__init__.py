@@ -12,7 +12,7 @@ from hotmem.data.dialogre import DIALOGRE_SCHEMA, load_dialogre
 from hotmem.data.dnli import dnli_schema, iter_convai2_utterances, load_convai2
 from hotmem.data.gold import load_gold
 from hotmem.data.personaext import lenient_json_loads, load_personaext, personaext_schema
-from hotmem.data.registry import DATASETS, DatasetSpec, dataset_file, load_dataset
+from hotmem.data.registry import DATASETS, DatasetSpec, dataset_file, load_dataset, mapped_predicates
 from hotmem.errors import DatasetFormatError, DatasetNotFoundError
 
 __all__ = [
@@ -35,5 +35,6 @@ __all__ = [
     "load_dialogre",
     "load_gold",
     "load_personaext",
+    "mapped_predicates",
     "personaext_schema",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -130,7 +131,7 @@ def _load_mapped(
                                 f"mapped data sets: {[c + MAPPED_SUFFIX for c in shipped_alignments()]}")
     records, _ = load_dataset(corpus, path=path, split=split, limit=limit, skip=skip)
     alignment = SchemaAlignment.load(corpus)
-    annotated = list(alignment.targets)
+    annotated = list(mapped_predicates(corpus, path, split))
     mapped, tally = [], Counter()
     for record in records:
         outcomes = Counter()
@@ -141,6 +142,23 @@ def _load_mapped(
     logger.info("%s mapped onto %s: %d of %d records kept (every triple maps); %d of %d triples kept", corpus,
                 alignment.target, len(mapped), len(records), tally["kept"], tally["triples"])
     return mapped, CONVERSATION_SCHEMA
+
+
+def mapped_predicates(corpus: str, path: Path | str | None = None, split: str | None = None) -> tuple[str, ...]:
+    """The conversation-schema predicates `<corpus>-conversation` annotates: those the triples of the corpus's data
+    file (of `split`) map to by its shipped alignment (`SchemaAlignment.produces`), not every predicate the map
+    could produce: a predicate no line is ever annotated with must not score a right answer as spurious, nor be
+    taught absent."""
+    file = dataset_file(corpus, path, split)
+    return _mapped_predicates(corpus, str(file), split, file.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _mapped_predicates(corpus: str, file: str, split: str | None, _modified: int) -> tuple[str, ...]:
+    from hotmem.alignment import SchemaAlignment
+
+    records, _ = load_dataset(corpus, path=file, split=split)
+    return SchemaAlignment.load(corpus).produces(r.predicate for record in records for r in record.graph.relations)
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -85,14 +85,17 @@ def _personaext(path: str | None):
             yield record, schema
 
 
-def _mapped(corpus: str, read: Callable[[str | None], Iterator[tuple[Record, RelationSchema]]]):
-    """A corpus's training records mapped onto the conversation schema by its shipped alignment, each with the part of
-    the schema the map can produce: the corpus annotates only those predicates, so only they may be taught absent."""
+def _mapped(corpus: str, read: Callable[[str | None], Iterator[tuple[Record, RelationSchema]]],
+            split: str | None = None):
+    """A corpus's training records (its `split` file) mapped onto the conversation schema by its shipped alignment,
+    each with the part of the schema the corpus's triples map to (`mapped_predicates`): it annotates only those, so
+    only they may be taught absent."""
     from hotmem.alignment import SchemaAlignment
+    from hotmem.data import mapped_predicates
 
     def mapped(path: str | None):
         alignment = SchemaAlignment.load(corpus)
-        annotated = CONVERSATION_SCHEMA.restrict(alignment.targets)
+        annotated = CONVERSATION_SCHEMA.restrict(mapped_predicates(corpus, path, split))
         for record, _ in read(path):
             graph = alignment.map_graph(record.graph)
             if graph.relations:
@@ -197,10 +200,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("dialogre-conversation", "the same chunks mapped onto the conversation schema "
            "(hotmem/alignments/dialogre/hotmem-conversation.json)",
            "non-commercial research only (DialogRE LICENSE.txt)",
-           _mapped("dialogre", _dialogre)),
+           _mapped("dialogre", _dialogre, split="train")),
     Source("conll04-conversation", "the same sentences mapped onto the conversation schema "
            "(hotmem/alignments/conll04/hotmem-conversation.json)", "research only: no licence stated (Roth & Yih 2004)",
-           _mapped("conll04", _conll04)),
+           _mapped("conll04", _conll04, split="train")),
     Source("labels", "teacher labels of real conversation (`hotmem label`), conversation schema",
            "those of the labelled corpus", _labels),
 )}
