@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from hotmem.data import find_data_root, load_gold
-from hotmem.errors import InvalidInputError
+from hotmem.errors import DistillError, InvalidInputError
 from hotmem.cli import _mixture
 from hotmem.pipeline.mixture import (
     CONTINUE,
@@ -23,7 +23,10 @@ from hotmem.pipeline.mixture import (
     build_examples,
     draw,
     drawn_record_ids,
+    earlier_stage,
     earlier_stages_for_card,
+    expand_stages,
+    share_stages,
     shown_predicates,
     stage_ancestors,
     training_seconds,
@@ -355,3 +358,22 @@ def test_two_passes_of_a_source_are_two_rows_and_one_pass_twice_is_refused():
     assert [two_files.source_label(s) for s in two_files.sources] == ["labels (pass 0, a)", "labels (pass 0, b)"]
     with pytest.raises(InvalidInputError, match="pass 0"):
         Mixture(sources=[MixtureSource("gold", limit=4), MixtureSource("gold", skip=4, limit=4)])
+
+
+def test_a_manifest_holds_each_earlier_stage_once_and_reads_back_whole(tmp_path):
+    """A soup of runs trained on from one start carries that start's chain once per run; the file holds it once."""
+    start = {"folder": "start", "mixture": {"name": "a"}, "seconds_total": 10.0,
+             "init_from": {"folder": "seed", "seconds_total": 5.0}}
+    runs = [{"folder": f"v{i}", "seconds_total": float(i), "init_from": start} for i in (1, 2, 3)]
+    manifest = {"backend": "soup", "soup_of": [start, *runs], "soup_weights": [0.5, 0.1667, 0.1667, 0.1666]}
+    text = json.dumps(share_stages(manifest))
+    assert text.count('"seed"') == 1 and text.count('"same_as"') == 3
+    assert expand_stages(json.loads(text)) == manifest
+    assert training_seconds(expand_stages(json.loads(text))) == training_seconds(manifest) == 21.0
+    assert expand_stages(manifest) == manifest  # one written whole (every manifest before sharing) reads as is
+    (tmp_path / "manifest.json").write_text(text)
+    assert earlier_stage(tmp_path)["soup_of"] == manifest["soup_of"]
+    dangling = {"init_from": {"folder": "v1", "same_as": "0123456789abcdef"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(dangling))
+    with pytest.raises(DistillError, match="refers to"):
+        earlier_stage(tmp_path)

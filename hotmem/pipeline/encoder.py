@@ -40,7 +40,7 @@ from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
 from hotmem.io import write_atomic
 from hotmem.pipeline.mixture import (Mixture, draw, earlier_stage, earlier_stages_for_card, model_card,
-                                     shown_predicates, soup_listing, soup_runs, source_report,
+                                     share_stages, shown_predicates, soup_listing, soup_runs, source_report,
                                      stage_ancestors, training_seconds)
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
@@ -547,7 +547,7 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         manifest["mixture_sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
         write_atomic(out / "card.md", encoder_card(manifest, sources, mixture or Mixture(sources=[])))
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    write_atomic(out / "manifest.json", json.dumps(share_stages(manifest), indent=1) + "\n")
     return EncoderResult(out, manifest)
 
 
@@ -591,7 +591,7 @@ def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig, schema: Rel
         "export": export,
     }
     write_atomic(out / "card.md", encoder_card(manifest, {}, Mixture(sources=[])))
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, default=str) + "\n")
+    write_atomic(out / "manifest.json", json.dumps(share_stages(manifest), indent=1) + "\n")
     return EncoderResult(out, manifest)
 
 

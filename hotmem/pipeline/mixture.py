@@ -25,6 +25,7 @@ DialogRE dev, CoNLL04 valid, and any ConvAI2 text that is also in PersonaExt's e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -467,7 +468,7 @@ def earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
     """What a run was made from, as a later run's manifest and card carry it: that run's sources and cost (and any
     stage before it), from its `manifest.json` (an encoder's or a LoRA's)."""
     try:
-        earlier = json.loads((Path(folder) / "manifest.json").read_text())
+        earlier = expand_stages(json.loads((Path(folder) / "manifest.json").read_text()))
     except (OSError, ValueError) as exc:
         raise DistillError(f"{role}: {folder} has no readable manifest.json ({exc})") from None
     keep = ("base_model", "mixture", "examples", "seconds_total", "peak_rss_gb", "init_from", "soup_of")
@@ -481,6 +482,64 @@ def earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
 def _stage_key(stage: dict[str, Any]) -> str:
     # by content, not folder name: `runs/v6/student` and `runs/v5/student` are both "student"
     return json.dumps(stage, sort_keys=True, default=str)
+
+
+def _stage_digest(stage: dict[str, Any]) -> str:
+    return hashlib.sha256(_stage_key(stage).encode()).hexdigest()[:16]
+
+
+def _earlier(stage: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """Where a stage's earlier stages sit, in the order `share_stages` and `expand_stages` both walk them."""
+    return ([("init_from", None)] if stage.get("init_from") else []) + [
+        ("soup_of", i) for i in range(len(stage.get("soup_of") or []))]
+
+
+def share_stages(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as `manifest.json` holds it: an earlier stage met again (soups of runs with one start hold its
+    whole chain once per run) is written `{"folder": ..., "same_as": <digest>}` after its first appearance, walking
+    depth first, `init_from` before `soup_of`. `expand_stages` undoes it."""
+    manifest = json.loads(json.dumps(manifest, default=str))  # digests of what the file will hold
+    seen: set[str] = set()
+
+    def share(stage: dict[str, Any]) -> dict[str, Any]:
+        digest = _stage_digest(stage)
+        if digest in seen:
+            return {"folder": stage.get("folder"), "same_as": digest}
+        seen.add(digest)
+        return _with_earlier(stage, share)
+
+    return _with_earlier(manifest, share)
+
+
+def expand_stages(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest with every `same_as` stage written out again (`share_stages`); one without any is returned as is.
+    A stage's digest is that of its written-out form, taken after its own earlier stages are, so every reference
+    follows the stage it names in the walk."""
+    known: dict[str, dict[str, Any]] = {}
+
+    def expand(stage: dict[str, Any]) -> dict[str, Any]:
+        if "same_as" in stage:
+            if stage["same_as"] not in known:
+                raise ValueError(f"stage {stage.get('folder')!r} refers to {stage['same_as']}, which no stage "
+                                 "before it is")
+            return known[stage["same_as"]]
+        full = _with_earlier(stage, expand)
+        known.setdefault(_stage_digest(full), full)
+        return full
+
+    return _with_earlier(manifest, expand)
+
+
+def _with_earlier(stage: dict[str, Any], rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """`stage` with each of its earlier stages passed through `rewrite`, in `_earlier`'s order."""
+    if not _earlier(stage):
+        return stage
+    out = dict(stage)
+    if stage.get("init_from"):
+        out["init_from"] = rewrite(stage["init_from"])
+    if stage.get("soup_of"):
+        out["soup_of"] = [rewrite(run) for run in stage["soup_of"]]
+    return out
 
 
 def stage_ancestors(manifest: dict[str, Any]) -> list[dict[str, Any]]:
