@@ -488,12 +488,6 @@ def _stage_digest(stage: dict[str, Any]) -> str:
     return hashlib.sha256(_stage_key(stage).encode()).hexdigest()[:16]
 
 
-def _earlier(stage: dict[str, Any]) -> list[tuple[str, int | None]]:
-    """Where a stage's earlier stages sit, in the order `share_stages` and `expand_stages` both walk them."""
-    return ([("init_from", None)] if stage.get("init_from") else []) + [
-        ("soup_of", i) for i in range(len(stage.get("soup_of") or []))]
-
-
 def share_stages(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest as `manifest.json` holds it: an earlier stage met again (soups of runs with one start hold its
     whole chain once per run) is written `{"folder": ..., "same_as": <digest>}` after its first appearance, walking
@@ -531,8 +525,9 @@ def expand_stages(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_earlier(stage: dict[str, Any], rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """`stage` with each of its earlier stages passed through `rewrite`, in `_earlier`'s order."""
-    if not _earlier(stage):
+    """`stage` with each of its earlier stages passed through `rewrite`: `init_from`, then `soup_of` in order (the
+    one walk `share_stages` and `expand_stages` share)."""
+    if not stage.get("init_from") and not stage.get("soup_of"):
         return stage
     out = dict(stage)
     if stage.get("init_from"):
