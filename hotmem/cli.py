@@ -131,7 +131,7 @@ def _optimize(args: argparse.Namespace) -> int:
     config = OptimizeConfig(
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
-        demos=args.demos, retrieve=_retrieve(args.retrieve), pool=tuple(args.pool.split(",")),
+        demos=args.demos, retrieve=_retrieve(args.retrieve), pool=tuple(args.pool.split(",")), reads=args.reads,
         notes={"command": " ".join(sys.argv)},
     )
     result = optimize(config, trainset, valset, schema)
@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--retrieve", default="0",
                      help="annotated examples retrieved per input for the entities and relations steps (0: none), "
                           "or how many from each source: gold=3,personaext-conversation=1")
+    opt.add_argument("--reads", default="statements", choices=("statements", "sentences"),
+                     help="what the entities and relations steps read: the decompose step's statements, or the "
+                          "sentences as said (coref and decompose skipped)")
     opt.add_argument("--pool", default="gold,personaext-conversation",
                      help="mixture sources the retrieved demonstrations come from (with a number for --retrieve)")
     opt.add_argument("--seed", type=int, default=0)

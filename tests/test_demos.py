@@ -96,7 +96,8 @@ def test_a_saved_program_loads_its_pool_and_vectors_without_embedding_the_pool(t
 
 
 def test_the_pool_names_the_speaker_and_keeps_only_examples_whose_statements_hold_their_entities():
-    from hotmem.pipeline.pool import demo_pool, speaker_statements
+    from hotmem.pipeline.pool import demo_pool
+    from hotmem.teacher.program import speaker_statements
 
     assert speaker_statements([Turn(speaker="Anna", text="I'm a nurse. My dog is old!")]) == \
         ["Anna is a nurse.", "Anna's dog is old!"]

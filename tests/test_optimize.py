@@ -24,6 +24,20 @@ def test_saved_state_is_json_and_round_trips(tmp_path):
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["note"] == "test"
 
 
+def test_a_saved_program_reads_what_it_read_when_saved(tmp_path):
+    from hotmem.teacher.saved import load_instructions
+
+    save_program(Teacher(reads="sentences"), tmp_path)
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["reads"] == "sentences"
+    assert load_program(tmp_path).reads == "sentences"
+    assert load_instructions(tmp_path, CONLL04_SCHEMA).reads == "sentences"
+    save_program(Teacher(), tmp_path / "before")
+    manifest = json.loads((tmp_path / "before" / MANIFEST_FILE).read_text())
+    del manifest["reads"]  # saved before teachers could read sentences
+    (tmp_path / "before" / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert load_program(tmp_path / "before").reads == "statements"
+
+
 def test_loading_for_another_schema_says_so(tmp_path):
     save_program(Teacher(), tmp_path)
     with pytest.raises(SchemaMismatchError, match="made for schema 'hotmem-conversation'"):

@@ -88,6 +88,27 @@ def test_seed_demos_are_attached_only_where_the_schema_fits():
     assert all("Potola" not in " ".join(d.statements) for d in other.entities.demos)
 
 
+def test_a_teacher_that_reads_sentences_skips_coref_and_decompose_and_its_demos_read_sentences_too():
+    teacher = Teacher(reads="sentences")
+    lm = scripted({"entities": [{"name": "Anna", "type": "PERSON"}, {"name": "Tom", "type": "PERSON"},
+                                {"name": "Oslo", "type": "LOCATION"}]},
+                  {"relations": [{"subject": "Tom", "predicate": "sibling_of", "object": "Anna"},
+                                 {"subject": "Tom", "predicate": "lives_in", "object": "Oslo"}]})
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        pred = teacher(turns=[Turn(speaker="Anna", text="My brother Tom moved. He lives in Oslo now.")])
+    assert len(lm.history) == 2  # entities and relations only, although "He" is a pronoun
+    assert pred.statements == ["Anna's brother Tom moved.", "He lives in Oslo now."]
+    assert {(r.subject, r.predicate, r.object) for r in pred.graph.relations} == {
+        ("Tom", "sibling_of", "Anna"), ("Tom", "lives_in", "Oslo")}
+    # the seed demos show the sentences as said, pronouns and all, answered with the facts they state
+    assert teacher.relations.demos[1].statements == [
+        "Anna's brother Tom just started at Equinor.", "Does he like it?", "He loves it.",
+        "He even moved to Stavanger for it."]
+    assert Teacher().relations.demos[1].statements[0] == "Tom is Anna's brother."
+    with pytest.raises(InvalidInputError, match="reads is one of"):
+        Teacher(reads="paragraphs")
+
+
 def test_chit_chat_stops_after_decompose():
     lm = scripted({"references": []}, {"statements": []})
     pred = run(Teacher(), lm, "hey, how are you?")

@@ -29,7 +29,7 @@ from hotmem.io import write_atomic
 from hotmem.llama.gguf import read_lora_gguf, write_lora_gguf, write_merged_gguf
 from hotmem.llama.models import EMBEDDED_MODELS, model_path
 from hotmem.pipeline.mixture import (Mixture, earlier_stage, earlier_stages_for_card, mixture_name, model_card,
-                                     share_stages, soup_listing, soup_runs, stage_ancestors, training_seconds)
+                                     soup_listing, soup_runs, stage_ancestors, training_seconds, write_manifest)
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.students.format import schema_prompt
@@ -496,7 +496,7 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
         manifest["mixture"] = mixture.to_dict() if mixture else None
     with _no_base_config_warning():
         export_student(trainer.model, tokenizer, out, base_source, config, answer_format)
-    write_atomic(out / "manifest.json", json.dumps(share_stages(manifest), indent=1) + "\n")
+    write_manifest(out, manifest)
     if sources is not None:
         write_atomic(out / "card.md", lora_card(manifest))
     return DistillResult(out, manifest)
@@ -569,7 +569,7 @@ def soup_students(runs: Sequence[str | Path], config: DistillConfig, *, weights:
         "soup_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_gb": max([stage.get("peak_rss_gb") or 0 for stage in ancestors] + [peak_rss_gb()]),
     }
-    write_atomic(out / "manifest.json", json.dumps(share_stages(manifest), indent=1) + "\n")
+    write_manifest(out, manifest)
     write_atomic(out / "card.md", lora_card(manifest))
     return DistillResult(out, manifest)
 

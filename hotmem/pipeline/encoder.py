@@ -40,8 +40,8 @@ from hotmem.embedding import minilm_folder
 from hotmem.errors import DistillError
 from hotmem.io import write_atomic
 from hotmem.pipeline.mixture import (Mixture, draw, earlier_stage, earlier_stages_for_card, model_card,
-                                     share_stages, shown_predicates, soup_listing, soup_runs, source_report,
-                                     stage_ancestors, training_seconds)
+                                     shown_predicates, soup_listing, soup_runs, source_report,
+                                     stage_ancestors, training_seconds, write_manifest)
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.encoder import (
@@ -547,7 +547,7 @@ def train_encoder(config: EncoderConfig, pairs: Sequence[tuple[Record, RelationS
         manifest["mixture_sources"] = sources
         manifest["mixture"] = mixture.to_dict() if mixture else None
         write_atomic(out / "card.md", encoder_card(manifest, sources, mixture or Mixture(sources=[])))
-    write_atomic(out / "manifest.json", json.dumps(share_stages(manifest), indent=1) + "\n")
+    write_manifest(out, manifest)
     return EncoderResult(out, manifest)
 
 
@@ -591,7 +591,7 @@ def soup_encoders(runs: Sequence[str | Path], config: EncoderConfig, schema: Rel
         "export": export,
     }
     write_atomic(out / "card.md", encoder_card(manifest, {}, Mixture(sources=[])))
-    write_atomic(out / "manifest.json", json.dumps(share_stages(manifest), indent=1) + "\n")
+    write_manifest(out, manifest)
     return EncoderResult(out, manifest)
 
 

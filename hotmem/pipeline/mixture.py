@@ -37,6 +37,7 @@ from typing import Any
 
 from hotmem.assemble import chunk_turns
 from hotmem.errors import ConfigurationError, DistillError, InvalidInputError
+from hotmem.io import write_atomic
 from hotmem.names import is_grounded
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.students.format import check_answer_format, graph_to_target, schema_prompt, student_messages
@@ -503,6 +504,11 @@ def share_stages(manifest: dict[str, Any]) -> dict[str, Any]:
         return _with_earlier(stage, share)
 
     return _with_earlier(manifest, share)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """`folder/manifest.json`, each earlier stage held once (`share_stages`), written atomically."""
+    write_atomic(folder / "manifest.json", json.dumps(share_stages(manifest), indent=1) + "\n")
 
 
 def expand_stages(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -1,48 +1,31 @@
 """The teacher's demonstration pool: annotated examples written as the entities and relations steps read them.
 
-Those steps read simple statements in which the speaker is named (the decompose step's output). An annotated
-example's statements are made without an LM: its sentences, each first-person word replaced by its turn's speaker
-("i have two dogs" -> "speaker have two dogs": the steps extract, grammar does not matter). An example whose
+Those steps read simple statements in which the speaker is named. An annotated example's statements are made
+without an LM, as a teacher that reads sentences makes its own (`speaker_statements`): its sentences, each
+first-person word replaced by its turn's speaker ("i have two dogs" -> "speaker have two dogs": the steps extract,
+grammar does not matter). An example whose
 entities its statements do not all mention is left out, so no demo answers with what its input lacks.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hotmem.errors import InvalidInputError
-from hotmem.names import SPEAKER, is_grounded
+from hotmem.names import is_grounded
 from hotmem.pipeline.mixture import SOURCES
 from hotmem.schema import RelationSchema
-from hotmem.types import Record, Turn, render_turns, speakers_of
+from hotmem.teacher.program import speaker_statements
+from hotmem.types import Record, render_turns, speakers_of
 
-__all__ = ["POOL_SOURCES", "demo_pool", "pool_example", "pool_from", "speaker_statements"]
+__all__ = ["POOL_SOURCES", "demo_pool", "pool_example", "pool_from"]
 
 logger = logging.getLogger(__name__)
 
 #: Mixture sources in the conversation schema whose records may be shown as demos (no evaluation slice in them).
 POOL_SOURCES = ("gold", "personaext-conversation")
-#: First-person forms -> how a statement names the speaker ({s}).
-_FIRST_PERSON = {"i": "{s}", "me": "{s}", "myself": "{s}", "my": "{s}'s", "mine": "{s}'s", "i'm": "{s} is",
-                 "im": "{s} is", "i've": "{s} has", "ive": "{s} has", "i'd": "{s} would", "i'll": "{s} will"}
-_FIRST_PERSON_WORD = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _FIRST_PERSON), key=len, reverse=True))
-                                + r")\b", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def speaker_statements(turns: Sequence[Turn]) -> list[str]:
-    """Each turn's sentences with first-person words replaced by the turn's speaker."""
-    statements = []
-    for turn in turns:
-        name = turn.speaker or SPEAKER
-        for sentence in _SENTENCE_END.split(turn.text.strip()):
-            if sentence.strip():
-                statements.append(_FIRST_PERSON_WORD.sub(lambda m: _FIRST_PERSON[m.group(0).casefold()]
-                                                         .format(s=name), sentence.strip()))
-    return statements
 
 
 def pool_example(record: Record, source: str | None = None) -> dict[str, Any] | None:

@@ -41,6 +41,7 @@ def manifest_for(program: Teacher) -> dict[str, Any]:
         "schema_fingerprint": program.schema.fingerprint(),
         "closed": program.closed,
         "predictors": [name for name, _ in program.named_predictors()],
+        "reads": program.reads,
     }
     if program.retriever is not None:
         manifest[RETRIEVAL_KEY] = program.retriever.settings()
@@ -70,7 +71,7 @@ def load_program(
     if not manifest_path.is_file() or not program_path.is_file():
         raise ProgramNotFoundError(f"{folder} holds no saved program ({MANIFEST_FILE} and {PROGRAM_FILE} expected)")
     manifest = json.loads(manifest_path.read_text())
-    program = Teacher(schema, closed=closed)
+    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"))
     expected = manifest_for(program)
     problems = [
         f"{key}: saved {manifest.get(key)!r}, this program {expected[key]!r}"
@@ -124,7 +125,9 @@ def load_instructions(
     if not program_path.is_file():
         raise ProgramNotFoundError(f"{path} holds no saved program ({PROGRAM_FILE} expected)")
     state = json.loads(program_path.read_text())
-    program = Teacher(schema, closed=closed)
+    manifest_path = Path(path) / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"))
     predictors = dict(program.named_predictors())
     if set(state) != set(predictors):
         raise SchemaMismatchError(
