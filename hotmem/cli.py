@@ -408,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--reflection-lm", default="embedded/qwen2.5-coder-1.5b", help="LM that proposes instructions")
     opt.add_argument("--budget", default="light",
                      help="light, medium, heavy, or a number of metric calls (0: save the program without GEPA)")
-    opt.add_argument("--proposer", default="rule", choices=("rule", "gepa"),
-                     help="rule: add one learned rule per step (small reflection LMs); gepa: GEPA's full rewrite")
+    opt.add_argument("--proposer", default="rule", choices=("rule", "contrast", "gepa"),
+                     help="rule: add one learned rule per step (small reflection LMs); contrast: relations rules "
+                          "written from the metric's corrections, no LM; gepa: GEPA's full rewrite")
     opt.add_argument("--demos", type=int, default=0,
                      help="gold demonstrations for the entities and relations steps, chosen before GEPA (0: none)")
     opt.add_argument("--retrieve", default="0",

@@ -7,6 +7,7 @@ from conftest import needs_smollm
 from hotmem.data import CONLL04_SCHEMA, load_gold
 from hotmem.errors import ProgramNotFoundError, SchemaMismatchError
 from hotmem.pipeline.optimize import OptimizeConfig, best_score_curve, optimize
+from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.teacher.program import Teacher
 from hotmem.teacher.saved import MANIFEST_FILE, load_program, save_program
 
@@ -143,6 +144,40 @@ def test_rule_proposer_keeps_the_instruction_and_bounds_learned_rules():
     third = proposer.add_rule(second, "Use the name as written.")
     assert third.count("\n- ") == 2 and "possessor" not in third  # the oldest learned rule goes first
     assert proposer.add_rule(third, "Never list a pronoun.") == third
+
+
+def test_contrast_proposer_writes_the_most_frequent_correction_as_a_rule_and_asks_the_lm_otherwise():
+    from hotmem.pipeline.metric import GraphMetric, to_example
+    from hotmem.pipeline.optimize import EMPTY_GRAPH_RULE, LEARNED_RULES, ContrastProposer
+    from hotmem.types import Entity, Graph, Record, Relation, Turn
+
+    def item(text, gold, predicted):
+        """A reflective-dataset item whose feedback is the metric's own, for the relations step."""
+        graph = lambda rels: Graph(entities=[Entity(name=n, type="PERSON" if n[0].isupper() else "PRODUCT")  # noqa
+                                             for n in {n for r in rels for n in (r[0], r[2])}],
+                                   relations=[Relation(subject=a, predicate=p, object=b) for a, p, b in rels])
+        example = to_example(Record(id="x", turns=[Turn(text=text)], graph=graph(gold)))
+        pred = dspy.Prediction(graph=graph(predicted), statements=[text], extracted_entities=[],
+                               extracted_relations=[])
+        feedback = GraphMetric()(example, pred, pred_name="relations", trace=[]).feedback
+        return {"Inputs": {}, "Generated Outputs": {}, "Feedback": feedback}
+
+    games = [item("Tom plays chess.", [("Tom", "plays_game", "chess")], [("Tom", "plays", "chess")]),
+             item("Mia plays Go.", [("Mia", "plays_game", "go")], [("Mia", "plays", "go")]),
+             item("Nice!", [], [("Ann", "likes", "cake")])]
+    proposer = ContrastProposer(CONVERSATION_SCHEMA)
+    rules = proposer.contrast_rules(games)
+    assert rules[0] == ("`plays_game` (plays a video or board game) is not `plays` (plays a sport or an instrument): "
+                        "write `plays_game` when a statement says the first.")
+    assert rules[1:] == [EMPTY_GRAPH_RULE]
+    lm = dspy.utils.DummyLM([{"rule": "List the speaker too."}])
+    with dspy.context(lm=lm):
+        first = proposer({"relations": "Extract."}, {"relations": games}, ["relations"])["relations"]
+        second = proposer({"relations": first}, {"relations": games}, ["relations"])["relations"]
+        entities = proposer({"entities": "List."}, {"entities": games}, ["entities"])["entities"]
+    assert first == f"Extract.\n\n{LEARNED_RULES}\n- {rules[0]}"
+    assert second == f"{first}\n- {EMPTY_GRAPH_RULE}"  # a rule the instruction has is not proposed again
+    assert entities.endswith("- List the speaker too.") and len(lm.history) == 1  # other steps: the LM's rule
 
 
 def test_gold_demos_answer_with_gold_for_statements_that_mention_it():

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,9 @@ class OptimizeConfig:
     out_dir: str = "optimized/teacher"
     closed: bool = True
     reflection_max_tokens: int = 1024
-    proposer: str = "rule"  # "rule" (RuleProposer: small reflection LMs) or "gepa" (GEPA's full rewrite)
+    #: "rule" (RuleProposer: small reflection LMs), "contrast" (ContrastProposer: relations rules from the metric's
+    #: corrections) or "gepa" (GEPA's full rewrite)
+    proposer: str = "rule"
     demos: int = 0  # gold demonstrations added to the entities and relations steps before GEPA (see gold_demos)
     demo_candidates: int = 24  # train records whose statements are computed to choose them from
     #: annotated examples retrieved per input for the entities and relations steps (0: none), from the mixture
@@ -123,6 +127,56 @@ class RuleProposer:
         return proposals
 
 
+#: A correction as the metric's feedback writes it: "(A, p, B) should be (A, q, B)".
+_CORRECTION = re.compile(r"\(([^()]*), (\w+), ([^()]*)\) should be \(([^()]*), (\w+), ([^()]*)\)")
+#: The rule for relations written where the correct graph is empty (greetings, questions, opinions).
+EMPTY_GRAPH_RULE = ("Return an empty list when the statements only greet, ask, thank or give an opinion: "
+                    "a relation needs a fact stated as true.")
+
+
+class ContrastProposer(RuleProposer):
+    """A rule proposer for the relations step that writes its rules from the metric's corrections, with no LM.
+
+    With the 1.5B as reflection LM the rule proposer's rules restated the instruction (the graphs did not change).
+    The corrections in the feedback say more: the most frequent wrong predicate on the minibatch becomes a rule
+    that contrasts the two predicates by their inventory meanings ("`plays_game` (plays a video or board game) is
+    not `plays` (plays a sport or an instrument)"); relations written where the correct graph is empty become a
+    rule about facts stated as true. A rule the instruction already has is not proposed again; other steps, and
+    minibatches without either mistake, get the LM's rule.
+    """
+
+    def __init__(self, schema: RelationSchema, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.schema = schema
+
+    def contrast_rules(self, items: list[dict[str, Any]]) -> list[str]:
+        """Rules the relations step's mistakes on `items` call for, the most frequent first."""
+        counts: Counter[str] = Counter()
+        for item in items:
+            feedback = str(item.get("Feedback", ""))
+            for line in feedback.splitlines():
+                if not line.startswith("Wrong predicate:"):
+                    continue
+                for match in _CORRECTION.finditer(line):
+                    wrong, right = self.schema.get(match[2]), self.schema.get(match[5])
+                    if wrong is not None and right is not None and wrong.name != right.name:
+                        counts[f"`{right.name}` ({right.description}) is not `{wrong.name}` ({wrong.description}): "
+                               f"write `{right.name}` when a statement says the first."] += 1
+            if "The correct graph is empty" in feedback and "Spurious relations:" in feedback:
+                counts[EMPTY_GRAPH_RULE] += 1
+        return [rule for rule, _ in counts.most_common()]
+
+    def __call__(self, candidate: dict[str, str], reflective_dataset: dict[str, list[dict[str, Any]]],
+                 components_to_update: list[str]) -> dict[str, str]:
+        proposals = {}
+        for name in components_to_update:
+            rules = self.contrast_rules(reflective_dataset[name]) if name == "relations" else []
+            new = next((rule for rule in rules if rule not in candidate[name]), None)
+            proposals[name] = (self.add_rule(candidate[name], new) if new is not None
+                               else super().__call__(candidate, reflective_dataset, [name])[name])
+        return proposals
+
+
 class RanPredictorSelector:
     """GEPA component selector: round robin over the predictors that ran on the reflection minibatch.
 
@@ -195,10 +249,10 @@ def add_gold_demos(program: Teacher, records: list[Record], k: int = 4, **kwargs
     return program
 
 
-def _proposer(name: str) -> RuleProposer | None:
-    if name not in {"rule", "gepa"}:
-        raise InvalidInputError(f"proposer is 'rule' or 'gepa', not {name!r}")
-    return RuleProposer() if name == "rule" else None
+def _proposer(name: str, schema: RelationSchema) -> RuleProposer | None:
+    if name not in {"rule", "contrast", "gepa"}:
+        raise InvalidInputError(f"proposer is 'rule', 'contrast' or 'gepa', not {name!r}")
+    return {"rule": RuleProposer, "contrast": lambda: ContrastProposer(schema), "gepa": lambda: None}[name]()
 
 
 def _budget_kwargs(budget: str | int) -> dict[str, Any]:
@@ -260,7 +314,7 @@ def optimize(
         track_stats=True,
         add_format_failure_as_feedback=True,
         component_selector=RanPredictorSelector(student),
-        instruction_proposer=_proposer(config.proposer),
+        instruction_proposer=_proposer(config.proposer, schema),
         gepa_kwargs={"use_cloudpickle": True},  # DSPy already turns on GEPA's progress bar
         **_budget_kwargs(config.budget),
     )
