@@ -250,9 +250,14 @@ def add_gold_demos(program: Teacher, records: list[Record], k: int = 4, **kwargs
 
 
 def _proposer(name: str, schema: RelationSchema) -> RuleProposer | None:
-    if name not in {"rule", "contrast", "gepa"}:
-        raise InvalidInputError(f"proposer is 'rule', 'contrast' or 'gepa', not {name!r}")
-    return {"rule": RuleProposer, "contrast": lambda: ContrastProposer(schema), "gepa": lambda: None}[name]()
+    """The instruction proposer `OptimizeConfig.proposer` names; None is GEPA's own."""
+    if name == "rule":
+        return RuleProposer()
+    if name == "contrast":
+        return ContrastProposer(schema)
+    if name == "gepa":
+        return None
+    raise InvalidInputError(f"proposer is 'rule', 'contrast' or 'gepa', not {name!r}")
 
 
 def _budget_kwargs(budget: str | int) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Those steps read simple statements in which the speaker is named. An annotated example's statements are made
 without an LM, as a teacher that reads sentences makes its own (`speaker_statements`): its sentences, each
 first-person word replaced by its turn's speaker ("i have two dogs" -> "speaker have two dogs": the steps extract,
-grammar does not matter). An example whose
-entities its statements do not all mention is left out, so no demo answers with what its input lacks.
+grammar does not matter). An example whose entities its statements do not all mention is left out, so no demo
+answers with what its input lacks.
 """
 
 from __future__ import annotations
