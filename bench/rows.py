@@ -22,8 +22,9 @@ ROWS, VERSIONS = "rows.jsonl", "versions.json"
 
 
 def strip_row(row: dict) -> dict:
-    """The row without text from the data: no predicted graph, an error reduced to its exception type."""
-    kept = {key: value for key, value in row.items() if key != "graph"}
+    """The row without text from the data: no predicted graph (nor the sampled ones), an error reduced to its
+    exception type."""
+    kept = {key: value for key, value in row.items() if key not in ("graph", "samples")}
     if kept.get("error"):
         kept["error"] = kept["error"].split(":", 1)[0]
     return kept

@@ -53,6 +53,31 @@ def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int |
                           max_chars=max_chars or DEFAULT_MAX_CHARS)
 
 
+def _check_samples(args: argparse.Namespace) -> None:
+    # a rescore votes the samples an earlier run stored again, with any --agree up to their number
+    most = float("inf") if getattr(args, "rescore", False) else args.samples
+    if args.samples < 1 or not 1 <= (args.agree or 1) <= most:
+        raise InvalidInputError(f"--samples must be at least 1 and --agree between 1 and it (got {args.samples}, "
+                                f"{args.agree})")
+    if args.samples > 1 and _is_student(args.program):  # a student runs its own model, greedily
+        raise InvalidInputError("--samples samples a teacher's LM: a student --program answers once")
+
+
+def _samplers(args: argparse.Namespace, schema, lm, max_chars: int | None = None) -> list:
+    """Self-consistency (`--samples N`): N-1 more extractors on the teacher's LM sampling at `--temperature`."""
+    # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
+    return [_extractor(args, args.program, schema, lm.copy(rollout_id=i, temperature=args.temperature), max_chars)
+            for i in range(1, args.samples)]
+
+
+def _add_sampling(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--samples", type=int, default=1,
+                        help=f"self-consistency: {what} per input, the main one and N-1 sampled at --temperature")
+    parser.add_argument("--agree", type=int, default=None,
+                        help=f"keep the facts at least this many of the --samples {what} state (default: a majority)")
+    parser.add_argument("--temperature", type=float, default=0.7, help=f"the sampled {what}' temperature")
+
+
 def _extract(args: argparse.Namespace) -> int:
     from hotmem.extractor import GraphExtractor
 
@@ -72,14 +97,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hotmem.data import load_dataset
     from hotmem.pipeline.evaluate import evaluate_program
 
+    _check_samples(args)
     records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
-    extractor = _extractor(args, args.program, schema, _lm(args, cache=args.cache), max_chars=10**9)
+    lm = _lm(args, cache=args.cache)
+    extractor = _extractor(args, args.program, schema, lm, max_chars=10**9)
+    samplers = _samplers(args, schema, lm or getattr(extractor.backend, "lm", None), max_chars=10**9)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
     meta = {"command": " ".join(sys.argv), "backend": extractor.backend.name, "lm": extractor.backend.model,
             "schema": schema.name}
     report = evaluate_program(extractor, records, schema=schema, name=name, out_dir=out, meta=meta,
-                              rescore=args.rescore)
+                              rescore=args.rescore, samplers=samplers, agree=args.agree)
     print(report.markdown())
     if args.json:
         print(json.dumps(report.summary(), indent=1))
@@ -174,21 +202,13 @@ def _label(args: argparse.Namespace) -> int:
     from hotmem.pipeline.label import LabelConfig, label_corpus
     from hotmem.schema import CONVERSATION_SCHEMA
 
-    if args.samples < 1 or not 1 <= (args.agree or 1) <= args.samples:
-        raise InvalidInputError(f"--samples must be at least 1 and --agree between 1 and it (got {args.samples}, "
-                                f"{args.agree})")
+    _check_samples(args)
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
                          clean_items=not args.drop_whole, agree=args.agree)
-    if _is_student(args.program):  # a student runs its own model: no teacher LM to load, nothing to sample
-        if args.samples > 1:
-            raise InvalidInputError("--samples samples a teacher's LM: a student --program labels once")
-        lm = _lm(args)
-    else:
-        lm = _lm(args) or configured_lm() or make_lm(LABELLING_LM)
+    # a student runs its own model: no teacher LM to load
+    lm = _lm(args) if _is_student(args.program) else _lm(args) or configured_lm() or make_lm(LABELLING_LM)
     extractor = _extractor(args, args.program, CONVERSATION_SCHEMA, lm)
-    # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
-    samplers = [_extractor(args, args.program, CONVERSATION_SCHEMA, lm.copy(rollout_id=i, temperature=args.temperature))
-                for i in range(1, args.samples)]
+    samplers = _samplers(args, CONVERSATION_SCHEMA, lm)
     utterances = _corpus(args.source, args.path, args.seed)
     if args.unseen_by:
         from hotmem.pipeline.mixture import base_id, drawn_record_ids, earlier_stage
@@ -314,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rescore", action="store_true",
                           help="score the graphs already in --out against the data as now loaded, without rerunning")
     evaluate.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    _add_sampling(evaluate, "graphs")
     _add_lm(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
@@ -337,11 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--min-confidence", type=float, default=0.7, help="remove relations with a lower confidence")
     label.add_argument("--drop-whole", action="store_true",
                        help="drop a label with any problem instead of removing just its bad entities and relations")
-    label.add_argument("--samples", type=int, default=1,
-                       help="self-consistency: labels per utterance, the main one and N-1 sampled at --temperature")
-    label.add_argument("--agree", type=int, default=None,
-                       help="keep the facts at least this many of the --samples labels state (default: a majority)")
-    label.add_argument("--temperature", type=float, default=0.7, help="the sampled labels' temperature")
+    _add_sampling(label, "labels")
     _add_lm(label, fallback=f"HOTMEM_LM, else {LABELLING_LM}")
     label.set_defaults(func=_label)
 

@@ -96,6 +96,7 @@ def test_a_saved_program_loads_its_pool_and_vectors_without_embedding_the_pool(t
 
 
 def test_the_pool_names_the_speaker_and_keeps_only_examples_whose_statements_hold_their_entities():
+    """...and keeps chit-chat that states no fact: the demo a teacher needs most where it would invent one."""
     from hotmem.pipeline.pool import demo_pool
     from hotmem.teacher.program import speaker_statements
 
@@ -107,8 +108,10 @@ def test_the_pool_names_the_speaker_and_keeps_only_examples_whose_statements_hol
     unsaid = Record(id="b", turns=[Turn(text="she has a dog")], graph=Graph.model_validate({
         "entities": [{"name": "Mia", "type": "PERSON"}, {"name": "dog", "type": "ANIMAL"}],
         "relations": [{"subject": "Mia", "predicate": "has_pet", "object": "dog"}]}))
-    pool = demo_pool([said, unsaid, said])
-    assert len(pool) == 1 and pool[0]["statements"] == ["speaker have a dog named max"]
+    chat = Record(id="c", turns=[Turn(text="Haha, what a game last night!")], graph=Graph())
+    pool = demo_pool([said, unsaid, said, chat])
+    assert len(pool) == 2 and pool[0]["statements"] == ["speaker have a dog named max"]
+    assert pool[1]["entities"] == pool[1]["relations"] == []
     assert demo_pool([said], source="gold")[0]["source"] == "gold"
     assert CONVERSATION_SCHEMA.get(pool[0]["relations"][0]["predicate"]) is not None
 
@@ -124,7 +127,7 @@ def test_optimize_with_budget_zero_saves_the_retrieving_program_without_gepa(tmp
     result = optimize(config, train, load_gold("dev"), task_lm=dspy.utils.DummyLM([]), reflection_lm=object())
     assert result.manifest["gepa"] is None and result.manifest["demo_retrieval"]["k"] == 3
     loaded = load_program(result.out_dir)
-    assert loaded.retriever.settings()["pool"] == result.manifest["demo_retrieval"]["pool"] == 84
+    assert loaded.retriever.settings()["pool"] == result.manifest["demo_retrieval"]["pool"] == 96
     assert not (tmp_path / "log").exists()
 
 

@@ -342,3 +342,20 @@ def test_a_student_labels_without_loading_a_teacher_lm(tmp_path, monkeypatch):
     assert main(["label", str(corpus), "--program", str(student), "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["labelled"] == 0
     assert main(["label", str(corpus), "--program", str(student), "--samples", "2", "--out", str(out)]) == 2
+
+
+def test_the_evaluate_command_votes_over_samples_as_labelling_does(tmp_path, monkeypatch):
+    import hotmem
+    from hotmem.cli import main
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    hotmem.configure(dspy.utils.DummyLM([{"references": [], "statements": []}] * 10, adapter=dspy.JSONAdapter()))
+    evaluate = ["evaluate", "--dataset", "gold", "--split", "test", "--limit", "1", "--out", str(tmp_path / "eval")]
+    try:
+        assert main([*evaluate, "--program", "teacher", "--samples", "3"]) == 0
+        assert main([*evaluate, "--program", "teacher", "--rescore", "--agree", "3"]) == 0
+        assert main([*evaluate, "--program", "student", "--samples", "2"]) == 2
+    finally:
+        hotmem.configure()
+    [row] = [json.loads(line) for line in (tmp_path / "eval" / "rows.jsonl").read_text().splitlines()]
+    assert row["error"] is None and len(row["samples"]) == 3

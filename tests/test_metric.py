@@ -187,3 +187,40 @@ def test_a_fact_stated_twice_counts_once_in_either_graph():
     assert score_graph(twice, once, text=text).relation_prf == (1.0, 1.0, 1.0)
     result = score_graph(once, twice, text=text)
     assert (result.relation_tp, result.relation_pred, result.relation_gold) == (2, 2, 2)
+
+
+def test_self_consistency_scores_the_vote_and_a_rescore_votes_again(tmp_path):
+    from hotmem.errors import InvalidInputError
+    from hotmem.extractor import GraphExtractor
+    from hotmem.pipeline.evaluate import evaluate_program
+    from hotmem.schema import CONVERSATION_SCHEMA
+    from hotmem.types import Record
+
+    class _Dropping(_Canned):
+        """A sampler that states all of GOLD's facts but the last `missing`."""
+
+        def __init__(self, missing):
+            super().__init__()
+            self.missing = missing
+
+        def __call__(self, turns):
+            self.calls += 1
+            return GOLD.model_copy(update={"relations": GOLD.relations[:len(GOLD.relations) - self.missing]})
+
+    main, samplers = _Canned(), [_Dropping(1), _Dropping(2)]
+    records = [Record(id="r0", turns=[Turn(text=TEXT)], graph=GOLD)]
+    extractors = [GraphExtractor(backend=b) for b in (main, *samplers)]
+    voted = evaluate_program(extractors[0], records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False,
+                             samplers=extractors[1:])
+    # three labels: the last fact is stated once, the second-to-last twice (a majority), the first three times
+    assert voted.rows[0].relation == (2, 2, 3)
+    assert voted.rows[0].lm_calls == 3 and voted.rows[0].output_tokens == 21
+    assert len(voted.rows[0].samples) == 3
+    unanimous = evaluate_program(extractors[0], records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path,
+                                 progress=False, rescore=True, agree=3)
+    assert unanimous.rows[0].relation == (1, 1, 3) and main.calls == 1
+    assert evaluate_program(extractors[0], records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False,
+                            rescore=True, agree=1).rows[0].relation == (3, 3, 3)
+    with pytest.raises(InvalidInputError, match="agree"):
+        evaluate_program(extractors[0], records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False,
+                         rescore=True, agree=4)

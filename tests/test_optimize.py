@@ -250,6 +250,23 @@ def test_the_shipped_optimized_teacher_fits_the_current_schema():
     assert len(program.relations.demos) == len(state["relations"]["demos"]) > 0
 
 
+def test_the_shipped_teachers_demonstration_pool_is_gold_train_alone():
+    """What ships may hold our own annotations only, and never an evaluation record (gold dev and test)."""
+    from hotmem.teacher.demos import POOL_FILE
+    from hotmem.teacher.saved import shipped_teacher_dir
+    from hotmem.types import render_turns
+
+    shipped = shipped_teacher_dir()
+    if shipped is None or not (shipped / POOL_FILE).is_file():
+        pytest.skip("the shipped teacher retrieves no demonstrations")
+    pool = [json.loads(line) for line in (shipped / POOL_FILE).read_text().splitlines()]
+    texts = {split: {render_turns(r.turns) for r in load_gold(split)} for split in ("train", "dev", "test")}
+    assert {item["source"] for item in pool} == {"gold"}
+    assert {item["conversation"] for item in pool} <= texts["train"]
+    assert not {item["conversation"] for item in pool} & (texts["dev"] | texts["test"])
+    assert len(load_program(shipped).retriever.pool) == len(pool)
+
+
 def test_score_curve_png_leaves_the_process_backend_alone(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     from hotmem.pipeline.optimize import plot_score_curve

@@ -25,6 +25,7 @@ from hotmem.backends import TeacherBackend
 from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.extractor import GraphExtractor
 from hotmem.io import JsonlLog, write_atomic
+from hotmem.pipeline.label import vote
 from hotmem.pipeline.metric import GraphScore, prf, score_graph
 from hotmem.schema import RelationSchema
 from hotmem.types import Graph, Record, render_turns, speakers_of
@@ -47,6 +48,9 @@ class Row:
     output_tokens: int
     error: str | None = None
     graph: dict = field(default_factory=dict)
+    #: With self-consistency: every label voted over, the main one first (`graph` is their vote), so a rescore can
+    #: vote again with another `agree` without running anything.
+    samples: list[dict] | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -148,6 +152,8 @@ def evaluate_program(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     rescore: bool = False,
+    samplers: Sequence[GraphExtractor] = (),
+    agree: int | None = None,
 ) -> Report:
     """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`.
 
@@ -155,9 +161,14 @@ def evaluate_program(
     A configuration error (a model that is not installed) stops the run at once; any other failure is counted.
     `rescore`: score the graphs already in `out_dir` against the records as they are now (after a change to a
     loader or the metric) instead of keeping their scores; the program runs only on records not yet done.
+    `samplers`: self-consistency as `hotmem label` applies it: more extractors (the program sampling at a
+    temperature) whose graphs are voted with the main one, keeping the facts `agree` of them state (None: a
+    majority). A rescore votes the stored samples again with the `agree` given.
     """
     if rescore and not out_dir:
         raise InvalidInputError("rescore re-reads the graphs of an earlier run: pass its out_dir")
+    if agree is not None and not 1 <= agree <= len(samplers) + 1 and not rescore:
+        raise InvalidInputError(f"agree must be between 1 and the number of labels, {len(samplers) + 1}: got {agree}")
     extractor = as_extractor(program, lm)
     log = JsonlLog(Path(out_dir) / "rows.jsonl") if out_dir else None
     done = _load_rows(log) if log else {}
@@ -166,8 +177,10 @@ def evaluate_program(
     if rescore and done:
         if bare := [key for key, row in done.items() if not row.graph]:
             raise InvalidInputError(f"{log.path}: {len(bare)} rows keep no graph to rescore (first: {bare[0]})")
+        if agree is not None and not any(row.samples for row in done.values()):
+            raise InvalidInputError(f"{log.path}: no row holds samples to vote over with agree={agree}")
         by_id = {record.id: record for record in records}
-        done = {key: _score(by_id[key], Graph.model_validate(row.graph), schema, row) if key in by_id else row
+        done = {key: _score(by_id[key], _voted(row, by_id[key], schema, agree), schema, row) if key in by_id else row
                 for key, row in done.items()}
         write_atomic(log.path, "".join(json.dumps(asdict(row), ensure_ascii=False, default=str) + "\n"
                                        for row in done.values()))
@@ -176,7 +189,7 @@ def evaluate_program(
         for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
             if record.id in done:
                 continue
-            row = _run_one(extractor, record, schema)
+            row = _run_one(extractor, record, schema, samplers, agree)
             done[record.id] = row
             if write:
                 write(asdict(row))
@@ -188,23 +201,42 @@ def evaluate_program(
     return report
 
 
-def _run_one(extractor: GraphExtractor, record: Record, schema: RelationSchema) -> Row:
-    before = extractor.usage()
+def _usage(extractors: Sequence[GraphExtractor]) -> tuple[int, int]:
+    usages = [extractor.usage() for extractor in extractors]
+    return sum(u["calls"] for u in usages), sum(u["output_tokens"] for u in usages)
+
+
+def _run_one(extractor: GraphExtractor, record: Record, schema: RelationSchema,
+             samplers: Sequence[GraphExtractor] = (), agree: int | None = None) -> Row:
+    everyone = [extractor, *samplers]
+    calls_before, tokens_before = _usage(everyone)
     started = time.perf_counter()
-    error = None
+    error, samples = None, None
     try:
         graph = extractor(record.turns)
+        if samplers:
+            samples = [graph.model_dump()] + [sampler(record.turns).model_dump() for sampler in samplers]
     except ConfigurationError:
         raise
     except Exception as exc:  # an evaluation counts failures instead of stopping
         logger.warning("%s failed: %s", record.id, exc)
-        error, graph = f"{type(exc).__name__}: {exc}"[:500], Graph()
+        error, graph, samples = f"{type(exc).__name__}: {exc}"[:500], Graph(), None
     latency = time.perf_counter() - started
-    after = extractor.usage()
+    calls_after, tokens_after = _usage(everyone)
     run = Row(id=record.id, category=record.category, entity=(0, 0, 0), relation=(0, 0, 0), triple=0,
-              valid_relations=0, latency_s=round(latency, 3), lm_calls=after["calls"] - before["calls"],
-              output_tokens=after["output_tokens"] - before["output_tokens"], error=error)
-    return _score(record, graph, schema, run)
+              valid_relations=0, latency_s=round(latency, 3), lm_calls=calls_after - calls_before,
+              output_tokens=tokens_after - tokens_before, error=error, samples=samples)
+    return _score(record, _voted(run, record, schema, agree) if samples else graph, schema, run)
+
+
+def _voted(row: Row, record: Record, schema: RelationSchema, agree: int | None) -> Graph:
+    """The graph a row scores: its labels' vote when it holds samples, else its graph."""
+    if not row.samples:
+        return Graph.model_validate(row.graph)
+    if agree is not None and not 1 <= agree <= len(row.samples):
+        raise InvalidInputError(f"{row.id}: agree must be between 1 and its {len(row.samples)} labels, got {agree}")
+    return vote([Graph.model_validate(sample) for sample in row.samples], agree, speakers=speakers_of(record.turns),
+                schema=schema)
 
 
 def _score(record: Record, graph: Graph, schema: RelationSchema, run: Row) -> Row:

@@ -229,12 +229,13 @@ def _fact(relation, speakers: Sequence[str], schema: RelationSchema) -> tuple[st
                        normalize_name(relation.object, speakers))
 
 
-def vote(graphs: Sequence[Graph], agree: int, *, speakers: Sequence[str] = (),
+def vote(graphs: Sequence[Graph], agree: int | None = None, *, speakers: Sequence[str] = (),
          schema: RelationSchema = CONVERSATION_SCHEMA) -> Graph:
     """Self-consistency over several labels of one utterance: the facts at least `agree` of `graphs` state (names
     compared normalised, a fact however restated: `A parent_of B` = `B child_of A`), the entities they connect and
     the entities at least `agree` graphs name. Names, types and confidences come from the first graph that has them
-    (the main label); the graph's confidence is the share of facts confirmed."""
+    (the main label); the graph's confidence is the share of facts confirmed. `agree` None: a majority."""
+    agree = len(graphs) // 2 + 1 if agree is None else agree
     if agree < 1:
         raise InvalidInputError(f"agree must be at least 1, got {agree}")
     entities: dict[str, Entity] = {}
@@ -272,8 +273,7 @@ def _voted(item: dict[str, Any], graph: Graph, turns: Sequence[Turn], schema: Re
     if not item.get("samples"):
         return graph
     labels_of_item = [graph] + [Graph.model_validate(sample) for sample in item["samples"]]
-    voted = vote(labels_of_item, config.agree or len(labels_of_item) // 2 + 1, speakers=speakers_of(turns),
-                 schema=schema)
+    voted = vote(labels_of_item, config.agree, speakers=speakers_of(turns), schema=schema)
     facts = [{_fact(r, speakers_of(turns), schema) for r in g.relations} for g in (graph, voted)]
     removed["unconfirmed_relation"] += len(facts[0] - facts[1])
     return voted
