@@ -233,8 +233,6 @@ def _voted(row: Row, record: Record, schema: RelationSchema, agree: int | None) 
     """The graph a row scores: its labels' vote when it holds samples, else its graph."""
     if not row.samples:
         return Graph.model_validate(row.graph)
-    if agree is not None and not 1 <= agree <= len(row.samples):
-        raise InvalidInputError(f"{row.id}: agree must be between 1 and its {len(row.samples)} labels, got {agree}")
     return vote([Graph.model_validate(sample) for sample in row.samples], agree, speakers=speakers_of(record.turns),
                 schema=schema)
 

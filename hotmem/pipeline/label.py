@@ -236,8 +236,8 @@ def vote(graphs: Sequence[Graph], agree: int | None = None, *, speakers: Sequenc
     the entities at least `agree` graphs name. Names, types and confidences come from the first graph that has them
     (the main label); the graph's confidence is the share of facts confirmed. `agree` None: a majority."""
     agree = len(graphs) // 2 + 1 if agree is None else agree
-    if agree < 1:
-        raise InvalidInputError(f"agree must be at least 1, got {agree}")
+    if not 1 <= agree <= len(graphs):
+        raise InvalidInputError(f"agree must be between 1 and the number of labels, {len(graphs)}: got {agree}")
     entities: dict[str, Entity] = {}
     entity_votes: Counter = Counter()
     first_statement: dict[tuple[str, str, str], Any] = {}
