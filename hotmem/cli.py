@@ -160,6 +160,7 @@ def _optimize(args: argparse.Namespace) -> int:
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
         demos=args.demos, retrieve=_retrieve(args.retrieve), pool=tuple(args.pool.split(",")), reads=args.reads,
+        verify=args.verify,
         notes={"command": " ".join(sys.argv)},
     )
     result = optimize(config, trainset, valset, schema)
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--reads", default="statements", choices=("statements", "sentences"),
                      help="what the entities and relations steps read: the decompose step's statements, or the "
                           "sentences as said (coref and decompose skipped)")
+    opt.add_argument("--verify", action="store_true",
+                     help="check each proposed fact with one more LM call, keeping those the text states (precision)")
     opt.add_argument("--pool", default="gold,personaext-conversation",
                      help="mixture sources the retrieved demonstrations come from (with a number for --retrieve)")
     opt.add_argument("--seed", type=int, default=0)

@@ -95,6 +95,13 @@ def test_metric_is_a_float_for_evaluate_and_feedback_for_gepa():
     assert "missed clauses" in decompose and "works_at" in decompose
 
 
+def test_the_verify_step_is_told_what_it_rejected_beside_what_was_missed():
+    pred = dspy.Prediction(graph=Graph(entities=[E("Anna"), E("Berlin", "LOCATION")]),
+                           rejected_relations=[R("Anna", "lives_in", "Berlin")])
+    feedback = GraphMetric()(example(), pred, None, "verify", None).feedback
+    assert "Rejected by the check: (Anna, lives_in, Berlin)" in feedback and "Missed relations" in feedback
+
+
 def test_decompose_feedback_on_chit_chat():
     pred = dspy.Prediction(graph=Graph(), statements=["The speaker says hello."])
     feedback = GraphMetric()(example(Graph(), "hello!"), pred, None, "decompose", None).feedback

@@ -39,6 +39,19 @@ def test_a_saved_program_reads_what_it_read_when_saved(tmp_path):
     assert load_program(tmp_path / "before").reads == "statements"
 
 
+def test_a_saved_program_checks_its_facts_when_it_did_when_saved(tmp_path):
+    save_program(Teacher(reads="sentences", verify=True), tmp_path)
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["verifies"] is True
+    loaded = load_program(tmp_path)
+    assert loaded.verifies and loaded.verify.signature.instructions == Teacher(verify=True).verify.signature.instructions
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    del manifest["verifies"]  # saved before teachers could check facts: no verify predictor then
+    manifest["predictors"].remove("verify")
+    save_program(Teacher(reads="sentences"), tmp_path / "before")
+    (tmp_path / "before" / MANIFEST_FILE).write_text(json.dumps({**manifest, "reads": "sentences"}))
+    assert not load_program(tmp_path / "before").verifies
+
+
 def test_loading_for_another_schema_says_so(tmp_path):
     save_program(Teacher(), tmp_path)
     with pytest.raises(SchemaMismatchError, match="made for schema 'hotmem-conversation'"):

@@ -109,6 +109,25 @@ def test_a_teacher_that_reads_sentences_skips_coref_and_decompose_and_its_demos_
         Teacher(reads="paragraphs")
 
 
+def test_a_verifying_teacher_keeps_only_the_facts_its_check_finds_stated():
+    teacher = Teacher(reads="sentences", verify=True)
+    lm = scripted({"entities": [{"name": "Anna", "type": "PERSON"}, {"name": "Tom", "type": "PERSON"},
+                                {"name": "Oslo", "type": "LOCATION"}]},
+                  {"relations": [{"subject": "Tom", "predicate": "sibling_of", "object": "Anna"},
+                                 {"subject": "Anna", "predicate": "lives_in", "object": "Oslo"}]},
+                  {"stated": True}, {"stated": False})
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        pred = teacher(turns=[Turn(speaker="Anna", text="My brother Tom lives in Oslo.")])
+    assert len(lm.history) == 4  # entities, relations, one check per proposed fact
+    assert [r.triple for r in pred.graph.relations] == [("Tom", "sibling_of", "Anna")]
+    assert [(r.subject, r.predicate, r.object) for r in pred.rejected_relations] == [("Anna", "lives_in", "Oslo")]
+    # each check reads the sentences and the fact with what its predicate means, and decodes greedily
+    check = lm.history[3]
+    assert "Anna lives_in Oslo (lives_in: resides in a place)" in check["messages"][-1]["content"]
+    assert check["kwargs"]["temperature"] == 0.0
+    assert not Teacher().verifies and "verify" not in dict(Teacher().named_predictors())
+
+
 def test_chit_chat_stops_after_decompose():
     lm = scripted({"references": []}, {"statements": []})
     pred = run(Teacher(), lm, "hey, how are you?")

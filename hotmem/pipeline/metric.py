@@ -291,6 +291,14 @@ def forbidden_relation_feedback(pred, graph: Graph, schema: RelationSchema, spea
     return lines
 
 
+def rejected_feedback(pred) -> list[str]:
+    """What the verify step rejected (the missed relations above say which of them were right)."""
+    rejected = getattr(pred, "rejected_relations", None) or []
+    if not rejected:
+        return []
+    return [f"Rejected by the check: {_listing([f'({r.subject}, {r.predicate}, {r.object})' for r in rejected])}."]
+
+
 def coref_feedback(result: GraphScore, statements: Sequence[str], speakers: Sequence[str]) -> list[str]:
     lines = []
     left = sorted({w for s in statements for w in WORDS.findall(s) if w.casefold() in PRONOUNS | FIRST_PERSON_WORDS})
@@ -373,6 +381,8 @@ class GraphMetric:
         elif name == "relations":
             lines = relation_feedback(result) + forbidden_relation_feedback(pred, predicted_graph(pred), self.schema,
                                                                             speakers)
+        elif name == "verify":
+            lines = relation_feedback(result) + rejected_feedback(pred)
         elif name == "coref":
             lines = coref_feedback(result, statements, speakers)
         elif name == "decompose":

@@ -100,6 +100,12 @@ def step_demos(statements: list[str], entities: list[dict], relations: list[dict
     }
 
 
+def fact_text(subject: str, predicate: str, obj: str, schema: RelationSchema) -> str:
+    """A fact as the verify step reads it: the triple, then what its predicate means (when the schema knows it)."""
+    spec = schema.get(predicate)
+    return f"{subject} {predicate} {obj}" + (f" ({predicate}: {spec.description})" if spec is not None else "")
+
+
 def _seed_demos(schema: RelationSchema, reads: str) -> dict[str, list[dspy.Example]]:
     demos: dict[str, list[dspy.Example]] = {"coref": [], "decompose": [], "entities": [], "relations": []}
     for seed in SEED_DEMOS:
@@ -124,11 +130,13 @@ class Teacher(dspy.Module):
     """The multi-step extraction program GEPA optimizes and whose labels the student learns from."""
 
     def __init__(self, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
-                 retriever: DemoRetriever | None = None, reads: Literal["statements", "sentences"] = "statements"):
+                 retriever: DemoRetriever | None = None, reads: Literal["statements", "sentences"] = "statements",
+                 verify: bool = False):
         """`retriever`: annotated examples nearest to each input, shown to the entities and relations steps after
         their own demos (`hotmem.teacher.demos`). `reads`: what those steps read, the decompose step's statements
         (coref and decompose run first) or the sentences as said, the speaker named for "I" (two LM calls fewer;
-        on the 1.5B it finds more facts: `optimized/teacher/report.md`)."""
+        on the 1.5B it finds more facts: `optimized/teacher/report.md`). `verify`: one more call per proposed
+        fact, which keeps only the facts the statements say (precision for labelling, at a call a fact)."""
         super().__init__()
         if reads not in READS:
             raise InvalidInputError(f"reads is one of {READS}, not {reads!r}")
@@ -141,8 +149,25 @@ class Teacher(dspy.Module):
         self.decompose = dspy.Predict(signatures.decompose)
         self.entities = dspy.Predict(signatures.entities)
         self.relations = dspy.Predict(signatures.relations)
+        if verify:  # zero-shot: on gold dev, three hand-written checks as demos kept no more right facts
+            self.verify = dspy.Predict(signatures.verify)
         for name, demos in _seed_demos(schema, reads).items():
             getattr(self, name).demos = demos
+
+    @property
+    def verifies(self) -> bool:
+        """Whether each proposed fact is checked by one more call (`verify=True`)."""
+        return isinstance(getattr(self, "verify", None), dspy.Predict)
+
+    def verified(self, statements: list[str], relations: list) -> tuple[list, list]:
+        """The proposed relations the verify step finds stated, and those it rejects. It decodes greedily whatever
+        the sampling (`config`), so self-consistency votes on sampled proposals checked the same way each time."""
+        kept, rejected = [], []
+        for relation in relations:
+            fact = fact_text(relation.subject, relation.predicate, relation.object, self.schema)
+            stated = self.verify(statements=statements, fact=fact, config={"temperature": 0.0}).stated
+            (kept if stated else rejected).append(relation)
+        return kept, rejected
 
     def statements(self, turns: Sequence[Turn]) -> tuple[list[Reference], list[str]]:
         """The first two steps: references (coref) and the simple statements the later steps read."""
@@ -170,6 +195,9 @@ class Teacher(dspy.Module):
         if entities:
             relations = self.relations(statements=statements, entities=[e.name for e in entities],
                                        demos=self.relations.demos + retrieved.get("relations", [])).relations
+        rejected: list = []
+        if relations and self.verifies:
+            relations, rejected = self.verified(statements, relations)
         graph = assemble_graph(
             entities,
             relations,
@@ -181,4 +209,5 @@ class Teacher(dspy.Module):
         )
         # the raw step outputs too: the metric tells the relations step what assembly had to drop
         return dspy.Prediction(graph=graph, references=references, statements=statements,
-                               extracted_entities=entities, extracted_relations=relations)
+                               extracted_entities=entities, extracted_relations=relations,
+                               rejected_relations=rejected)

@@ -42,6 +42,7 @@ def manifest_for(program: Teacher) -> dict[str, Any]:
         "closed": program.closed,
         "predictors": [name for name, _ in program.named_predictors()],
         "reads": program.reads,
+        "verifies": program.verifies,
     }
     if program.retriever is not None:
         manifest[RETRIEVAL_KEY] = program.retriever.settings()
@@ -71,7 +72,8 @@ def load_program(
     if not manifest_path.is_file() or not program_path.is_file():
         raise ProgramNotFoundError(f"{folder} holds no saved program ({MANIFEST_FILE} and {PROGRAM_FILE} expected)")
     manifest = json.loads(manifest_path.read_text())
-    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"))
+    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"),
+                      verify=manifest.get("verifies", False))
     expected = manifest_for(program)
     problems = [
         f"{key}: saved {manifest.get(key)!r}, this program {expected[key]!r}"
@@ -127,7 +129,8 @@ def load_instructions(
     state = json.loads(program_path.read_text())
     manifest_path = Path(path) / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"))
+    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"),
+                      verify=manifest.get("verifies", False))
     predictors = dict(program.named_predictors())
     if set(state) != set(predictors):
         raise SchemaMismatchError(

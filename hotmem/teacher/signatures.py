@@ -1,4 +1,5 @@
-"""Typed DSPy signatures of the four extraction steps. Each docstring is the instruction GEPA rewrites.
+"""Typed DSPy signatures of the four extraction steps and the optional check of each fact. Each docstring is the
+instruction GEPA rewrites.
 
 The LM-facing output types are compact on purpose (no confidences, short keys): on CPU every output token costs
 ~50 ms. `signatures_for(schema)` narrows entity types and, in closed extraction, predicates to the schema's names,
@@ -78,6 +79,19 @@ class ExtractRelations(dspy.Signature):
     relations: list[ExtractedRelation] = dspy.OutputField(max_length=MAX_RELATIONS)
 
 
+class VerifyRelation(dspy.Signature):
+    """Decide whether the statements say that the fact is true.
+
+    The fact is `subject predicate object`; the predicate's meaning follows it. Answer true only when a statement
+    says this fact about this subject and this object, in this direction. Answer false when the fact is only
+    asked about, wished for, planned or imagined, when the two are related in another way than the predicate
+    means, or when the statements do not say it."""
+
+    statements: list[str] = dspy.InputField()
+    fact: str = dspy.InputField()
+    stated: bool = dspy.OutputField()
+
+
 def one_of(names: tuple[str, ...]) -> type:
     """A string the decoding grammar restricts to `names`, but that parsing accepts as any string.
 
@@ -90,12 +104,13 @@ def one_of(names: tuple[str, ...]) -> type:
 
 @dataclass(frozen=True)
 class Signatures:
-    """The four signatures narrowed to one schema."""
+    """The step signatures narrowed to one schema."""
 
     coref: type[dspy.Signature]
     decompose: type[dspy.Signature]
     entities: type[dspy.Signature]
     relations: type[dspy.Signature]
+    verify: type[dspy.Signature] = VerifyRelation
 
 
 def signatures_for(schema: RelationSchema, closed: bool = True) -> Signatures:
