@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import dspy
 
+from hotmem.assemble import ExtractedRelation
 from hotmem.names import FIRST_PERSON_WORDS, PRONOUNS, WORDS, is_grounded, is_pronoun, normalize_name
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.types import Graph, Relation, Turn, render_turns, speakers_of
@@ -32,7 +33,7 @@ def prf(true_positive: int, predicted: int, gold: int) -> tuple[float, float, fl
     return precision, recall, f1
 
 
-def _fmt(relation: Relation) -> str:
+def _fmt(relation: Relation | ExtractedRelation) -> str:
     return f"({relation.subject}, {relation.predicate}, {relation.object})"
 
 
@@ -275,7 +276,7 @@ def forbidden_relation_feedback(pred, graph: Graph, schema: RelationSchema, spea
     for raw in getattr(pred, "extracted_relations", None) or []:
         predicate = schema.canonical(raw.predicate)
         if predicate is None:
-            unknown.append(f"({raw.subject}, {raw.predicate}, {raw.object})")
+            unknown.append(_fmt(raw))
             continue
         spec, head, tail = schema.get(predicate), types.get(key(raw.subject)), types.get(key(raw.object))
         relation = Relation(subject=raw.subject, predicate=predicate, object=raw.object)
@@ -296,7 +297,7 @@ def rejected_feedback(pred) -> list[str]:
     rejected = getattr(pred, "rejected_relations", None) or []
     if not rejected:
         return []
-    return [f"Rejected by the check: {_listing([f'({r.subject}, {r.predicate}, {r.object})' for r in rejected])}."]
+    return [f"Rejected by the check: {_listing([_fmt(r) for r in rejected])}."]
 
 
 def coref_feedback(result: GraphScore, statements: Sequence[str], speakers: Sequence[str]) -> list[str]:
