@@ -22,9 +22,9 @@ ROWS, VERSIONS = "rows.jsonl", "versions.json"
 
 
 def strip_row(row: dict) -> dict:
-    """The row without text from the data: no predicted graph (nor the sampled ones), an error reduced to its
-    exception type."""
-    kept = {key: value for key, value in row.items() if key not in ("graph", "samples")}
+    """The row without text from the data: no predicted graph (nor the sampled ones, nor their checked facts), an
+    error reduced to its exception type."""
+    kept = {key: value for key, value in row.items() if key not in ("graph", "samples", "stated")}
     if kept.get("error"):
         kept["error"] = kept["error"].split(":", 1)[0]
     return kept

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from hotmem.errors import ConfigurationError
+from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
-from hotmem.types import Graph, Turn
+from hotmem.types import Graph, Relation, Turn
 
 if TYPE_CHECKING:
     import dspy
@@ -48,21 +48,38 @@ class Backend(Protocol):
 
 
 class TeacherBackend:
-    """A teacher program (any DSPy module answering `graph`) on an LM, with hotmem's compact JSON adapter."""
+    """A teacher program (any DSPy module answering `graph`) on an LM, with hotmem's compact JSON adapter.
+
+    `check=False` runs a verifying `Teacher` without its per-fact check: for callers that check the facts of
+    several labels once, together (`stated_probabilities`)."""
 
     name = "teacher"
 
-    def __init__(self, program: dspy.Module, lm: dspy.BaseLM):
-        self.program, self.lm = program, lm
+    def __init__(self, program: dspy.Module, lm: dspy.BaseLM, *, check: bool = True):
+        if not check and not getattr(program, "verifies", False):
+            raise InvalidInputError("check=False skips a verify step: this program has none")
+        self.program, self.lm, self.check = program, lm, check
         self.model = str(getattr(lm, "model", type(lm).__name__))
 
     def __call__(self, turns: Sequence[Turn]) -> Graph:
+        with self._context():
+            return self.program(turns=list(turns), **({} if self.check else {"check": False})).graph
+
+    def stated_probabilities(self, turns: Sequence[Turn], relations: Sequence[Relation]) -> list[float]:
+        """Per relation, the program's verify step's probability that `turns` state it (`Teacher.
+        stated_probabilities`), read greedily on this backend's LM."""
+        if not getattr(self.program, "verifies", False):
+            raise InvalidInputError("this teacher program has no verify step (hotmem optimize --verify adds one)")
+        with self._context():
+            _, statements = self.program.statements(list(turns))
+            return self.program.stated_probabilities(statements, list(relations))
+
+    def _context(self):
         import dspy
 
         from hotmem.teacher.adapter import CompactJSONAdapter
 
-        with dspy.context(lm=self.lm, adapter=CompactJSONAdapter()):
-            return self.program(turns=list(turns)).graph
+        return dspy.context(lm=self.lm, adapter=CompactJSONAdapter())
 
     def usage(self) -> dict[str, int]:
         from hotmem.lm import lm_usage
@@ -81,9 +98,10 @@ def default_program(schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool =
 
 
 def teacher(lm: Any = None, *, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
-            program: dspy.Module | str | None = None) -> TeacherBackend:
+            program: dspy.Module | str | None = None, check: bool = True) -> TeacherBackend:
     """The teacher on `lm` (default: the configured LM, else the embedded default). `program`: a DSPy module, or
-    'default' (the shipped optimized teacher where it fits), 'teacher' (unoptimized) or a saved program folder."""
+    'default' (the shipped optimized teacher where it fits), 'teacher' (unoptimized) or a saved program folder.
+    `check=False`: without the program's per-fact check (`TeacherBackend`)."""
     from hotmem.lm import make_lm
 
     resolved = make_lm(lm) if lm is not None else (_configured_lm() or make_lm())
@@ -97,7 +115,7 @@ def teacher(lm: Any = None, *, schema: RelationSchema = CONVERSATION_SCHEMA, clo
         from hotmem.teacher import load_for_schema
 
         program = load_for_schema(program, schema, closed)
-    return TeacherBackend(program, resolved)
+    return TeacherBackend(program, resolved, check=check)
 
 
 def _configured_lm():

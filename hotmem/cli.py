@@ -45,12 +45,16 @@ def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int |
     else is a teacher program ('default', 'teacher' or a folder saved by `hotmem optimize`)."""
     from hotmem.extractor import DEFAULT_MAX_CHARS, GraphExtractor
 
+    closed, max_chars = not getattr(args, "open", False), max_chars or DEFAULT_MAX_CHARS
     if _is_student(spec):
-        backend, program = spec, None
-    else:
-        backend, program = "teacher", spec
-    return GraphExtractor(lm, schema=schema, closed=not getattr(args, "open", False), backend=backend, program=program,
-                          max_chars=max_chars or DEFAULT_MAX_CHARS)
+        return GraphExtractor(lm, schema=schema, closed=closed, backend=spec, max_chars=max_chars)
+    if getattr(args, "min_support", None) is not None:
+        # the samples' facts are checked once, together: not each label's again
+        from hotmem.backends import teacher
+
+        return GraphExtractor(schema=schema, closed=closed, max_chars=max_chars,
+                              backend=teacher(lm, schema=schema, closed=closed, program=spec, check=False))
+    return GraphExtractor(lm, schema=schema, closed=closed, backend="teacher", program=spec, max_chars=max_chars)
 
 
 def _check_samples(args: argparse.Namespace) -> None:
@@ -61,6 +65,9 @@ def _check_samples(args: argparse.Namespace) -> None:
                                 f"{args.agree})")
     if args.samples > 1 and _is_student(args.program):  # a student runs its own model, greedily
         raise InvalidInputError("--samples samples a teacher's LM: a student --program answers once")
+    sampled = args.samples > 1 or getattr(args, "rescore", False)
+    if args.min_support is not None and (args.agree is not None or not sampled):
+        raise InvalidInputError("--min-support votes over --samples N (N > 1) instead of --agree")
 
 
 def _samplers(args: argparse.Namespace, schema, lm, max_chars: int | None = None) -> list:
@@ -76,6 +83,10 @@ def _add_sampling(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--agree", type=int, default=None,
                         help=f"keep the facts at least this many of the --samples {what} state (default: a majority)")
     parser.add_argument("--temperature", type=float, default=0.7, help=f"the sampled {what}' temperature")
+    parser.add_argument("--min-support", type=float, default=None,
+                        help=f"instead of --agree: check the facts of the {what} once with the program's verify step "
+                             f"and keep those whose mean of (share of {what} stating them, probability stated) "
+                             "reaches this")
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -107,7 +118,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     meta = {"command": " ".join(sys.argv), "backend": extractor.backend.name, "lm": extractor.backend.model,
             "schema": schema.name}
     report = evaluate_program(extractor, records, schema=schema, name=name, out_dir=out, meta=meta,
-                              rescore=args.rescore, samplers=samplers, agree=args.agree)
+                              rescore=args.rescore, samplers=samplers, agree=args.agree,
+                              min_support=args.min_support)
     print(report.markdown())
     if args.json:
         print(json.dumps(report.summary(), indent=1))
@@ -160,7 +172,8 @@ def _optimize(args: argparse.Namespace) -> int:
         task_lm=args.lm, reflection_lm=args.reflection_lm, budget=args.budget, seed=args.seed,
         threads=args.threads, log_dir=args.log_dir, out_dir=args.out, closed=not args.open, proposer=args.proposer,
         demos=args.demos, retrieve=_retrieve(args.retrieve), pool=tuple(args.pool.split(",")), reads=args.reads,
-        verify=args.verify,
+        verify=args.verify or args.verify_threshold is not None,
+        verify_threshold=args.verify_threshold,
         notes={"command": " ".join(sys.argv)},
     )
     result = optimize(config, trainset, valset, schema)
@@ -205,7 +218,8 @@ def _label(args: argparse.Namespace) -> int:
 
     _check_samples(args)
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
-                         clean_items=not args.drop_whole, agree=args.agree)
+                         clean_items=not args.drop_whole, agree=args.agree,
+                         min_support=args.min_support)
     # a student runs its own model: no teacher LM to load
     lm = _lm(args) if _is_student(args.program) else _lm(args) or configured_lm() or make_lm(LABELLING_LM)
     extractor = _extractor(args, args.program, CONVERSATION_SCHEMA, lm)
@@ -439,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "sentences as said (coref and decompose skipped)")
     opt.add_argument("--verify", action="store_true",
                      help="check each proposed fact with one more LM call, keeping those the text states (precision)")
+    opt.add_argument("--verify-threshold", type=float, default=None,
+                     help="with --verify: keep a fact when the check's probability that the text states it reaches "
+                          "this (the LM must report log-probabilities), instead of by its answer")
     opt.add_argument("--pool", default="gold,personaext-conversation",
                      help="mixture sources the retrieved demonstrations come from (with a number for --retrieve)")
     opt.add_argument("--seed", type=int, default=0)

@@ -6,6 +6,7 @@ sentence-transformers (and so torch) is imported only when an embedder is made.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,15 +30,21 @@ def minilm_folder() -> Path:
 
 def minilm_embedder(folder: str | Path | None = None) -> Callable[[Sequence[str]], np.ndarray]:
     """A function from texts to L2-normalised MiniLM sentence embeddings (n, 384), on CPU, offline."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise ModelNotAvailableError("sentence embeddings need sentence-transformers: "
-                                     "pip install 'hotmem[retrieval]'") from exc
-    model = SentenceTransformer(str(folder or minilm_folder()), device="cpu", local_files_only=True)
+    model = _sentence_transformer(str(folder or minilm_folder()))
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         return model.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
                             show_progress_bar=False)
 
     return embed
+
+
+@functools.lru_cache(maxsize=2)
+def _sentence_transformer(folder: str):
+    # one copy a process: every sampled teacher retrieves with the same embedder
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise ModelNotAvailableError("sentence embeddings need sentence-transformers: "
+                                     "pip install 'hotmem[retrieval]'") from exc
+    return SentenceTransformer(folder, device="cpu", local_files_only=True)

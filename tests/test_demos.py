@@ -4,6 +4,7 @@ import dspy
 import numpy as np
 import pytest
 
+from conftest import needs_minilm
 from hotmem.errors import InvalidInputError
 from hotmem.schema import CONVERSATION_SCHEMA
 from hotmem.teacher.demos import DemoRetriever
@@ -169,3 +170,16 @@ def test_validation_takes_more_records_from_a_data_set_in_the_same_schema(monkey
     assert _extra_set("personaext-conversation:1000:100") == ("personaext-conversation", 1000, 100)
     with pytest.raises(InvalidInputError, match="--val-extra"):
         _extra_set("gold:ten")
+
+
+@needs_minilm
+def test_minilm_embeds_offline_once_a_process_and_ranks_by_meaning():
+    from hotmem.embedding import _sentence_transformer, minilm_embedder
+
+    first, second = minilm_embedder(), minilm_embedder()
+    assert _sentence_transformer.cache_info().currsize == 1  # the second embedder shares the first's model
+    vectors = first(["My dog is called Rex.", "I have a puppy named Rex.", "The stock market fell today."])
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    np.testing.assert_allclose(second(["My dog is called Rex."])[0], vectors[0], rtol=1e-4, atol=1e-5)

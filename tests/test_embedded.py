@@ -95,6 +95,31 @@ def test_checking_the_grammar_first_decodes_exactly_what_the_full_grammar_decode
 
 
 @needs_smollm
+def test_greedy_logprobs_score_the_answer_decoded_without_them():
+    """`logprobs` (DSPy's `config={"logprobs": True, "top_logprobs": k}`): the same greedy answer, each token with
+    its log-probability under the model and the k likeliest tokens, best first."""
+    import math
+
+    schema = {"type": "object", "properties": {"stated": {"type": "boolean"}}, "required": ["stated"]}
+
+    def complete(engine, logprobs):
+        return engine.complete(lm15.Request(
+            model="local/smollm2", messages=(lm15.Message.user("Is Paris in France? Answer in JSON."),),
+            config=lm15.Config(max_tokens=20, temperature=0.0, logprobs=logprobs,
+                               response_format={"type": "json_schema", "schema": schema})))
+
+    engine = LlamaCppEngine("smollm2-135m", n_ctx=1024)
+    plain, scored = complete(engine, None), complete(engine, 5)
+    assert plain.logprobs is None and scored.text == plain.text
+    assert "".join(t.token for t in scored.logprobs) == scored.text
+    for token in scored.logprobs:
+        ranked = [top.logprob for top in token.top]
+        assert len(ranked) == 5 and ranked == sorted(ranked, reverse=True) and ranked[0] <= 0.0
+        assert token.logprob <= ranked[0] + 1e-6
+    assert sum(math.exp(top.logprob) for top in scored.logprobs[0].top) <= 1.0 + 1e-4
+
+
+@needs_smollm
 def test_a_line_grammar_gives_lines_that_parse_and_a_repeated_line_ends_the_answer():
     """The `lines` student format on a real model: every line fits the grammar's fields, and the base model's habit
     of repeating a line is cut at the first repeat."""

@@ -17,6 +17,7 @@ from hotmem.pipeline.label import (  # noqa: E402
     LabelConfig,
     Utterance,
     annotated_utterances,
+    check_union,
     label_corpus,
     label_problems,
     load_labels,
@@ -176,6 +177,70 @@ def test_sampled_labels_are_stored_and_the_data_set_keeps_what_they_agree_on(tmp
     assert len(Graph.from_json(row["graph"]).relations) == 3
 
 
+def test_min_support_keeps_facts_by_their_share_of_labels_and_the_checks_probability():
+    main = _graph(("Anna", "parent_of", "Tom"), ("Anna", "married_to", "Ben"), names=["Oslo"])
+    sampled = [_graph(("tom", "child_of", "anna"), ("Anna", "sibling_of", "Ben")),
+               _graph(("Ben", "married_to", "Anna"), ("Anna", "sibling_of", "Ben"), ("Tom", "friends_with", "Ben"))]
+    probabilities = {"parent_of": 0.3, "married_to": 0.7, "sibling_of": 0.5, "friends_with": 0.65}
+    stated = check_union([main, *sampled], lambda facts: [probabilities[f.predicate] for f in facts])
+    assert len(stated) == 4  # each fact once, however restated
+    voted = vote([main, *sampled], min_support=0.5, stated=stated)
+    # support = (share of labels + probability) / 2: parent_of (2/3 + 0.3) / 2 = 0.48 goes; friends_with, stated
+    # once but likely, (1/3 + 0.65) / 2 = 0.49 goes; married_to 0.68 and sibling_of 0.58 stay
+    assert {r.triple for r in voted.relations} == {("Anna", "married_to", "Ben"), ("Anna", "sibling_of", "Ben")}
+    assert [e.name for e in voted.entities] == ["Anna", "Tom", "Ben"]  # a majority names Tom: he stays
+    assert {r.triple for r in vote([main, *sampled], min_support=0.45, stated=stated).relations} == {
+        ("Anna", "parent_of", "Tom"), ("Anna", "married_to", "Ben"), ("Anna", "sibling_of", "Ben"),
+        ("Tom", "friends_with", "Ben")}
+    with pytest.raises(InvalidInputError, match="not both"):
+        vote([main], 1, min_support=0.5, stated=stated)
+    with pytest.raises(InvalidInputError, match="probabilities"):
+        vote([main], min_support=0.5)
+
+
+class CheckingBackend(CannedBackend):
+    """A canned teacher whose verify step gives each predicate a fixed probability; counts the facts it checks."""
+
+    program = type("Verifying", (), {"verifies": True})()
+
+    def __init__(self, graphs, probabilities):
+        super().__init__(graphs)
+        self.probabilities, self.checked = probabilities, []
+
+    def stated_probabilities(self, turns, relations):
+        self.checked += [r.triple for r in relations]
+        return [self.probabilities[r.predicate] for r in relations]
+
+
+def test_labels_checked_together_keep_what_min_support_supports(tmp_path):
+    text = "Anna and Ben married; Tom is their son."
+    texts = {text: _graph(("Anna", "married_to", "Ben"), ("Tom", "child_of", "Anna"))}
+    samples = [{text: _graph(("Ben", "married_to", "Anna"))},
+               {text: _graph(("Anna", "married_to", "Ben"), ("Anna", "sibling_of", "Tom"))}]
+    main = CheckingBackend(texts, {"married_to": 0.4, "child_of": 0.7, "sibling_of": 0.45})
+    config = LabelConfig(out_dir=str(tmp_path), require_grounded=False, min_support=0.5)
+    label_corpus(GraphExtractor(backend=main), list(texts), config=config, samplers=[canned(s) for s in samples],
+                 progress=False)
+    assert sorted(main.checked) == [("Anna", "married_to", "Ben"), ("Anna", "sibling_of", "Tom"),
+                                    ("Tom", "child_of", "Anna")]  # each fact of the three labels once
+    [row] = load_labels(tmp_path)
+    # married_to (3/3 + 0.4) / 2 = 0.7, child_of (1/3 + 0.7) / 2 = 0.52 stay; sibling_of 0.39 goes
+    assert {r.triple for r in Graph.from_json(row["graph"]).relations} == {("Anna", "married_to", "Ben"),
+                                                                          ("Tom", "child_of", "Anna")}
+    with pytest.raises(InvalidInputError, match="verify"):  # no verify step to check with
+        label_corpus(canned(texts), list(texts), config=LabelConfig(out_dir=str(tmp_path / "b"), min_support=0.5),
+                     samplers=[canned(samples[0])], progress=False)
+    with pytest.raises(InvalidInputError, match="samplers"):
+        label_corpus(GraphExtractor(backend=main), list(texts), config=config, progress=False)
+    # labels stored by a run that did not check them together cannot be re-filtered by support
+    out = str(tmp_path / "unchecked")
+    label_corpus(canned(texts), list(texts), config=LabelConfig(out_dir=out, require_grounded=False),
+                 samplers=[canned(samples[0])], progress=False)
+    with pytest.raises(InvalidInputError, match="without min_support"):
+        label_corpus(GraphExtractor(backend=main), list(texts), samplers=[canned(samples[0])], progress=False,
+                     config=LabelConfig(out_dir=out, require_grounded=False, min_support=0.5))
+
+
 def test_the_label_command_samples_with_the_teacher(tmp_path, monkeypatch):
     import hotmem
     from hotmem.cli import main
@@ -187,6 +252,11 @@ def test_the_label_command_samples_with_the_teacher(tmp_path, monkeypatch):
     try:
         assert main(["label", str(corpus), "--program", "teacher", "--samples", "3", "--out", str(tmp_path)]) == 0
         assert main(["label", str(corpus), "--samples", "2", "--agree", "3", "--out", str(tmp_path)]) == 2
+        for wrong in (["--samples", "2", "--agree", "1"], ["--samples", "1"]):  # support replaces agree, needs N > 1
+            assert main(["label", str(corpus), *wrong, "--min-support", "0.5", "--out", str(tmp_path)]) == 2
+        # the unoptimized teacher has no verify step to check with
+        assert main(["label", str(corpus), "--program", "teacher", "--samples", "2", "--min-support", "0.5",
+                     "--out", str(tmp_path / "checked")]) == 2
     finally:
         hotmem.configure()
     [item] = [json.loads(line) for line in (tmp_path / LABELS_FILE).read_text().splitlines()]

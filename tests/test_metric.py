@@ -157,6 +157,52 @@ class _Canned:
         return {"calls": self.calls, "prompt_tokens": 0, "output_tokens": 7 * self.calls}
 
 
+class _Checking(_Canned):
+    """GOLD's graph, from a teacher whose verify step doubts `works_at`; counts the facts it checks."""
+
+    program = type("Verifying", (), {"verifies": True})()
+
+    def __init__(self):
+        super().__init__()
+        self.checked = 0
+
+    def stated_probabilities(self, turns, relations):
+        self.checked += len(relations)
+        return [0.1 if r.predicate == "works_at" else 0.9 for r in relations]
+
+
+def test_min_support_checks_the_samples_facts_once_and_a_rescore_checks_stored_samples(tmp_path):
+    from hotmem.errors import InvalidInputError
+    from hotmem.extractor import GraphExtractor
+    from hotmem.pipeline.evaluate import evaluate_program
+    from hotmem.schema import CONVERSATION_SCHEMA
+    from hotmem.types import Record
+
+    main = _Checking()
+    records = [Record(id="r0", turns=[Turn(text=TEXT)], graph=GOLD)]
+    extractor, samplers = GraphExtractor(backend=main), [GraphExtractor(backend=_Canned())]
+    plain = evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False,
+                             samplers=samplers)
+    assert plain.rows[0].relation == (3, 3, 3) and plain.rows[0].stated is None and main.checked == 0
+    # both labels state all three facts; works_at's support is (1 + 0.1) / 2 = 0.55
+    strict = evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False,
+                              rescore=True, min_support=0.6)
+    assert strict.rows[0].relation == (2, 2, 3) and main.checked == 3 and main.calls == 1  # nothing ran again
+    assert {f["predicate"]: f["stated"] for f in strict.rows[0].stated}["works_at"] == 0.1
+    again = evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path, progress=False,
+                             rescore=True, min_support=0.5)
+    assert again.rows[0].relation == (3, 3, 3) and main.checked == 3  # the stored probabilities
+    fresh = evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, out_dir=tmp_path / "b",
+                             progress=False, samplers=samplers, min_support=0.6)
+    assert fresh.rows[0].relation == (2, 2, 3) and main.checked == 6
+    with pytest.raises(InvalidInputError, match="verify"):
+        evaluate_program(GraphExtractor(backend=_Canned()), records, schema=CONVERSATION_SCHEMA, progress=False,
+                         samplers=samplers, min_support=0.5)
+    with pytest.raises(InvalidInputError, match="not both"):
+        evaluate_program(extractor, records, schema=CONVERSATION_SCHEMA, progress=False, samplers=samplers,
+                         agree=1, min_support=0.5)
+
+
 def test_rescore_scores_the_saved_graphs_against_the_records_as_now_loaded(tmp_path):
     from hotmem.errors import InvalidInputError
     from hotmem.extractor import GraphExtractor

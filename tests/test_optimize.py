@@ -44,6 +44,9 @@ def test_a_saved_program_checks_its_facts_when_it_did_when_saved(tmp_path):
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["verifies"] is True
     loaded = load_program(tmp_path)
     assert loaded.verifies and loaded.verify.signature.instructions == Teacher(verify=True).verify.signature.instructions
+    assert loaded.verify_threshold is None
+    save_program(Teacher(reads="sentences", verify=True, verify_threshold=0.4), tmp_path / "by-probability")
+    assert load_program(tmp_path / "by-probability").verify_threshold == 0.4
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     del manifest["verifies"]  # saved before teachers could check facts: no verify predictor then
     manifest["predictors"].remove("verify")

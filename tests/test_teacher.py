@@ -1,4 +1,5 @@
 import json
+import math
 
 import dspy
 import pytest
@@ -126,6 +127,77 @@ def test_a_verifying_teacher_keeps_only_the_facts_its_check_finds_stated():
     assert "Anna lives_in Oslo (lives_in: resides in a place)" in check["messages"][-1]["content"]
     assert check["kwargs"]["temperature"] == 0.0
     assert not Teacher().verifies and "verify" not in dict(Teacher().named_predictors())
+
+
+class VerdictEngine:
+    """An in-process engine answering each check `{"stated": true}` with the given log-probabilities at the verdict
+    token (as the embedded engine reports them), and keeping each request's `logprobs`."""
+
+    supported_params = ("response_format", "max_tokens", "temperature", "logprobs", "top_logprobs")
+    supports_response_schema = True
+
+    def __init__(self, *verdicts: dict[str, float]):
+        self.verdicts, self.asked = list(verdicts), []
+
+    def complete(self, request):
+        from dspy import lm15
+
+        self.asked.append(request.config.logprobs)
+        top = tuple(lm15.TopLogprob(token=t, logprob=lp) for t, lp in self.verdicts.pop(0).items())
+        tokens = (lm15.TokenLogprob(token='{"', logprob=-0.5), lm15.TokenLogprob(token="stated", logprob=0.0),
+                  lm15.TokenLogprob(token='":', logprob=0.0), lm15.TokenLogprob(token="true", logprob=-1.8, top=top),
+                  lm15.TokenLogprob(token="}", logprob=0.0))
+        return lm15.Response(id="r", model=request.model, message=lm15.Message.assistant('{"stated": true}'),
+                             finish_reason="stop", usage=lm15.Usage(input_tokens=1, output_tokens=5), logprobs=tokens)
+
+
+def test_a_verify_threshold_keeps_facts_by_the_probability_of_every_spelling_of_true():
+    from hotmem.teacher.adapter import CompactJSONAdapter
+    from hotmem.teacher.program import stated_probability
+
+    facts = [ExtractedRelation(subject="Michael", predicate="child_of", object="Sarah"),
+             ExtractedRelation(subject="Sarah", predicate="spouse_of", object="Michael")]
+    # both answers say true; the first check leans to False once True/False/ true are counted, the second does not
+    engine = VerdictEngine({"False": -1.41, "True": -1.45, " False": -1.81, "false": -1.9, " True": -2.36},
+                           {"True": -0.95, "False": -1.52, " True": -2.34, " False": -2.37})
+    teacher = Teacher(reads="sentences", verify=True, verify_threshold=0.5)
+    statements = ["Sarah: I live in New York with my husband Michael."]
+    with dspy.context(lm=dspy.LM("local/verdicts", engine=engine, cache=False), adapter=CompactJSONAdapter()):
+        kept, rejected = teacher.verified(statements, facts)
+    assert (kept, rejected) == ([facts[1]], [facts[0]]) and engine.asked == [20, 20]
+    true, false = math.exp(-1.45) + math.exp(-2.36) + math.exp(-1.8), math.exp(-1.41) + math.exp(-1.81)
+    assert stated_probability(dspy.Prediction(stated=True, logprobs={"content": [
+        {"token": "{", "logprob": 0.0, "top_logprobs": []},
+        {"token": "true", "logprob": -1.8, "top_logprobs": [{"token": "False", "logprob": -1.41},
+                                                            {"token": "True", "logprob": -1.45},
+                                                            {"token": " False", "logprob": -1.81},
+                                                            {"token": " True", "logprob": -2.36}]}]})) == \
+        pytest.approx(true / (true + false))
+    # an LM that reports no log-probabilities: the answer decides
+    assert stated_probability(dspy.Prediction(stated=False)) == 0.0
+    with pytest.raises(InvalidInputError, match="verify_threshold"):
+        Teacher(verify_threshold=0.5)
+
+
+def test_a_teacher_backend_without_its_check_leaves_the_checking_to_its_caller():
+    from hotmem.backends import TeacherBackend
+
+    teacher = Teacher(reads="sentences", verify=True)
+    answers = ({"entities": [{"name": "Anna", "type": "PERSON"}, {"name": "Oslo", "type": "LOCATION"}]},
+               {"relations": [{"subject": "Anna", "predicate": "lives_in", "object": "Oslo"}]})
+    lm = scripted(*answers)
+    turns = [Turn(speaker="Anna", text="I live in Oslo.")]
+    graph = TeacherBackend(teacher, lm, check=False)(turns)
+    assert len(lm.history) == 2 and [r.triple for r in graph.relations] == [("Anna", "lives_in", "Oslo")]
+    engine = VerdictEngine({"True": -0.2, "False": -2.0})
+    checker = TeacherBackend(teacher, dspy.LM("local/verdicts", engine=engine, cache=False))
+    [probability] = checker.stated_probabilities(turns, graph.relations)
+    assert probability == pytest.approx((math.exp(-0.2) + math.exp(-1.8)) / (math.exp(-0.2) + math.exp(-1.8)
+                                                                             + math.exp(-2.0)))
+    with pytest.raises(InvalidInputError, match="verify step"):
+        TeacherBackend(Teacher(), lm, check=False)
+    with pytest.raises(InvalidInputError, match="verify step"):
+        TeacherBackend(Teacher(), lm).stated_probabilities(turns, graph.relations)
 
 
 def test_chit_chat_stops_after_decompose():

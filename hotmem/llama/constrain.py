@@ -332,6 +332,15 @@ class JsonConstraint:
         """For an answer of one item a line, in the GBNF grammar `gbnf`."""
         return self._kwargs(self.parsed(gbnf), self.line_guard(), temperature)
 
+    def greedy_processors(self, *, schema: dict | None = None, gbnf: str | None = None) -> list:
+        """Logits processors for a greedy answer decoded step by step by the caller: the guard, then the checked
+        grammar of `schema` (JSON) or `gbnf` (one item a line); just the guard for free text."""
+        if schema is not None:
+            return [*self.guard(), CheckedGrammar(self.grammar(schema)[1], self.llama.n_vocab())]
+        if gbnf is not None:
+            return [*self.line_guard(), CheckedGrammar(self.parsed(gbnf)[1], self.llama.n_vocab())]
+        return []
+
     def _kwargs(self, parsed, guard: list, temperature: float) -> dict[str, Any]:
         from llama_cpp import LogitsProcessorList
 

@@ -77,7 +77,8 @@ class LlamaCppEngine:
     supports_response_schema = True
     supports_function_calling = False
     supports_reasoning = False
-    supported_params = ("response_format", "max_tokens", "temperature", "stop", "top_p", "seed")
+    supported_params = ("response_format", "max_tokens", "temperature", "stop", "top_p", "seed", "logprobs",
+                        "top_logprobs")
 
     def __init__(
         self,
@@ -151,9 +152,14 @@ class LlamaCppEngine:
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 1024, temperature: float = 0.0,
              schema: dict | None = None, line_grammar: str | None = None, json_mode: bool = False,
-             continuation: Callable[[str], str] | None = None, **sampling: Any) -> dict[str, Any]:
+             continuation: Callable[[str], str] | None = None, logprobs: int | None = None,
+             **sampling: Any) -> dict[str, Any]:
         """One chat completion (llama-cpp-python's result dict); `schema` constrains the answer to it, or
         `line_grammar` (GBNF) to an answer of one item a line.
+
+        `logprobs` (greedy only): each answer token's log-probability under the model, before the grammar, with the
+        `logprobs` likeliest tokens at that step (OpenAI's `logprobs.content` entries, in the choice). llama-cpp-python
+        only gives them for a model made with `logits_all` (a logits row per context token: 5 GB for Qwen at 8k).
 
         `continuation` (greedy, checked `line_grammar` only): the text the grammar forces after an answer so far
         (`forced_continuation`). It is fed to the model in one batch with the token before it instead of being
@@ -166,6 +172,9 @@ class LlamaCppEngine:
         if continuation is not None and line_grammar is not None and temperature == 0.0 and self.check_grammar_first:
             processors = self.constraint.line_kwargs(line_grammar, 0.0)["logits_processor"]
             return self._timed(lambda: self._greedy(messages, max_tokens, processors, continuation))
+        if logprobs is not None and temperature == 0.0 and (schema is not None or not json_mode):
+            processors = self.constraint.greedy_processors(schema=schema, gbnf=line_grammar)
+            return self._timed(lambda: self._greedy(messages, max_tokens, processors, continuation, logprobs))
         # llama.cpp's default repeat penalty corrupts repeated JSON keys.
         kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "repeat_penalty": 1.0,
                                   **{k: v for k, v in sampling.items() if v is not None}}
@@ -211,9 +220,11 @@ class LlamaCppEngine:
         formatted = self._chat_formatter(messages=messages)
         return llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
-    def _greedy(self, messages, max_tokens: int, processors, continuation: Callable[[str], str]) -> dict[str, Any]:
+    def _greedy(self, messages, max_tokens: int, processors, continuation: Callable[[str], str] | None,
+                logprobs: int | None = None) -> dict[str, Any]:
         """Greedy decoding whose forced text (`continuation`) goes to the model with the token before it, in one
-        batch: a batch of k tokens costs well under k steps on CPU (weights are read once)."""
+        batch: a batch of k tokens costs well under k steps on CPU (weights are read once). With `logprobs`, the
+        log-probabilities of each decoded token (forced tokens have none: they were never chosen)."""
         import llama_cpp
         import numpy as np
 
@@ -229,9 +240,11 @@ class LlamaCppEngine:
         llama.eval(prompt[reused:])
         vocab, n_vocab = llama._model.vocab, llama.n_vocab()
         answer: list[int] = []
+        token_logprobs: list[dict[str, Any]] = []
         steps, finish = 0, "length"
         while len(answer) < max_tokens and llama.n_tokens < self.n_ctx:
             scores = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(n_vocab,))
+            model_scores = scores.copy() if logprobs is not None else None
             sequence = llama.input_ids[: llama.n_tokens]
             for processor in processors:
                 scores = processor(sequence, scores)
@@ -240,9 +253,11 @@ class LlamaCppEngine:
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 finish = "stop"
                 break
+            if model_scores is not None:
+                token_logprobs.append(self._token_logprobs(model_scores, token, logprobs))
             fed = [token]
             text = llama.detokenize(answer + fed).decode("utf-8", "ignore")
-            forced = continuation(text)
+            forced = continuation(text) if continuation is not None else ""
             if forced:
                 # as the tokenizer splits the whole answer (as in training), when that keeps the tokens so far
                 whole = llama.tokenize((text + forced).encode("utf-8"), add_bos=False, special=False)
@@ -252,10 +267,29 @@ class LlamaCppEngine:
             answer += fed
             llama.eval(fed)
         content = llama.detokenize(answer).decode("utf-8", "ignore")
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": finish}],
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        if logprobs is not None:
+            choice["logprobs"] = {"content": token_logprobs}
+        return {"choices": [choice],
                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(answer),
                           "total_tokens": len(prompt) + len(answer), "decoding_steps": steps}}
+
+    def _token_logprobs(self, scores, token: int, top: int) -> dict[str, Any]:
+        """One decoded token as an OpenAI `logprobs.content` entry: its log-probability (a log-softmax of the
+        model's logits) and the `top` likeliest tokens."""
+        import numpy as np
+
+        logprobs = scores - (scores.max() + np.log(np.exp(scores - scores.max()).sum()))
+        top = min(top, len(logprobs))
+        likeliest = np.argpartition(-logprobs, top - 1)[:top] if top else np.empty(0, dtype=int)
+        likeliest = likeliest[np.argsort(-logprobs[likeliest])]
+
+        def text(t: int) -> str:
+            return self.llama.detokenize([int(t)]).decode("utf-8", "ignore")
+
+        return {"token": text(token), "logprob": float(logprobs[token]), "token_id": token,
+                "top_logprobs": [{"token": text(t), "logprob": float(logprobs[t]), "token_id": int(t)}
+                                 for t in likeliest]}
 
     def complete(self, request):
         """DSPy's engine interface (`dspy.LM("local/...", engine=...)`): `lm15.Request` in, `lm15.Response` out."""
@@ -274,17 +308,25 @@ class LlamaCppEngine:
                 temperature=0.0 if config.temperature is None else config.temperature,
                 schema=fmt.get("schema") if fmt.get("type") == "json_schema" else None, json_mode=bool(fmt),
                 stop=list(config.stop) if config.stop else None, top_p=config.top_p, seed=config.seed,
+                logprobs=config.logprobs,
             )
         except ContextTooLongError as exc:
             raise lm15.ContextLengthError(str(exc)) from exc
         usage = result.get("usage", {})
         choice = result["choices"][0]
+        scored = (choice.get("logprobs") or {}).get("content")
         return lm15.Response(
             id=result.get("id"),
             model=request.model,
             message=lm15.Message.assistant(choice["message"]["content"] or ""),
             finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
             usage=lm15.Usage(input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens")),
+            logprobs=None if scored is None else tuple(
+                lm15.TokenLogprob(token=entry["token"], logprob=entry["logprob"], token_id=entry["token_id"],
+                                  top=tuple(lm15.TopLogprob(token=alt["token"], logprob=alt["logprob"],
+                                                            token_id=alt["token_id"])
+                                            for alt in entry["top_logprobs"]))
+                for entry in scored),
         )
 
 

@@ -13,8 +13,9 @@ import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from hotmem.backends import TeacherBackend
 from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.extractor import GraphExtractor
 from hotmem.io import JsonlLog, write_atomic
-from hotmem.pipeline.label import vote
+from hotmem.pipeline.label import check_union, union_checker, vote
 from hotmem.pipeline.metric import GraphScore, prf, score_graph
 from hotmem.schema import RelationSchema
 from hotmem.types import Graph, Record, render_turns, speakers_of
@@ -51,6 +52,8 @@ class Row:
     #: With self-consistency: every label voted over, the main one first (`graph` is their vote), so a rescore can
     #: vote again with another `agree` without running anything.
     samples: list[dict] | None = None
+    #: With `min_support`: each fact of the samples, once, with the verify step's probability (`check_union`).
+    stated: list[dict] | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -154,6 +157,7 @@ def evaluate_program(
     rescore: bool = False,
     samplers: Sequence[GraphExtractor] = (),
     agree: int | None = None,
+    min_support: float | None = None,
 ) -> Report:
     """Run `program` on every record (resuming from `out_dir/rows.jsonl`) and aggregate a `Report`.
 
@@ -163,13 +167,26 @@ def evaluate_program(
     loader or the metric) instead of keeping their scores; the program runs only on records not yet done.
     `samplers`: self-consistency as `hotmem label` applies it: more extractors (the program sampling at a
     temperature) whose graphs are voted with the main one, keeping the facts `agree` of them state (None: a
-    majority). A rescore votes the stored samples again with the `agree` given.
+    majority). A rescore votes the stored samples again with the `agree` given. `min_support` instead of `agree`:
+    the program's verify step checks the samples' facts once, together, and the vote keeps those it supports
+    (`hotmem.pipeline.label.vote`); a rescore checks stored samples that were not.
     """
+    if min_support is not None and agree is not None:
+        raise InvalidInputError("keep facts by agree or by min_support, not both")
     if rescore and not out_dir:
         raise InvalidInputError("rescore re-reads the graphs of an earlier run: pass its out_dir")
     if agree is not None and not 1 <= agree <= len(samplers) + 1 and not rescore:
         raise InvalidInputError(f"agree must be between 1 and the number of labels, {len(samplers) + 1}: got {agree}")
     extractor = as_extractor(program, lm)
+    check = union_checker(extractor) if min_support is not None else None
+
+    def checked(labels: list[Graph], record: Record) -> list[dict] | None:
+        """The labels' facts, once, with the verify step's probabilities, when `min_support` votes with them."""
+        if check is None:
+            return None
+        return check_union(labels, partial(check, record.turns), speakers=speakers_of(record.turns), schema=schema)
+
+    vote_as = partial(_voted, schema=schema, agree=agree, min_support=min_support, checked=checked)
     log = JsonlLog(Path(out_dir) / "rows.jsonl") if out_dir else None
     done = _load_rows(log) if log else {}
     if done:
@@ -180,7 +197,7 @@ def evaluate_program(
         if agree is not None and not any(row.samples for row in done.values()):
             raise InvalidInputError(f"{log.path}: no row holds samples to vote over with agree={agree}")
         by_id = {record.id: record for record in records}
-        done = {key: _score(by_id[key], _voted(row, by_id[key], schema, agree), schema, row) if key in by_id else row
+        done = {key: _score(by_id[key], *vote_as(row, by_id[key]), schema) if key in by_id else row
                 for key, row in done.items()}
         write_atomic(log.path, "".join(json.dumps(asdict(row), ensure_ascii=False, default=str) + "\n"
                                        for row in done.values()))
@@ -189,7 +206,7 @@ def evaluate_program(
         for record in tqdm(records, desc=name, disable=not progress, unit="ex"):
             if record.id in done:
                 continue
-            row = _run_one(extractor, record, schema, samplers, agree)
+            row = _run_one(extractor, record, schema, samplers, checked, vote_as)
             done[record.id] = row
             if write:
                 write(asdict(row))
@@ -207,37 +224,44 @@ def _usage(extractors: Sequence[GraphExtractor]) -> tuple[int, int]:
 
 
 def _run_one(extractor: GraphExtractor, record: Record, schema: RelationSchema,
-             samplers: Sequence[GraphExtractor] = (), agree: int | None = None) -> Row:
+             samplers: Sequence[GraphExtractor], checked: Callable[[list[Graph], Record], list[dict] | None],
+             vote_as: Callable[[Row, Record], tuple[Graph, Row]]) -> Row:
     everyone = [extractor, *samplers]
     calls_before, tokens_before = _usage(everyone)
     started = time.perf_counter()
-    error, samples = None, None
+    error, samples, stated = None, None, None
     try:
         graph = extractor(record.turns)
         if samplers:
-            samples = [graph.model_dump()] + [sampler(record.turns).model_dump() for sampler in samplers]
+            labels = [graph] + [sampler(record.turns) for sampler in samplers]
+            samples, stated = [label.model_dump() for label in labels], checked(labels, record)
     except ConfigurationError:
         raise
     except Exception as exc:  # an evaluation counts failures instead of stopping
         logger.warning("%s failed: %s", record.id, exc)
-        error, graph, samples = f"{type(exc).__name__}: {exc}"[:500], Graph(), None
+        error, graph, samples, stated = f"{type(exc).__name__}: {exc}"[:500], Graph(), None, None
     latency = time.perf_counter() - started
     calls_after, tokens_after = _usage(everyone)
     run = Row(id=record.id, category=record.category, entity=(0, 0, 0), relation=(0, 0, 0), triple=0,
               valid_relations=0, latency_s=round(latency, 3), lm_calls=calls_after - calls_before,
-              output_tokens=tokens_after - tokens_before, error=error, samples=samples)
-    return _score(record, _voted(run, record, schema, agree) if samples else graph, schema, run)
+              output_tokens=tokens_after - tokens_before, error=error, samples=samples, stated=stated)
+    return _score(record, *vote_as(run, record) if samples else (graph, run), schema)
 
 
-def _voted(row: Row, record: Record, schema: RelationSchema, agree: int | None) -> Graph:
-    """The graph a row scores: its labels' vote when it holds samples, else its graph."""
+def _voted(row: Row, record: Record, *, schema: RelationSchema, agree: int | None, min_support: float | None,
+           checked: Callable[[list[Graph], Record], list[dict] | None]) -> tuple[Graph, Row]:
+    """The graph a row scores (its labels' vote when it holds samples, else its graph), and the row, with the
+    samples' facts checked when `min_support` needs it and it has not been done."""
     if not row.samples:
-        return Graph.model_validate(row.graph)
-    return vote([Graph.model_validate(sample) for sample in row.samples], agree, speakers=speakers_of(record.turns),
-                schema=schema)
+        return Graph.model_validate(row.graph), row
+    samples = [Graph.model_validate(sample) for sample in row.samples]
+    if min_support is not None and row.stated is None:
+        row = replace(row, stated=checked(samples, record))
+    return vote(samples, agree, speakers=speakers_of(record.turns), schema=schema, min_support=min_support,
+                stated=row.stated if min_support is not None else None), row
 
 
-def _score(record: Record, graph: Graph, schema: RelationSchema, run: Row) -> Row:
+def _score(record: Record, graph: Graph, run: Row, schema: RelationSchema) -> Row:
     """`run` (its cost and error) with `graph` scored against `record`."""
     result: GraphScore = score_graph(
         record.graph, graph, text=render_turns(record.turns), speakers=speakers_of(record.turns), schema=schema,

@@ -15,9 +15,10 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from hotmem.io import JsonlLog, write_atomic
 from hotmem.names import is_grounded, normalize_name
 from hotmem.pipeline.resources import peak_rss_gb
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
-from hotmem.types import Entity, Graph, Turn, as_turns, render_turns, speakers_of
+from hotmem.types import Entity, Graph, Relation, Turn, as_turns, render_turns, speakers_of
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class LabelConfig:
     #: facts at least this many of all the labels state; None: a majority. Changing it on a rerun re-filters the
     #: stored samples without labelling again.
     agree: int | None = None
+    #: Self-consistency checked: instead of `agree`, keep the facts whose support (`vote`) reaches this, from the
+    #: share of labels stating them and the teacher's verify step run once on their union (stored with the label).
+    min_support: float | None = None
 
 
 @dataclass
@@ -230,14 +234,28 @@ def _fact(relation, speakers: Sequence[str], schema: RelationSchema) -> tuple[st
 
 
 def vote(graphs: Sequence[Graph], agree: int | None = None, *, speakers: Sequence[str] = (),
-         schema: RelationSchema = CONVERSATION_SCHEMA) -> Graph:
+         schema: RelationSchema = CONVERSATION_SCHEMA, stated: Sequence[dict[str, Any]] | None = None,
+         min_support: float | None = None) -> Graph:
     """Self-consistency over several labels of one utterance: the facts at least `agree` of `graphs` state (names
     compared normalised, a fact however restated: `A parent_of B` = `B child_of A`), the entities they connect and
     the entities at least `agree` graphs name. Names, types and confidences come from the first graph that has them
-    (the main label); the graph's confidence is the share of facts confirmed. `agree` None: a majority."""
+    (the main label); the graph's confidence is the share of facts confirmed. `agree` None: a majority.
+
+    `min_support` instead of `agree`: keep the facts whose support, the mean of the share of labels stating them and
+    the check's probability that the input states them (`stated`, from `check_union`), reaches it; the entities a
+    majority names stay."""
+    if min_support is not None:
+        if agree is not None:
+            raise InvalidInputError("vote keeps facts by agree or by min_support, not both")
+        if stated is None:
+            raise InvalidInputError("min_support needs the check's probabilities (stated, from check_union)")
+        if not 0.0 <= min_support <= 1.0:
+            raise InvalidInputError(f"min_support is between 0 and 1, not {min_support!r}")
     agree = len(graphs) // 2 + 1 if agree is None else agree
     if not 1 <= agree <= len(graphs):
         raise InvalidInputError(f"agree must be between 1 and the number of labels, {len(graphs)}: got {agree}")
+    probabilities = {_fact(Relation(subject=f["subject"], predicate=f["predicate"], object=f["object"]), speakers,
+                           schema): f["stated"] for f in stated or ()}
     entities: dict[str, Entity] = {}
     entity_votes: Counter = Counter()
     first_statement: dict[tuple[str, str, str], Any] = {}
@@ -255,10 +273,16 @@ def vote(graphs: Sequence[Graph], agree: int | None = None, *, speakers: Sequenc
         for fact, statement in facts.items():
             first_statement.setdefault(fact, statement)
         fact_votes.update(facts.keys())
+
+    def kept_fact(fact: tuple[str, str, str], votes: int) -> bool:
+        if min_support is None:
+            return votes >= agree
+        return (votes / len(graphs) + probabilities.get(fact, 0.0)) / 2 >= min_support
+
     relations, ends = [], set()
     for fact, votes in fact_votes.items():
         subject, relation, obj = first_statement[fact]
-        if votes >= agree and subject in entities and obj in entities:
+        if kept_fact(fact, votes) and subject in entities and obj in entities:
             ends.update((subject, obj))
             relations.append(relation.model_copy(update={"subject": entities[subject].name,
                                                          "object": entities[obj].name}))
@@ -267,13 +291,37 @@ def vote(graphs: Sequence[Graph], agree: int | None = None, *, speakers: Sequenc
     return Graph(entities=kept, relations=relations, confidence=round(confidence, 3))
 
 
+def union_checker(extractor) -> Callable[[Sequence[Turn], list[Relation]], list[float]]:
+    """What `check_union` calls for `extractor`'s labels: its teacher's verify step, as probabilities."""
+    backend = getattr(extractor, "backend", extractor)
+    if not getattr(getattr(backend, "program", None), "verifies", False):
+        raise InvalidInputError("min_support checks the labels' facts with the teacher's verify step: use a program "
+                                "that verifies (hotmem optimize --verify)")
+    return backend.stated_probabilities
+
+
+def check_union(graphs: Sequence[Graph], check: Callable[[list[Relation]], list[float]], *,
+                speakers: Sequence[str] = (), schema: RelationSchema = CONVERSATION_SCHEMA) -> list[dict[str, Any]]:
+    """Every fact any of `graphs` states, once, with `check`'s probability that the input states it (a teacher's
+    verify step: `TeacherBackend.stated_probabilities`), as `vote(..., stated=)` reads them and rows keep them."""
+    union = vote(graphs, 1, speakers=speakers, schema=schema).relations
+    probabilities = check(union) if union else []
+    return [{"subject": r.subject, "predicate": r.predicate, "object": r.object, "stated": round(p, 4)}
+            for r, p in zip(union, probabilities)]
+
+
 def _voted(item: dict[str, Any], graph: Graph, turns: Sequence[Turn], schema: RelationSchema,
            config: LabelConfig, removed: Counter) -> Graph:
     """The facts enough of an item's labels agree on (the main label alone when it has no samples)."""
     if not item.get("samples"):
         return graph
     labels_of_item = [graph] + [Graph.model_validate(sample) for sample in item["samples"]]
-    voted = vote(labels_of_item, config.agree, speakers=speakers_of(turns), schema=schema)
+    if config.min_support is not None and item.get("stated") is None:
+        raise InvalidInputError(f"{item['id']} was labelled without min_support: its facts were not checked "
+                                "together; label into a new folder")
+    voted = vote(labels_of_item, config.agree, speakers=speakers_of(turns), schema=schema,
+                 stated=item.get("stated") if config.min_support is not None else None,
+                 min_support=config.min_support)
     facts = [{_fact(r, speakers_of(turns), schema) for r in g.relations} for g in (graph, voted)]
     removed["unconfirmed_relation"] += len(facts[0] - facts[1])
     return voted
@@ -381,8 +429,13 @@ def label_corpus(
 
     `samplers`: more extractors (the teacher sampling at a temperature, e.g. on `lm.copy(rollout_id=i,
     temperature=0.7)`) whose labels are stored beside the main one; the data set keeps the facts `config.agree`
-    of them state (`vote`)."""
+    of them state (`vote`), or with `config.min_support` those the extractor's verify step, run once on the union
+    of the labels, supports (`check_union`; build the extractors with the check off, `TeacherBackend(check=False)`:
+    it would check each label's facts again)."""
     config = config or LabelConfig()
+    if config.min_support is not None and not samplers:
+        raise InvalidInputError("min_support votes over several labels: pass samplers")
+    check = union_checker(extractor) if config.min_support is not None else None
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / LABELS_FILE)
@@ -406,16 +459,22 @@ def label_corpus(
     def label_one(utterance: Utterance) -> dict[str, Any]:
         try:
             graph, error = extractor(utterance.turns), None
-            samples = [sampler(utterance.turns).model_dump() for sampler in samplers]
+            samples = [sampler(utterance.turns) for sampler in samplers]
+            stated = None if check is None else check_union(
+                [graph, *samples], partial(check, utterance.turns), speakers=speakers_of(utterance.turns),
+                schema=schema)
+            samples = [sample.model_dump() for sample in samples]
         except ConfigurationError:
             raise  # nothing will label: stop at once
         except Exception as exc:  # a failed label is recorded (and filtered), not fatal to the run
             logger.warning("%s failed: %s", utterance.id, exc)
-            graph, samples, error = Graph(), [], f"{type(exc).__name__}: {exc}"[:300]
+            graph, samples, stated, error = Graph(), [], None, f"{type(exc).__name__}: {exc}"[:300]
         item = {"id": utterance.id, "source": utterance.source,
                 "turns": [t.model_dump() for t in utterance.turns], "graph": graph.model_dump(), "error": error}
         if samplers:
             item["samples"] = samples
+        if stated is not None:
+            item["stated"] = stated
         if utterance.reference is not None:
             item["reference"] = utterance.reference.model_dump()
             if utterance.annotates is not None:

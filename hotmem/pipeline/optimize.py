@@ -59,6 +59,7 @@ class OptimizeConfig:
     pool: tuple[str, ...] = POOL_SOURCES
     reads: str = "statements"  # what the entities and relations steps read (`Teacher`'s `reads`)
     verify: bool = False  # check each proposed fact with one more call (`Teacher`'s `verify`)
+    verify_threshold: float | None = None  # keep a checked fact by its probability (`Teacher`'s `verify_threshold`)
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -292,7 +293,8 @@ def optimize(
     reflection_lm = reflection_lm or make_lm(
         config.reflection_lm, temperature=1.0, max_tokens=config.reflection_max_tokens
     )
-    student = Teacher(schema, closed=config.closed, reads=config.reads, verify=config.verify)
+    student = Teacher(schema, closed=config.closed, reads=config.reads, verify=config.verify,
+                      verify_threshold=config.verify_threshold)
     if config.demos:
         with dspy.context(lm=task_lm, adapter=CompactJSONAdapter()):
             add_gold_demos(student, trainset, config.demos, candidates=config.demo_candidates, seed=config.seed)

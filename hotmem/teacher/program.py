@@ -7,6 +7,8 @@ decompose: the later steps read the conversation's own sentences, the speaker na
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from collections.abc import Sequence
 from typing import Literal
@@ -20,6 +22,8 @@ from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.teacher.demos import DemoRetriever
 from hotmem.teacher.signatures import Reference, signatures_for
 from hotmem.types import Turn, render_turns, speakers_of
+
+logger = logging.getLogger(__name__)
 
 #: Hand-written demonstrations: a complex sentence, a multi-turn pronoun case, chit-chat. Small models decoding
 #: greedily otherwise repeat list items until the bound. Demos whose types or predicates a schema lacks are left out.
@@ -106,6 +110,36 @@ def fact_text(subject: str, predicate: str, obj: str, schema: RelationSchema) ->
     return f"{subject} {predicate} {obj}" + (f" ({predicate}: {spec.description})" if spec is not None else "")
 
 
+#: Alternatives read at the verdict token: enough to hold every casing and spacing of `true` and `false`.
+VERDICT_TOP = 20
+
+
+def stated_probability(prediction: dspy.Prediction) -> float:
+    """P(stated) from a verify prediction with log-probabilities: at the first token that spells `true` or `false`,
+    the softmax of the two answers' summed probabilities over the alternatives; the answer itself (1.0 or 0.0) when
+    the LM reported none."""
+    content = ((getattr(prediction, "logprobs", None) or {}).get("content")) or []
+    for entry in content:
+        if _verdict(entry["token"]) is None:
+            continue
+        scored = {alternative["token"]: alternative["logprob"] for alternative in entry.get("top_logprobs") or []}
+        scored[entry["token"]] = entry["logprob"]  # the answer, whether or not it is among the alternatives
+        mass = {True: 0.0, False: 0.0}
+        for token, logprob in scored.items():
+            verdict = _verdict(token)
+            if verdict is not None:
+                mass[verdict] += math.exp(logprob)
+        return mass[True] / (mass[True] + mass[False])
+    if content:
+        logger.debug("no true/false token among the verify step's log-probabilities: its answer decides")
+    return 1.0 if prediction.stated else 0.0
+
+
+def _verdict(token: str) -> bool | None:
+    word = token.strip().lower()
+    return {"true": True, "false": False}.get(word)
+
+
 def _seed_demos(schema: RelationSchema, reads: str) -> dict[str, list[dspy.Example]]:
     demos: dict[str, list[dspy.Example]] = {"coref": [], "decompose": [], "entities": [], "relations": []}
     for seed in SEED_DEMOS:
@@ -131,12 +165,14 @@ class Teacher(dspy.Module):
 
     def __init__(self, schema: RelationSchema = CONVERSATION_SCHEMA, closed: bool = True,
                  retriever: DemoRetriever | None = None, reads: Literal["statements", "sentences"] = "statements",
-                 verify: bool = False):
+                 verify: bool = False, verify_threshold: float | None = None):
         """`retriever`: annotated examples nearest to each input, shown to the entities and relations steps after
         their own demos (`hotmem.teacher.demos`). `reads`: what those steps read, the decompose step's statements
         (coref and decompose run first) or the sentences as said, the speaker named for "I" (two LM calls fewer;
         on the 1.5B it finds more facts: `optimized/teacher/report.md`). `verify`: one more call per proposed
-        fact, which keeps only the facts the statements say (precision for labelling, at a call a fact)."""
+        fact, which keeps only the facts the statements say (precision for labelling, at a call a fact).
+        `verify_threshold`: keep a fact when the check's probability that it is stated (`stated_probabilities`)
+        reaches this, instead of when its answer says so; the LM must report log-probabilities."""
         super().__init__()
         if reads not in READS:
             raise InvalidInputError(f"reads is one of {READS}, not {reads!r}")
@@ -144,6 +180,10 @@ class Teacher(dspy.Module):
         self.closed = closed
         self.retriever = retriever
         self.reads = reads
+        if verify_threshold is not None and not (verify and 0.0 <= verify_threshold <= 1.0):
+            raise InvalidInputError(f"verify_threshold is a probability for a teacher that verifies, not "
+                                    f"{verify_threshold!r} (verify={verify})")
+        self.verify_threshold = verify_threshold
         signatures = signatures_for(schema, closed)
         self.coref = dspy.Predict(signatures.coref)
         self.decompose = dspy.Predict(signatures.decompose)
@@ -162,12 +202,26 @@ class Teacher(dspy.Module):
     def verified(self, statements: list[str], relations: list) -> tuple[list, list]:
         """The proposed relations the verify step finds stated, and those it rejects. It decodes greedily whatever
         the sampling (`config`), so self-consistency votes on sampled proposals checked the same way each time."""
-        kept, rejected = [], []
+        if self.verify_threshold is None:
+            verdicts = [self.verify(statements=statements, config={"temperature": 0.0},
+                                    fact=fact_text(r.subject, r.predicate, r.object, self.schema)).stated
+                        for r in relations]
+        else:
+            verdicts = [p >= self.verify_threshold for p in self.stated_probabilities(statements, relations)]
+        return ([r for r, stated in zip(relations, verdicts) if stated],
+                [r for r, stated in zip(relations, verdicts) if not stated])
+
+    def stated_probabilities(self, statements: list[str], relations: list) -> list[float]:
+        """Per relation, the verify step's probability that the statements state it: at its answer's first token,
+        the mass of `true` against `false` in every casing and spacing the LM gives them (a small LM leans to
+        Python's `True`, which the JSON grammar forbids, so the answer alone flips on near-ties)."""
+        probabilities = []
         for relation in relations:
             fact = fact_text(relation.subject, relation.predicate, relation.object, self.schema)
-            stated = self.verify(statements=statements, fact=fact, config={"temperature": 0.0}).stated
-            (kept if stated else rejected).append(relation)
-        return kept, rejected
+            prediction = self.verify(statements=statements, fact=fact,
+                                     config={"temperature": 0.0, "logprobs": True, "top_logprobs": VERDICT_TOP})
+            probabilities.append(stated_probability(prediction))
+        return probabilities
 
     def statements(self, turns: Sequence[Turn]) -> tuple[list[Reference], list[str]]:
         """The first two steps: references (coref) and the simple statements the later steps read."""
@@ -182,7 +236,8 @@ class Teacher(dspy.Module):
         statements = self.decompose(conversation=conversation, speakers=speakers, references=references).statements
         return references, [s for s in dict.fromkeys(statements) if s.strip()]  # a small model may repeat one
 
-    def forward(self, turns: list[Turn]) -> dspy.Prediction:
+    def forward(self, turns: list[Turn], check: bool = True) -> dspy.Prediction:
+        """`check=False` skips the verify step (a caller checking several labels' facts once, together)."""
         conversation = render_turns(turns)
         speakers = speakers_of(turns)
         references, statements = self.statements(turns)
@@ -196,7 +251,7 @@ class Teacher(dspy.Module):
             relations = self.relations(statements=statements, entities=[e.name for e in entities],
                                        demos=self.relations.demos + retrieved.get("relations", [])).relations
         rejected: list = []
-        if relations and self.verifies:
+        if relations and self.verifies and check:
             relations, rejected = self.verified(statements, relations)
         graph = assemble_graph(
             entities,

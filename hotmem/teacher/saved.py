@@ -44,6 +44,8 @@ def manifest_for(program: Teacher) -> dict[str, Any]:
         "reads": program.reads,
         "verifies": program.verifies,
     }
+    if program.verify_threshold is not None:
+        manifest["verify_threshold"] = program.verify_threshold
     if program.retriever is not None:
         manifest[RETRIEVAL_KEY] = program.retriever.settings()
     return manifest
@@ -73,7 +75,7 @@ def load_program(
         raise ProgramNotFoundError(f"{folder} holds no saved program ({MANIFEST_FILE} and {PROGRAM_FILE} expected)")
     manifest = json.loads(manifest_path.read_text())
     program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"),
-                      verify=manifest.get("verifies", False))
+                      verify=manifest.get("verifies", False), verify_threshold=manifest.get("verify_threshold"))
     expected = manifest_for(program)
     problems = [
         f"{key}: saved {manifest.get(key)!r}, this program {expected[key]!r}"
@@ -130,7 +132,7 @@ def load_instructions(
     manifest_path = Path(path) / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"),
-                      verify=manifest.get("verifies", False))
+                      verify=manifest.get("verifies", False), verify_threshold=manifest.get("verify_threshold"))
     predictors = dict(program.named_predictors())
     if set(state) != set(predictors):
         raise SchemaMismatchError(
