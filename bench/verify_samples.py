@@ -6,9 +6,10 @@
 `runs/eval-sc3` is a `hotmem evaluate --samples N` folder (its rows keep every label). For the main (greedy) label
 alone and each vote (`--agree` 1 to N) it scores the graph as it is and with the facts the verify step rejects
 removed: the step `hotmem optimize --verify` adds to a teacher, which `hotmem evaluate` runs inside the program.
-Checking the union once is what N verifying samples do (the check decodes greedily), at fewer calls. `--thresholds`: also keep the
-facts whose probability of being stated (`Teacher.stated_probabilities`, from the LM's log-probabilities) reaches
-each threshold, instead of the answer. DSPy's cache keeps the verdicts: a rerun costs nothing.
+Checking the union once is what N verifying samples do (the check decodes greedily), at fewer calls.
+`--thresholds`: also keep the facts whose probability of being stated (`Teacher.stated_probabilities`, from the LM's
+log-probabilities) reaches each threshold, instead of the answer. DSPy's cache keeps the verdicts: a rerun costs
+nothing.
 """
 
 from __future__ import annotations

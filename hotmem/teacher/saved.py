@@ -51,6 +51,12 @@ def manifest_for(program: Teacher) -> dict[str, Any]:
     return manifest
 
 
+def _unfitted(manifest: dict[str, Any], schema: RelationSchema, closed: bool) -> Teacher:
+    """A fresh `Teacher` shaped as `manifest` says (what it reads, whether and how it checks), before its state."""
+    return Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"),
+                   verify=manifest.get("verifies", False), verify_threshold=manifest.get("verify_threshold"))
+
+
 def save_program(program: Teacher, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Save the program's state as JSON with a manifest (and its demonstration pool, if it retrieves demos);
     returns the folder."""
@@ -74,8 +80,7 @@ def load_program(
     if not manifest_path.is_file() or not program_path.is_file():
         raise ProgramNotFoundError(f"{folder} holds no saved program ({MANIFEST_FILE} and {PROGRAM_FILE} expected)")
     manifest = json.loads(manifest_path.read_text())
-    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"),
-                      verify=manifest.get("verifies", False), verify_threshold=manifest.get("verify_threshold"))
+    program = _unfitted(manifest, schema, closed)
     expected = manifest_for(program)
     problems = [
         f"{key}: saved {manifest.get(key)!r}, this program {expected[key]!r}"
@@ -131,8 +136,7 @@ def load_instructions(
     state = json.loads(program_path.read_text())
     manifest_path = Path(path) / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    program = Teacher(schema, closed=closed, reads=manifest.get("reads", "statements"),
-                      verify=manifest.get("verifies", False), verify_threshold=manifest.get("verify_threshold"))
+    program = _unfitted(manifest, schema, closed)
     predictors = dict(program.named_predictors())
     if set(state) != set(predictors):
         raise SchemaMismatchError(
