@@ -7,12 +7,11 @@ merged) live here once, so the teacher, the students and the metric read graphs 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
-from hotmem.names import SPEAKER, is_grounded, is_pronoun, names_nothing, normalize_name
+from hotmem.names import SPEAKER, is_grounded, is_pronoun, names_nothing, normalize_name, split_sentences
 from hotmem.schema import RelationSchema
 from hotmem.types import Entity, Graph, Relation, Turn
 
@@ -52,7 +51,6 @@ class ExtractedRelation(BaseModel):
 #: Text per LM call: small enough for the 4k context with the prompt, large enough for a few turns.
 CHUNK_CHARS = 1_200
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def chunk_turns(turns: Sequence[Turn], max_chars: int = CHUNK_CHARS) -> list[list[Turn]]:
@@ -63,7 +61,7 @@ def chunk_turns(turns: Sequence[Turn], max_chars: int = CHUNK_CHARS) -> list[lis
             pieces.append(turn)
             continue
         buffer = ""
-        for sentence in _SENTENCE_END.split(turn.text):
+        for sentence in split_sentences(turn.text):
             while len(sentence) > max_chars:  # no sentence boundary: cut hard
                 pieces.append(Turn(speaker=turn.speaker, text=sentence[:max_chars]))
                 sentence = sentence[max_chars:]

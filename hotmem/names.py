@@ -1,4 +1,5 @@
-"""Names: the speaker, pronouns, and the comparison key every stage (assembly, metric, memory) folds names to."""
+"""Names: the speaker, pronouns, the comparison key every stage (assembly, metric, memory) folds names to, and
+where sentences end (a title's full stop does not end one)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,33 @@ FUNCTION_WORDS = frozenset(
 )
 #: Words of a text, as the name rules read them.
 WORDS = re.compile(r"[A-Za-z']+")
+
+#: Abbreviations whose full stop does not end a sentence ("at St. Anne's", "Dr. Okafor"), matched folded.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms mx dr prof st mt ft jr sr rev fr sgt capt lt gov sen pres vs approx dept univ ave rd blvd inc ltd "
+    "corp e.g i.e a.m p.m".split()  # not months or "hon": names and words that end sentences in chat ("Jan.")
+)
+#: A candidate sentence end: `.`, `!` or `?` (closing quotes and brackets with it), then space.
+_SENTENCE_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+")
+_LAST_WORD = re.compile(r"(\S+)\.$")
+_INITIALS = re.compile(r"(?:[a-z]\.)*[a-z]")
+
+
+def split_sentences(text: str) -> list[str]:
+    """`text`'s sentences, split after `.`, `!` or `?` and space, except after a title or abbreviation
+    (`_ABBREVIATIONS`) or an initial ("J. K. Rowling", "U.S.")."""
+    sentences, start = [], 0
+    for end in _SENTENCE_END.finditer(text):
+        word = _LAST_WORD.search(text, start, end.start())
+        if word:
+            folded = word.group(1).casefold().lstrip("(\"'")
+            if folded in _ABBREVIATIONS or _INITIALS.fullmatch(folded):
+                continue
+        sentences.append(text[start:end.start() + len(end.group(1))].strip())
+        start = end.end()
+    sentences.append(text[start:].strip())
+    return [sentence for sentence in sentences if sentence]
+
 
 _ARTICLES = {"a", "an", "the"}
 _POSSESSIVE_FIRST = re.compile(r"^(my|our)\s+", re.IGNORECASE)

@@ -301,6 +301,19 @@ def test_long_input_is_chunked_by_turns_and_sentences():
     assert chunks[-1][-1] == Turn(speaker="B", text="short")
 
 
+def test_a_title_or_an_initial_does_not_end_a_sentence():
+    from hotmem.names import split_sentences
+    from hotmem.teacher.program import speaker_statements
+
+    assert split_sentences("You're still at St. Anne's in Brno, right? Yes! I see Dr. Okafor. J. K. Rowling wrote "
+                           'it in the U.S. last year. He said "go." Then I left.') == [
+        "You're still at St. Anne's in Brno, right?", "Yes!", "I see Dr. Okafor.",
+        "J. K. Rowling wrote it in the U.S. last year.", "He said \"go.\"", "Then I left."]
+    assert split_sentences("  ") == [] and split_sentences("I said no. It is 3.5 km.") == ["I said no.", "It is 3.5 km."]
+    assert speaker_statements([Turn(speaker="Petr", text="I work at St. Anne's. My wife too.")]) == \
+        ["Petr work at St. Anne's.", "Petr's wife too."]
+
+
 def test_one_configuration_entry_point_for_every_backend(monkeypatch):
     import hotmem
     from hotmem.llama.engine import LlamaCppEngine

@@ -17,7 +17,7 @@ import dspy
 
 from hotmem.assemble import assemble_graph
 from hotmem.errors import InvalidInputError
-from hotmem.names import FIRST_PERSON_WORDS, PRONOUNS, SPEAKER, WORDS
+from hotmem.names import FIRST_PERSON_WORDS, PRONOUNS, SPEAKER, WORDS, split_sentences
 from hotmem.schema import CONVERSATION_SCHEMA, RelationSchema
 from hotmem.teacher.demos import DemoRetriever
 from hotmem.teacher.signatures import Reference, signatures_for
@@ -66,7 +66,6 @@ _FIRST_PERSON = {"i": "{s}", "me": "{s}", "myself": "{s}", "my": "{s}'s", "mine"
                  "im": "{s} is", "i've": "{s} has", "ive": "{s} has", "i'd": "{s} would", "i'll": "{s} will"}
 _FIRST_PERSON_WORD = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _FIRST_PERSON), key=len, reverse=True))
                                 + r")\b", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def speaker_statements(turns: Sequence[Turn]) -> list[str]:
@@ -74,10 +73,9 @@ def speaker_statements(turns: Sequence[Turn]) -> list[str]:
     statements = []
     for turn in turns:
         name = turn.speaker or SPEAKER
-        for sentence in _SENTENCE_END.split(turn.text.strip()):
-            if sentence.strip():
-                statements.append(_FIRST_PERSON_WORD.sub(lambda m: _FIRST_PERSON[m.group(0).casefold()]
-                                                         .format(s=name), sentence.strip()))
+        for sentence in split_sentences(turn.text):
+            statements.append(_FIRST_PERSON_WORD.sub(lambda m: _FIRST_PERSON[m.group(0).casefold()].format(s=name),
+                                                     sentence))
     return statements
 
 
