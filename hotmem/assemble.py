@@ -52,7 +52,6 @@ class ExtractedRelation(BaseModel):
 CHUNK_CHARS = 1_200
 
 
-
 def chunk_turns(turns: Sequence[Turn], max_chars: int = CHUNK_CHARS) -> list[list[Turn]]:
     """Consecutive turns packed into chunks of at most `max_chars`; an over-long turn is split at sentences."""
     pieces: list[Turn] = []
