@@ -26,7 +26,7 @@ from hotmem.backends import TeacherBackend
 from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.extractor import GraphExtractor
 from hotmem.io import JsonlLog, write_atomic
-from hotmem.pipeline.label import check_union, union_checker, vote
+from hotmem.pipeline.label import union_checker, vote
 from hotmem.pipeline.metric import GraphScore, prf, score_graph
 from hotmem.schema import RelationSchema
 from hotmem.types import Graph, Record, render_turns, speakers_of
@@ -178,13 +178,11 @@ def evaluate_program(
     if agree is not None and not 1 <= agree <= len(samplers) + 1 and not rescore:
         raise InvalidInputError(f"agree must be between 1 and the number of labels, {len(samplers) + 1}: got {agree}")
     extractor = as_extractor(program, lm)
-    check = union_checker(extractor) if min_support is not None else None
+    check = union_checker(extractor, schema) if min_support is not None else None
 
     def checked(labels: list[Graph], record: Record) -> list[dict] | None:
         """The labels' facts, once, with the verify step's probabilities, when `min_support` votes with them."""
-        if check is None:
-            return None
-        return check_union(labels, partial(check, record.turns), speakers=speakers_of(record.turns), schema=schema)
+        return None if check is None else check(labels, record.turns)
 
     vote_as = partial(_voted, schema=schema, agree=agree, min_support=min_support, checked=checked)
     log = JsonlLog(Path(out_dir) / "rows.jsonl") if out_dir else None

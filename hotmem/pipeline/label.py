@@ -291,13 +291,20 @@ def vote(graphs: Sequence[Graph], agree: int | None = None, *, speakers: Sequenc
     return Graph(entities=kept, relations=relations, confidence=round(confidence, 3))
 
 
-def union_checker(extractor) -> Callable[[Sequence[Turn], list[Relation]], list[float]]:
-    """What `check_union` calls for `extractor`'s labels: its teacher's verify step, as probabilities."""
+def union_checker(extractor, schema: RelationSchema = CONVERSATION_SCHEMA
+                  ) -> Callable[[Sequence[Graph], Sequence[Turn]], list[dict[str, Any]]]:
+    """`check_union` with `extractor`'s teacher's verify step, for the labels of some turns: what `min_support`
+    votes with. Fails now, before any labelling, when the program has no verify step."""
     backend = getattr(extractor, "backend", extractor)
     if not getattr(getattr(backend, "program", None), "verifies", False):
         raise InvalidInputError("min_support checks the labels' facts with the teacher's verify step: use a program "
                                 "that verifies (hotmem optimize --verify)")
-    return backend.stated_probabilities
+
+    def checked(labels: Sequence[Graph], turns: Sequence[Turn]) -> list[dict[str, Any]]:
+        return check_union(labels, partial(backend.stated_probabilities, turns), speakers=speakers_of(turns),
+                           schema=schema)
+
+    return checked
 
 
 def check_union(graphs: Sequence[Graph], check: Callable[[list[Relation]], list[float]], *,
@@ -435,7 +442,7 @@ def label_corpus(
     config = config or LabelConfig()
     if config.min_support is not None and not samplers:
         raise InvalidInputError("min_support votes over several labels: pass samplers")
-    check = union_checker(extractor) if config.min_support is not None else None
+    check = union_checker(extractor, schema) if config.min_support is not None else None
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / LABELS_FILE)
@@ -460,9 +467,7 @@ def label_corpus(
         try:
             graph, error = extractor(utterance.turns), None
             samples = [sampler(utterance.turns) for sampler in samplers]
-            stated = None if check is None else check_union(
-                [graph, *samples], partial(check, utterance.turns), speakers=speakers_of(utterance.turns),
-                schema=schema)
+            stated = None if check is None else check([graph, *samples], utterance.turns)
             samples = [sample.model_dump() for sample in samples]
         except ConfigurationError:
             raise  # nothing will label: stop at once
