@@ -74,6 +74,17 @@ class TeacherBackend:
             _, statements = self.program.statements(list(turns))
             return self.program.stated_probabilities(statements, list(relations))
 
+    def with_demo_page(self, page: int) -> TeacherBackend:
+        """The same program on the same LM, shown the `page`-th k retrieved demos instead of the nearest k
+        (`DemoRetriever.with_page`): a greedy label that differs from this backend's by its demonstrations, for
+        self-consistency without sampling."""
+        retriever = getattr(self.program, "retriever", None)
+        if retriever is None:
+            raise InvalidInputError("this teacher program retrieves no demos (hotmem optimize --retrieve K adds them)")
+        program = self.program.deepcopy()
+        program.retriever = retriever.with_page(page)
+        return TeacherBackend(program, self.lm, check=self.check)
+
     def _context(self):
         import dspy
 

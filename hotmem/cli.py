@@ -59,29 +59,43 @@ def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int |
 
 def _check_samples(args: argparse.Namespace) -> None:
     # a rescore votes the samples an earlier run stored again, with any --agree up to their number
-    most = float("inf") if getattr(args, "rescore", False) else args.samples
-    if args.samples < 1 or not 1 <= (args.agree or 1) <= most:
-        raise InvalidInputError(f"--samples must be at least 1 and --agree between 1 and it (got {args.samples}, "
-                                f"{args.agree})")
-    if args.samples > 1 and _is_student(args.program):  # a student runs its own model, greedily
-        raise InvalidInputError("--samples samples a teacher's LM: a student --program answers once")
-    sampled = args.samples > 1 or getattr(args, "rescore", False)
-    if args.min_support is not None and (args.agree is not None or not sampled):
-        raise InvalidInputError("--min-support votes over --samples N (N > 1) instead of --agree")
+    labels = args.samples + args.demo_pages
+    most = float("inf") if getattr(args, "rescore", False) else labels
+    if args.samples < 1 or args.demo_pages < 0 or not 1 <= (args.agree or 1) <= most:
+        raise InvalidInputError(f"--samples must be at least 1, --demo-pages at least 0 and --agree between 1 and "
+                                f"their sum (got {args.samples}, {args.demo_pages}, {args.agree})")
+    if labels > 1 and _is_student(args.program):  # a student runs its own model, greedily
+        raise InvalidInputError("--samples and --demo-pages vary a teacher: a student --program answers once")
+    several = labels > 1 or getattr(args, "rescore", False)
+    if args.min_support is not None and (args.agree is not None or not several):
+        raise InvalidInputError("--min-support votes over several labels (--samples N, --demo-pages P) instead of "
+                                "--agree")
 
 
-def _samplers(args: argparse.Namespace, schema, lm, max_chars: int | None = None) -> list:
-    """Self-consistency (`--samples N`): N-1 more extractors on the teacher's LM sampling at `--temperature`."""
+def _samplers(args: argparse.Namespace, schema, lm, extractor) -> list:
+    """Self-consistency: beside `extractor`, `--samples N` - 1 extractors on the teacher's LM sampling at
+    `--temperature`, then `--demo-pages P` greedy ones, each shown the next page of the teacher's retrieved demos."""
+    from hotmem.backends import TeacherBackend
+    from hotmem.extractor import GraphExtractor
+
+    if args.demo_pages and not isinstance(extractor.backend, TeacherBackend):
+        raise InvalidInputError("--demo-pages pages a teacher program's retrieved demos")
     # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
-    return [_extractor(args, args.program, schema, lm.copy(rollout_id=i, temperature=args.temperature), max_chars)
-            for i in range(1, args.samples)]
+    sampled = [_extractor(args, args.program, schema, lm.copy(rollout_id=i, temperature=args.temperature),
+                          extractor.max_chars) for i in range(1, args.samples)]
+    return sampled + [GraphExtractor(schema=schema, closed=extractor.closed, max_chars=extractor.max_chars,
+                                     backend=extractor.backend.with_demo_page(page))
+                      for page in range(1, args.demo_pages + 1)]
 
 
 def _add_sampling(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--samples", type=int, default=1,
                         help=f"self-consistency: {what} per input, the main one and N-1 sampled at --temperature")
+    parser.add_argument("--demo-pages", type=int, default=0,
+                        help=f"P more greedy {what}, each shown the next page of the teacher's retrieved demos (the k "
+                             "after the nearest k, and so on): labels that differ without sampling")
     parser.add_argument("--agree", type=int, default=None,
-                        help=f"keep the facts at least this many of the --samples {what} state (default: a majority)")
+                        help=f"keep the facts at least this many of the {what} state (default: a majority)")
     parser.add_argument("--temperature", type=float, default=0.7, help=f"the sampled {what}' temperature")
     parser.add_argument("--min-support", type=float, default=None,
                         help=f"instead of --agree: check the facts of the {what} once with the program's verify step "
@@ -112,7 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     records, schema = load_dataset(args.dataset, path=args.path, split=args.split, limit=args.limit)
     lm = _lm(args, cache=args.cache)
     extractor = _extractor(args, args.program, schema, lm, max_chars=10**9)
-    samplers = _samplers(args, schema, lm or getattr(extractor.backend, "lm", None), max_chars=10**9)
+    samplers = _samplers(args, schema, lm or getattr(extractor.backend, "lm", None), extractor)
     name = f"{args.program} on {args.dataset}" + (f"/{args.split}" if args.split else "") + f" ({len(records)})"
     out = Path(args.out) if args.out else None
     meta = {"command": " ".join(sys.argv), "backend": extractor.backend.name, "lm": extractor.backend.model,
@@ -223,7 +237,7 @@ def _label(args: argparse.Namespace) -> int:
     # a student runs its own model: no teacher LM to load
     lm = _lm(args) if _is_student(args.program) else _lm(args) or configured_lm() or make_lm(LABELLING_LM)
     extractor = _extractor(args, args.program, CONVERSATION_SCHEMA, lm)
-    samplers = _samplers(args, CONVERSATION_SCHEMA, lm)
+    samplers = _samplers(args, CONVERSATION_SCHEMA, lm, extractor)
     utterances = _corpus(args.source, args.path, args.seed)
     if args.unseen_by:
         from hotmem.pipeline.mixture import base_id, drawn_record_ids, earlier_stage

@@ -59,6 +59,32 @@ def test_a_quota_per_source_keeps_a_small_source_from_being_crowded_out():
         DemoRetriever(pool, k={"absent": 1}, embed=BagOfTopics())
 
 
+def test_pages_show_the_next_k_nearest_in_turn():
+    retriever = DemoRetriever(POOL, k=1, embed=BagOfTopics())
+    query = "My dog in Berlin, Berlin, Berlin."
+    ranked = [e["conversation"] for e in DemoRetriever(POOL, k=3, embed=BagOfTopics()).nearest(query)]
+    paged = [retriever.with_page(page).nearest(query)[0]["conversation"] for page in range(3)]
+    assert paged == ranked and ranked[:2] == ["I live in Berlin.", "I have a dog named Rex."]
+    assert retriever.with_page(9).nearest(query) == []  # past the pool: no demos, not an error
+    # an input in the pool is still not its own demo on a later page
+    assert "I live in Berlin." not in [e["conversation"] for p in range(3)
+                                       for e in retriever.with_page(p).nearest("I live in Berlin.")]
+    with pytest.raises(InvalidInputError, match="page"):
+        DemoRetriever(POOL, k=1, embed=BagOfTopics(), page=-1)
+
+
+def test_a_teacher_backend_on_another_page_of_demos_leaves_the_original_alone():
+    from hotmem.backends import TeacherBackend
+
+    backend = TeacherBackend(Teacher(retriever=DemoRetriever(POOL, k=1, embed=BagOfTopics())), dspy.utils.DummyLM([]))
+    later = backend.with_demo_page(2)
+    assert later.program.retriever.page == 2 and backend.program.retriever.page == 0
+    assert later.lm is backend.lm and later.check == backend.check
+    assert later.program.entities.demos == backend.program.entities.demos  # the program's own demos kept
+    with pytest.raises(InvalidInputError, match="retrieves no demos"):
+        TeacherBackend(Teacher(), dspy.utils.DummyLM([])).with_demo_page(1)
+
+
 def test_bad_pools_are_typed_errors():
     with pytest.raises(InvalidInputError, match="empty"):
         DemoRetriever([], embed=BagOfTopics())
@@ -94,6 +120,8 @@ def test_a_saved_program_loads_its_pool_and_vectors_without_embedding_the_pool(t
     assert embedder.embedded == 0
     assert loaded.retriever.nearest("a dog")[0]["conversation"] == "I have a dog named Rex."
     assert embedder.embedded == 1  # the query only
+    save_program(Teacher(retriever=loaded.retriever.with_page(1)), tmp_path / "paged")
+    assert load_program(tmp_path / "paged").retriever.page == 1
 
 
 def test_the_pool_names_the_speaker_and_keeps_only_examples_whose_statements_hold_their_entities():
@@ -173,13 +201,48 @@ def test_validation_takes_more_records_from_a_data_set_in_the_same_schema(monkey
 
 
 @needs_minilm
-def test_minilm_embeds_offline_once_a_process_and_ranks_by_meaning():
+def test_minilm_embeds_offline_once_a_process_and_ranks_by_meaning(capfd):
+    from transformers.utils import logging as transformers_logging
+
     from hotmem.embedding import _sentence_transformer, minilm_embedder
 
+    _sentence_transformer.cache_clear()
     first, second = minilm_embedder(), minilm_embedder()
     assert _sentence_transformer.cache_info().currsize == 1  # the second embedder shares the first's model
+    assert "Loading weights" not in capfd.readouterr().err  # quiet in the app's stderr
+    assert transformers_logging.is_progress_bar_enabled()  # and the app's own setting left as it was
     vectors = first(["My dog is called Rex.", "I have a puppy named Rex.", "The stock market fell today."])
     assert vectors.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
     np.testing.assert_allclose(second(["My dog is called Rex."])[0], vectors[0], rtol=1e-4, atol=1e-5)
+
+
+def test_the_evaluate_command_varies_the_demos_of_its_other_labels(tmp_path, monkeypatch):
+    import json
+
+    import hotmem
+    from hotmem.cli import main
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("hotmem.teacher.demos.minilm_embedder", BagOfTopics)
+    save_program(Teacher(retriever=DemoRetriever(POOL, k=1, embed=BagOfTopics())), tmp_path / "program")
+    answer = {"references": [], "statements": ["speaker has a dog."],
+              "entities": [{"name": "speaker", "type": "PERSON"}, {"name": "dog", "type": "ANIMAL"}],
+              "relations": [{"subject": "speaker", "predicate": "has_pet", "object": "dog"}]}
+    lm = dspy.utils.DummyLM([answer] * 20, adapter=dspy.JSONAdapter())
+    hotmem.configure(lm)
+    try:
+        assert main(["evaluate", "--dataset", "gold", "--split", "test", "--limit", "1", "--program",
+                     str(tmp_path / "program"), "--demo-pages", "2",
+                     "--out", str(tmp_path / "eval")]) == 0
+    finally:
+        hotmem.configure()
+    [row] = [json.loads(line) for line in (tmp_path / "eval" / "rows.jsonl").read_text().splitlines()]
+    assert len(row["samples"]) == 3
+    # each label's relations step saw another pool example as its retrieved demo
+    relations_prompts = [str(call["messages"]) for call in lm.history
+                         if "output fields are:\n1. `relations`" in call["messages"][0]["content"]]
+    shown = {frozenset(e["statements"][0] for e in POOL if e["statements"][0] in prompt)
+             for prompt in relations_prompts}
+    assert len(shown) == 3 and all(len(demos) == 1 for demos in shown)

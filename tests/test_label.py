@@ -425,6 +425,9 @@ def test_the_evaluate_command_votes_over_samples_as_labelling_does(tmp_path, mon
         assert main([*evaluate, "--program", "teacher", "--samples", "3"]) == 0
         assert main([*evaluate, "--program", "teacher", "--rescore", "--agree", "3"]) == 0
         assert main([*evaluate, "--program", "student", "--samples", "2"]) == 2
+        # other pages of demos need a program that retrieves them
+        assert main([*evaluate, "--program", "teacher", "--demo-pages", "1"]) == 2
+        assert main([*evaluate, "--program", "student", "--demo-pages", "1"]) == 2
     finally:
         hotmem.configure()
     [row] = [json.loads(line) for line in (tmp_path / "eval" / "rows.jsonl").read_text().splitlines()]

@@ -166,10 +166,10 @@ def evaluate_program(
     `rescore`: score the graphs already in `out_dir` against the records as they are now (after a change to a
     loader or the metric) instead of keeping their scores; the program runs only on records not yet done.
     `samplers`: self-consistency as `hotmem label` applies it: more extractors (the program sampling at a
-    temperature) whose graphs are voted with the main one, keeping the facts `agree` of them state (None: a
-    majority). A rescore votes the stored samples again with the `agree` given. `min_support` instead of `agree`:
-    the program's verify step checks the samples' facts once, together, and the vote keeps those it supports
-    (`hotmem.pipeline.label.vote`); a rescore checks stored samples that were not.
+    temperature, or on another page of retrieved demos) whose graphs are voted with the main one, keeping the facts
+    `agree` of them state (None: a majority). A rescore votes the stored samples again with the `agree` given.
+    `min_support` instead of `agree`: the program's verify step checks the samples' facts once, together, and the
+    vote keeps those it supports (`hotmem.pipeline.label.vote`); a rescore checks stored samples that were not.
     """
     if min_support is not None and agree is not None:
         raise InvalidInputError("keep facts by agree or by min_support, not both")

@@ -435,10 +435,11 @@ def label_corpus(
     teacher), then write the filtered data set and a report. A killed run started again loses and repeats nothing.
 
     `samplers`: more extractors (the teacher sampling at a temperature, e.g. on `lm.copy(rollout_id=i,
-    temperature=0.7)`) whose labels are stored beside the main one; the data set keeps the facts `config.agree`
-    of them state (`vote`), or with `config.min_support` those the extractor's verify step, run once on the union
-    of the labels, supports (`check_union`; build the extractors with the check off, `TeacherBackend(check=False)`:
-    it would check each label's facts again)."""
+    temperature=0.7)`, or greedy on another page of its retrieved demos, `TeacherBackend.with_demo_page`) whose
+    labels are stored beside the main one; the data set keeps the facts `config.agree` of them state (`vote`), or
+    with `config.min_support` those the extractor's verify step, run once on the union of the labels, supports
+    (`check_union`; build the extractors with the check off, `TeacherBackend(check=False)`: it would check each
+    label's facts again)."""
     config = config or LabelConfig()
     if config.min_support is not None and not samplers:
         raise InvalidInputError("min_support votes over several labels: pass samplers")

@@ -59,21 +59,25 @@ class DemoRetriever:
 
     def __init__(self, pool: Sequence[dict[str, Any]], k: int | dict[str, int] = 4,
                  embed: Callable[[Sequence[str]], np.ndarray] | None = None,
-                 vectors: np.ndarray | None = None, embedder: str = MINILM):
+                 vectors: np.ndarray | None = None, embedder: str = MINILM, page: int = 0):
         """`pool`: dicts with `conversation`, `statements` (list of str), `entities` ({name, type} dicts),
         `relations` ({subject, predicate, object} dicts) and optionally `source`. `k`: how many to retrieve, or
         how many from each source (`{"gold": 3, "personaext-conversation": 1}`: a small careful source is not
         crowded out by a large sparse one). `embed`: texts -> vectors (default: MiniLM); `vectors`: the pool's, as
-        `vectors()` returned them (skips embedding the pool); `embedder`: its name, recorded."""
+        `vectors()` returned them (skips embedding the pool); `embedder`: its name, recorded. `page`: which k to
+        show, 0 the nearest, 1 the next k (of each source), and so on: labels that differ by their demonstrations
+        (`with_page`)."""
         quota = dict(k) if isinstance(k, dict) else {None: k}
         if not quota or min(quota.values()) < 1:
             raise InvalidInputError(f"k must be at least 1 (per source), not {k}")
+        if isinstance(page, bool) or not isinstance(page, int) or page < 0:
+            raise InvalidInputError(f"page is a whole number from 0, not {page!r}")
         if not pool:
             raise InvalidInputError("the demonstration pool is empty")
         for item in pool:
             if missing := [f for f in FIELDS if f not in item]:
                 raise InvalidInputError(f"a pool example lacks {missing}: {str(item)[:120]}")
-        self.pool, self.k, self.embedder = [dict(item) for item in pool], k, embedder
+        self.pool, self.k, self.embedder, self.page = [dict(item) for item in pool], k, embedder, page
         texts = [_key(item["conversation"]) for item in self.pool]
         if vectors is not None and len(vectors) != len(texts):
             raise InvalidInputError(f"{len(vectors)} vectors for a pool of {len(texts)}")
@@ -86,18 +90,21 @@ class DemoRetriever:
             if not trainset:
                 raise InvalidInputError(f"the pool holds no example from {source!r}")
             # one more than k: an input that is itself in the pool (GEPA's train set) is not its own demo
-            self._knn.append((count, KNN(min(count + 1, len(trainset)), trainset, vectorizer=vectorizer)))
+            wanted = count * (page + 1) + 1
+            self._knn.append((count, KNN(min(wanted, len(trainset)), trainset, vectorizer=vectorizer)))
         self._embed.remember = False
 
     def __deepcopy__(self, memo: dict) -> DemoRetriever:
         return self  # read-only after construction; programs are deep-copied by optimizers, the model need not be
 
     def nearest(self, conversation: str) -> list[dict[str, Any]]:
-        """The pool examples nearest to `conversation` (itself excluded), nearest first within each source."""
+        """The pool examples nearest to `conversation` (itself excluded), nearest first within each source; with a
+        `page`, the k that many rounds further out."""
         nearest = []
         for count, knn in self._knn:
             found = [example for example in knn(conversation=conversation) if example.conversation != conversation]
-            nearest += [{f: example[f] for f in FIELDS} for example in found[:count]]
+            page = found[count * self.page:count * (self.page + 1)]
+            nearest += [{f: example[f] for f in FIELDS} for example in page]
         return nearest
 
     def __call__(self, conversation: str) -> dict[str, list[dspy.Example]]:
@@ -109,12 +116,17 @@ class DemoRetriever:
                  for e in reversed(self.nearest(conversation))]
         return {step: [demo[step] for demo in demos] for step in ("entities", "relations")}
 
+    def with_page(self, page: int) -> DemoRetriever:
+        """This pool and k, showing another page of neighbours (`page`); the pool's vectors are reused."""
+        return DemoRetriever(self.pool, self.k, self._embed.embed, self.vectors(), self.embedder, page=page)
+
     def vectors(self) -> np.ndarray:
         return self._embed([_key(item["conversation"]) for item in self.pool])
 
     # saving ---------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
-        return {"k": self.k, "pool": len(self.pool), "embedder": self.embedder}
+        paged = {"page": self.page} if self.page else {}  # page 0 saves as before
+        return {"k": self.k, "pool": len(self.pool), "embedder": self.embedder, **paged}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -134,4 +146,5 @@ class DemoRetriever:
         if settings.get("embedder", MINILM) != MINILM and embed is None:
             raise InvalidInputError(f"the pool in {folder} was embedded by {settings['embedder']!r}: pass its embed")
         k = settings["k"]
-        return cls(pool, {s: int(n) for s, n in k.items()} if isinstance(k, dict) else int(k), embed, np.load(folder / VECTORS_FILE), settings.get("embedder", MINILM))
+        return cls(pool, {s: int(n) for s, n in k.items()} if isinstance(k, dict) else int(k), embed,
+                   np.load(folder / VECTORS_FILE), settings.get("embedder", MINILM), page=int(settings.get("page", 0)))
