@@ -240,6 +240,7 @@ def test_the_evaluate_command_varies_the_demos_of_its_other_labels(tmp_path, mon
         hotmem.configure()
     [row] = [json.loads(line) for line in (tmp_path / "eval" / "rows.jsonl").read_text().splitlines()]
     assert len(row["samples"]) == 3
+    assert row["lm_calls"] == len(lm.history)  # the three labels share one LM: its calls are counted once
     # each label's relations step saw another pool example as its retrieved demo
     relations_prompts = [str(call["messages"]) for call in lm.history
                          if "output fields are:\n1. `relations`" in call["messages"][0]["content"]]

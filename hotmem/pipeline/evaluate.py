@@ -26,7 +26,7 @@ from hotmem.backends import TeacherBackend
 from hotmem.errors import ConfigurationError, InvalidInputError
 from hotmem.extractor import GraphExtractor
 from hotmem.io import JsonlLog, write_atomic
-from hotmem.pipeline.label import union_checker, vote
+from hotmem.pipeline.label import total_usage, union_checker, vote
 from hotmem.pipeline.metric import GraphScore, prf, score_graph
 from hotmem.schema import RelationSchema
 from hotmem.types import Graph, Record, render_turns, speakers_of
@@ -217,8 +217,8 @@ def evaluate_program(
 
 
 def _usage(extractors: Sequence[GraphExtractor]) -> tuple[int, int]:
-    usages = [extractor.usage() for extractor in extractors]
-    return sum(u["calls"] for u in usages), sum(u["output_tokens"] for u in usages)
+    usage = total_usage(extractors)
+    return usage["calls"], usage["output_tokens"]
 
 
 def _run_one(extractor: GraphExtractor, record: Record, schema: RelationSchema,

@@ -422,6 +422,17 @@ def _save_dataset(dataset, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def total_usage(extractors: Sequence[Any]) -> dict[str, int]:
+    """The calls and tokens the extractors' LMs have answered so far, each LM counted once: labels on one LM (the
+    main label and its demo pages, `TeacherBackend.with_demo_page`) would count its whole history once each."""
+    by_lm: dict[int, Any] = {}
+    for extractor in extractors:
+        backend = getattr(extractor, "backend", extractor)
+        by_lm.setdefault(id(getattr(backend, "lm", backend)), extractor)
+    usages = [extractor.usage() for extractor in by_lm.values()]
+    return {key: sum(int(usage.get(key, 0)) for usage in usages) for key in ("calls", "prompt_tokens", "output_tokens")}
+
+
 def label_corpus(
     extractor,
     utterances: Iterable[Utterance],
@@ -460,7 +471,7 @@ def label_corpus(
 
     write_lock = threading.Lock()
     everyone = [extractor, *samplers]
-    before = sum(e.usage()["output_tokens"] for e in everyone)
+    before = total_usage(everyone)["output_tokens"]
     started = time.perf_counter()
     done_now = 0
 
@@ -507,7 +518,7 @@ def label_corpus(
 
     dataset, dropped, removed = build_dataset(labels.values(), schema, config)
     _save_dataset(dataset, out / DATASET_DIR)
-    after = sum(e.usage()["output_tokens"] for e in everyone)
+    after = total_usage(everyone)["output_tokens"]
     report = LabelReport(
         labelled=len(labels),
         failed=sum(1 for item in labels.values() if item.get("error")),
