@@ -47,13 +47,4 @@ def _sentence_transformer(folder: str):
     except ImportError as exc:
         raise ModelNotAvailableError("sentence embeddings need sentence-transformers: "
                                      "pip install 'hotmem[retrieval]'") from exc
-    from transformers.utils import logging as transformers_logging
-
-    # transformers draws a "Loading weights" bar into the app's stderr for a model that loads in a second
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        return SentenceTransformer(folder, device="cpu", local_files_only=True)
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
+    return SentenceTransformer(folder, device="cpu", local_files_only=True)
