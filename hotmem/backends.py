@@ -74,6 +74,11 @@ class TeacherBackend:
             _, statements = self.program.statements(list(turns))
             return self.program.stated_probabilities(statements, list(relations))
 
+    def with_lm(self, lm: dspy.BaseLM) -> TeacherBackend:
+        """The same program and check on `lm` (a sampling copy of this backend's LM, say): a label that differs
+        from this backend's by sampling, without loading the program again."""
+        return TeacherBackend(self.program.deepcopy(), lm, check=self.check)
+
     def with_demo_page(self, page: int) -> TeacherBackend:
         """The same program on the same LM, shown the `page`-th k retrieved demos instead of the nearest k
         (`DemoRetriever.with_page`): a greedy label that differs from this backend's by its demonstrations, for

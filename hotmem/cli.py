@@ -78,14 +78,16 @@ def _samplers(args: argparse.Namespace, schema, lm, extractor) -> list:
     from hotmem.backends import TeacherBackend
     from hotmem.extractor import GraphExtractor
 
-    if args.demo_pages and not isinstance(extractor.backend, TeacherBackend):
-        raise InvalidInputError("--demo-pages pages a teacher program's retrieved demos")
+    if args.samples == 1 and not args.demo_pages:
+        return []
+    if not isinstance(extractor.backend, TeacherBackend):
+        raise InvalidInputError("--samples and --demo-pages vary a teacher program's labels")
     # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
-    sampled = [_extractor(args, args.program, schema, lm.copy(rollout_id=i, temperature=args.temperature),
-                          extractor.max_chars) for i in range(1, args.samples)]
-    return sampled + [GraphExtractor(schema=schema, closed=extractor.closed, max_chars=extractor.max_chars,
-                                     backend=extractor.backend.with_demo_page(page))
-                      for page in range(1, args.demo_pages + 1)]
+    backends = [extractor.backend.with_lm(lm.copy(rollout_id=i, temperature=args.temperature))
+                for i in range(1, args.samples)]
+    backends += [extractor.backend.with_demo_page(page) for page in range(1, args.demo_pages + 1)]
+    return [GraphExtractor(schema=schema, closed=extractor.closed, max_chars=extractor.max_chars, backend=backend)
+            for backend in backends]
 
 
 def _add_sampling(parser: argparse.ArgumentParser, what: str) -> None:
@@ -493,6 +495,9 @@ def _setup_logging(verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "hotmem: %(message)s"))
     own = logging.getLogger("hotmem")
     own.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for earlier in [h for h in own.handlers if getattr(h, "hotmem_cli", False)]:  # main() called again in-process
+        own.removeHandler(earlier)
+    handler.hotmem_cli = True
     own.addHandler(handler)
     own.propagate = False
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,

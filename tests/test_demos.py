@@ -85,6 +85,18 @@ def test_a_teacher_backend_on_another_page_of_demos_leaves_the_original_alone():
         TeacherBackend(Teacher(), dspy.utils.DummyLM([])).with_demo_page(1)
 
 
+def test_a_teacher_backend_on_another_lm_keeps_its_program_and_check():
+    from hotmem.backends import TeacherBackend
+
+    backend = TeacherBackend(Teacher(retriever=DemoRetriever(POOL, k=1, embed=BagOfTopics())), dspy.utils.DummyLM([]))
+    sampling = dspy.utils.DummyLM([])
+    sampled = backend.with_lm(sampling)
+    assert sampled.lm is sampling and backend.lm is not sampling and sampled.check == backend.check
+    assert sampled.program is not backend.program  # its own copy: labels may run on threads
+    assert sampled.program.retriever.settings() == backend.program.retriever.settings()
+    assert sampled.program.relations.signature.instructions == backend.program.relations.signature.instructions
+
+
 def test_bad_pools_are_typed_errors():
     with pytest.raises(InvalidInputError, match="empty"):
         DemoRetriever([], embed=BagOfTopics())
@@ -242,3 +254,27 @@ def test_the_evaluate_command_varies_the_demos_of_its_other_labels(tmp_path, mon
     shown = {frozenset(e["statements"][0] for e in POOL if e["statements"][0] in prompt)
              for prompt in relations_prompts}
     assert len(shown) == 3 and all(len(demos) == 1 for demos in shown)
+
+
+def test_the_evaluate_command_loads_the_program_once_for_all_its_labels(tmp_path, monkeypatch, capsys):
+    import json
+
+    import hotmem
+    from hotmem.cli import main
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("hotmem.teacher.demos.minilm_embedder", BagOfTopics)
+    save_program(Teacher(retriever=DemoRetriever(POOL, k=1, embed=BagOfTopics())), tmp_path / "program")
+    lm = dspy.utils.DummyLM([{"references": [], "statements": [], "entities": [], "relations": []}] * 20,
+                            adapter=dspy.JSONAdapter())
+    hotmem.configure(lm)
+    try:
+        for _ in range(2):  # a second in-process run logs through one handler, not two
+            assert main(["evaluate", "--dataset", "gold", "--split", "test", "--limit", "1", "--program",
+                         str(tmp_path / "program"), "--samples", "3", "--demo-pages", "1",
+                         "--out", str(tmp_path / "eval")]) == 0
+    finally:
+        hotmem.configure()
+    [row] = [json.loads(line) for line in (tmp_path / "eval" / "rows.jsonl").read_text().splitlines()]
+    assert len(row["samples"]) == 4
+    assert capsys.readouterr().err.count("loaded the program saved in") == 2
