@@ -86,9 +86,9 @@ class TeacherBackend:
         retriever = getattr(self.program, "retriever", None)
         if retriever is None:
             raise InvalidInputError("this teacher program retrieves no demos (hotmem optimize --retrieve K adds them)")
-        program = self.program.deepcopy()
-        program.retriever = retriever.with_page(page)
-        return TeacherBackend(program, self.lm, check=self.check)
+        paged = self.with_lm(self.lm)
+        paged.program.retriever = retriever.with_page(page)
+        return paged
 
     def _context(self):
         import dspy
