@@ -59,27 +59,33 @@ def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int |
 
 def _check_samples(args: argparse.Namespace) -> None:
     # a rescore votes the samples an earlier run stored again, with any --agree up to their number
-    labels = args.samples + args.demo_pages
+    labels = args.samples + args.demo_pages + len(args.with_program)
     most = float("inf") if getattr(args, "rescore", False) else labels
     if args.samples < 1 or args.demo_pages < 0 or not 1 <= (args.agree or 1) <= most:
         raise InvalidInputError(f"--samples must be at least 1, --demo-pages at least 0 and --agree between 1 and "
-                                f"their sum (got {args.samples}, {args.demo_pages}, {args.agree})")
-    if labels > 1 and _is_student(args.program):  # a student runs its own model, greedily
+                                f"the number of labels (got {args.samples}, {args.demo_pages}, "
+                                f"{len(args.with_program)} --with-program, {args.agree})")
+    if (args.samples > 1 or args.demo_pages) and _is_student(args.program):  # a student answers once, greedily
         raise InvalidInputError("--samples and --demo-pages vary a teacher: a student --program answers once")
     several = labels > 1 or getattr(args, "rescore", False)
     if args.min_support is not None and (args.agree is not None or not several):
         raise InvalidInputError("--min-support votes over several labels (--samples N, --demo-pages P) instead of "
                                 "--agree")
+    if args.min_support is not None and _is_student(args.program):
+        raise InvalidInputError("--min-support checks facts with the --program teacher's verify step: a student "
+                                "--program has none; use --agree")
 
 
 def _samplers(args: argparse.Namespace, schema, lm, extractor) -> list:
     """Self-consistency: beside `extractor`, `--samples N` - 1 extractors on the teacher's LM sampling at
-    `--temperature`, then `--demo-pages P` greedy ones, each shown the next page of the teacher's retrieved demos."""
+    `--temperature`, then `--demo-pages P` greedy ones, each shown the next page of the teacher's retrieved demos,
+    then one for each `--with-program` (another labeller: a student, or a teacher program on the same LM)."""
     from hotmem.backends import TeacherBackend
     from hotmem.extractor import GraphExtractor
 
+    others = [_extractor(args, spec, schema, lm, max_chars=extractor.max_chars) for spec in args.with_program]
     if args.samples == 1 and not args.demo_pages:
-        return []
+        return others
     if not isinstance(extractor.backend, TeacherBackend):
         raise InvalidInputError("--samples and --demo-pages vary a teacher program's labels")
     # DSPy's way to sample: a rollout id per sampler keeps their cached answers apart
@@ -87,7 +93,7 @@ def _samplers(args: argparse.Namespace, schema, lm, extractor) -> list:
                 for i in range(1, args.samples)]
     backends += [extractor.backend.with_demo_page(page) for page in range(1, args.demo_pages + 1)]
     return [GraphExtractor(schema=schema, closed=extractor.closed, max_chars=extractor.max_chars, backend=backend)
-            for backend in backends]
+            for backend in backends] + others
 
 
 def _add_sampling(parser: argparse.ArgumentParser, what: str) -> None:
@@ -96,6 +102,10 @@ def _add_sampling(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--demo-pages", type=int, default=0,
                         help=f"P more greedy {what}, each shown the next page of the teacher's retrieved demos (the k "
                              "after the nearest k, and so on): labels that differ without sampling")
+    parser.add_argument("--with-program", action="append", default=[], metavar="PROGRAM",
+                        help=f"another labeller whose {what} join the vote (repeatable): 'student', a folder "
+                             "`hotmem distill` exported, or a teacher program on the same LM; --agree 2 with one "
+                             "keeps the facts both state")
     parser.add_argument("--agree", type=int, default=None,
                         help=f"keep the facts at least this many of the {what} state (default: a majority)")
     parser.add_argument("--temperature", type=float, default=0.7, help=f"the sampled {what}' temperature")
@@ -236,8 +246,9 @@ def _label(args: argparse.Namespace) -> int:
     config = LabelConfig(out_dir=args.out, min_confidence=args.min_confidence, threads=args.threads, limit=args.limit,
                          clean_items=not args.drop_whole, agree=args.agree,
                          min_support=args.min_support)
-    # a student runs its own model: no teacher LM to load
-    lm = _lm(args) if _is_student(args.program) else _lm(args) or configured_lm() or make_lm(LABELLING_LM)
+    # a student runs its own model: no teacher LM to load unless a labeller is a teacher
+    students_only = all(_is_student(spec) for spec in (args.program, *args.with_program))
+    lm = _lm(args) if students_only else _lm(args) or configured_lm() or make_lm(LABELLING_LM)
     extractor = _extractor(args, args.program, CONVERSATION_SCHEMA, lm)
     samplers = _samplers(args, CONVERSATION_SCHEMA, lm, extractor)
     utterances = _corpus(args.source, args.path, args.seed)
@@ -245,8 +256,8 @@ def _label(args: argparse.Namespace) -> int:
         from hotmem.pipeline.mixture import base_id, drawn_record_ids, earlier_stage
         from hotmem.shipped import shipped_root
 
-        run = shipped_root() / "student" if args.unseen_by == "student" else Path(args.unseen_by)
-        taught = drawn_record_ids(earlier_stage(run, role="--unseen-by"))
+        runs = [shipped_root() / "student" if spec == "student" else Path(spec) for spec in args.unseen_by]
+        taught = set().union(*(drawn_record_ids(earlier_stage(run, role="--unseen-by")) for run in runs))
         utterances = (u for u in utterances if base_id(u.id) not in taught)
     report = label_corpus(extractor, utterances, config=config, samplers=samplers)
     print(json.dumps(report.to_dict(), indent=1))
@@ -379,10 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--out", default="runs/labels", help="folder for labels.jsonl, dataset/ and report.json")
     label.add_argument("--program", default="default",
                        help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` exported")
-    label.add_argument("--unseen-by", default=None, metavar="RUN",
+    label.add_argument("--unseen-by", action="append", default=[], metavar="RUN",
                        help="leave out every record the training of RUN (a folder `hotmem distill` wrote, or "
                        "'student': the shipped one) and of the runs in its weights drew: labels on text it was not "
-                       "taught")
+                       "taught (repeatable: text none of them was taught)")
     label.add_argument("--limit", type=int, default=None, help="first N utterances of the corpus")
     label.add_argument("--seed", type=int, default=None, help="an annotated corpus: shuffle it with this seed first")
     label.add_argument("--threads", type=int, default=1, help="concurrent requests (for a served LM)")
@@ -403,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--labels", default="runs/labels", help="without --mixture: the folder `hotmem label` wrote")
     dist.add_argument("--out", default="runs/student", help="checkpoints (resumable) and exports")
     dist.add_argument("--base", default="Qwen/Qwen2.5-0.5B-Instruct",
-                      help="hub id; without a hub, the embedded Qwen2.5-Coder-0.5B GGUF is dequantized instead")
+                      help="hub id, or an embedded model's name (qwen2.5-coder-1.5b) to dequantize; without a hub, "
+                           "the embedded Qwen2.5-Coder-0.5B GGUF is dequantized instead")
     dist.add_argument("--backend", default="auto", help="auto (Unsloth on a CUDA GPU, else TRL), unsloth or trl")
     dist.add_argument("--epochs", type=float, default=1.0)
     dist.add_argument("--max-steps", type=int, default=-1)

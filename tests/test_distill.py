@@ -268,6 +268,11 @@ def test_tiny_lora_trains_resumes_and_exports_a_gguf_llama_cpp_reads(tmp_path):
     spec = json.loads((mid / "student.json").read_text())
     assert (spec["prompt"], spec["base_gguf"], spec["lora_gguf"]) == ("schema", "smollm2-135m", "adapter.gguf")
     assert spec["answer_format"] == "json"  # what the run's rows taught (recorded beside its checkpoints)
+    record = json.loads((out / "checkpoints" / "data.json").read_text())
+    assert record["base_model"] == "tiny-qwen2"  # the source the run was given: no embedded GGUF, so the fallback above
+    (out / "checkpoints" / "data.json").write_text(json.dumps({**record, "base_model": "smollm2-135m"}))
+    spec = json.loads((export_checkpoint(checkpoint, tmp_path / "mid2") / "student.json").read_text())
+    assert spec["base_gguf"] == "smollm2-135m"  # a run on an embedded base: its GGUF, whatever the fallback
     with pytest.raises(DistillError, match="not a LoRA checkpoint"):
         export_checkpoint(tmp_path, tmp_path / "mid")
     # a second run with a larger budget continues from the last checkpoint
@@ -317,7 +322,7 @@ def test_chats_of_several_examples_train_with_the_loss_on_every_answer(tmp_path)
     from trl.chat_template_utils import qwen2_5_chat_template
 
     from hotmem.llama.models import model_path
-    from hotmem.pipeline.distill import _answers, distill, sft_config
+    from hotmem.pipeline.distill import _ESCAPED_TOOL_EXAMPLE, _answers, _check_chat_template, distill, sft_config
     from hotmem.pipeline.mixture import Mixture, example_rows, share_prompts
     from hotmem.types import Record
 
@@ -335,7 +340,9 @@ def test_chats_of_several_examples_train_with_the_loss_on_every_answer(tmp_path)
     config = DistillConfig(out_dir=str(tmp_path / "student"), max_steps=1, batch_size=2, lora_r=2, lora_alpha=4)
     with pytest.raises(DistillError, match="examples_per_prompt"):  # SmolLM2's own template
         distill(config, sft_dataset(rows), base=(Qwen2ForCausalLM(tiny), tokenizer, "tiny"), progress=False)
-    tokenizer.chat_template = qwen2_5_chat_template
+    tokenizer.chat_template = qwen2_5_chat_template.replace(*reversed(_ESCAPED_TOOL_EXAMPLE))
+    _check_chat_template(tokenizer)  # Qwen2.5-Coder-1.5B's GGUF: the same template but an escaped tool example
+    assert tokenizer.chat_template == qwen2_5_chat_template
     trainer = SFTTrainer(model=Qwen2ForCausalLM(tiny), args=sft_config(config, bf16=False, use_cpu=True, chats=True),
                          train_dataset=sft_dataset(rows), processing_class=tokenizer,
                          peft_config=LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config)))

@@ -292,10 +292,16 @@ def test_the_label_command_leaves_out_what_a_run_was_taught(tmp_path, monkeypatc
     run.mkdir()
     taught = Mixture(sources=[MixtureSource("gold", limit=len(everything) - 2)]).to_dict()
     (run / "manifest.json").write_text(json.dumps({"mixture": taught}))
-    hotmem.configure(dspy.utils.DummyLM([{"references": [], "statements": []}] * 4, adapter=dspy.JSONAdapter()))
+    wider = tmp_path / "wider"  # a run that drew one record more
+    wider.mkdir()
+    (wider / "manifest.json").write_text(json.dumps({"mixture": Mixture(
+        sources=[MixtureSource("gold", limit=len(everything) - 1)]).to_dict()}))
+    hotmem.configure(dspy.utils.DummyLM([{"references": [], "statements": []}] * 8, adapter=dspy.JSONAdapter()))
     try:
         assert main(["label", "gold", "--unseen-by", str(run), "--program", "teacher", "--out",
                      str(tmp_path / "labels")]) == 0
+        assert main(["label", "gold", "--unseen-by", str(run), "--unseen-by", str(wider), "--program", "teacher",
+                     "--out", str(tmp_path / "labels-both")]) == 0
         assert main(["label", "gold", "--unseen-by", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     finally:
         hotmem.configure()
@@ -303,6 +309,7 @@ def test_the_label_command_leaves_out_what_a_run_was_taught(tmp_path, monkeypatc
     drawn = {record.id for _, _, pairs in draw(Mixture(**taught)) for record, _ in pairs}
     assert len(labelled) == 2 and not drawn & set(labelled)
     assert set(labelled) | drawn == {u.id for u in everything}
+    assert (tmp_path / "labels-both" / LABELS_FILE).read_text().count("\n") == 1  # unseen by either run
 
 
 def test_labels_are_scored_against_the_annotations_at_each_stage(tmp_path):
@@ -412,6 +419,13 @@ def test_a_student_labels_without_loading_a_teacher_lm(tmp_path, monkeypatch):
     assert main(["label", str(corpus), "--program", str(student), "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["labelled"] == 0
     assert main(["label", str(corpus), "--program", str(student), "--samples", "2", "--out", str(out)]) == 2
+    # another student's labels join the vote without a teacher LM either; --min-support needs a teacher's check
+    assert main(["label", str(corpus), "--program", str(student), "--with-program", str(student), "--agree", "2",
+                 "--out", str(out)]) == 0
+    assert main(["label", str(corpus), "--program", str(student), "--with-program", str(student),
+                 "--min-support", "0.5", "--out", str(out)]) == 2
+    assert main(["label", str(corpus), "--program", str(student), "--with-program", str(student), "--agree", "3",
+                 "--out", str(out)]) == 2
 
 
 def test_the_evaluate_command_votes_over_samples_as_labelling_does(tmp_path, monkeypatch):
@@ -432,3 +446,20 @@ def test_the_evaluate_command_votes_over_samples_as_labelling_does(tmp_path, mon
         hotmem.configure()
     [row] = [json.loads(line) for line in (tmp_path / "eval" / "rows.jsonl").read_text().splitlines()]
     assert row["error"] is None and len(row["samples"]) == 3
+
+
+def test_another_programs_labels_join_the_vote(tmp_path, monkeypatch):
+    """`--with-program P`: P's graph of each input is stored beside the main one and votes with it."""
+    import hotmem
+    from hotmem.cli import main
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    hotmem.configure(dspy.utils.DummyLM([{"references": [], "statements": []}] * 10, adapter=dspy.JSONAdapter()))
+    evaluate = ["evaluate", "--dataset", "gold", "--split", "test", "--limit", "1", "--out", str(tmp_path / "eval")]
+    try:
+        assert main([*evaluate, "--program", "teacher", "--with-program", "teacher", "--samples", "2",
+                     "--agree", "3"]) == 0
+    finally:
+        hotmem.configure()
+    [row] = [json.loads(line) for line in (tmp_path / "eval" / "rows.jsonl").read_text().splitlines()]
+    assert row["error"] is None and len(row["samples"]) == 3  # main, one sampled, the other program's

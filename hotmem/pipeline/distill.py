@@ -239,6 +239,8 @@ def load_base(config: DistillConfig, backend: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     peft_config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config))
+    if config.base_model in EMBEDDED_MODELS:  # an embedded GGUF asked for by name: no hub to try
+        return (*_dequantized_gguf(config.base_model, config), peft_config, config.base_model)
     # The local cache first, the hub only when it answers (an unreachable hub costs a minute of retries).
     for local_only in (True, False):
         if not local_only and not Path(config.base_model).exists() and not _hub_reachable():
@@ -251,8 +253,17 @@ def load_base(config: DistillConfig, backend: str):
             return model, tokenizer, peft_config, config.base_model
         except OSError as exc:
             logger.info("cannot load %s%s: %s", config.base_model, " from the local cache" * local_only, exc)
-    gguf = model_path(config.gguf_fallback)
-    logger.warning("%s is not available here; dequantizing %s instead", config.base_model, gguf.name)
+    logger.warning("%s is not available here; dequantizing %s instead", config.base_model,
+                   model_path(config.gguf_fallback).name)
+    return (*_dequantized_gguf(config.gguf_fallback, config), peft_config, config.gguf_fallback)
+
+
+def _dequantized_gguf(name: str, config: DistillConfig):
+    """(model, tokenizer) of an embedded GGUF, dequantized by transformers into trainable tensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = model_path(name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=getattr(torch, training_dtype(config.dtype)))
@@ -260,7 +271,7 @@ def load_base(config: DistillConfig, backend: str):
     # refuses to train "GGUF-quantized" models. Drop the marker.
     model.hf_quantizer, model.is_quantized = None, False
     model.config.quantization_config = None
-    return model, tokenizer, peft_config, config.gguf_fallback
+    return model, tokenizer
 
 
 def _earlier_adapter(config: DistillConfig) -> Path:
@@ -372,9 +383,9 @@ def _last_checkpoint(folder: Path) -> str | None:
 DATA_RECORD = "data.json"
 
 
-def _same_data(checkpoints: Path, dataset, resuming: bool, answer_format: str) -> None:
-    """Record the data set's digest (and the answer format its rows teach, which a checkpoint's export needs) beside
-    the checkpoints; when resuming, refuse other data."""
+def _same_data(checkpoints: Path, dataset, resuming: bool, answer_format: str, base_source: str) -> None:
+    """Record the data set's digest (and the answer format its rows teach and the base, which a checkpoint's export
+    needs) beside the checkpoints; when resuming, refuse other data."""
     rows = json.dumps(dataset.to_list(), sort_keys=True, ensure_ascii=False).encode()
     digest = hashlib.sha256(rows).hexdigest()[:16]
     record = checkpoints / DATA_RECORD
@@ -385,8 +396,8 @@ def _same_data(checkpoints: Path, dataset, resuming: bool, answer_format: str) -
                                f"({before.get('examples')} rows, digest {before.get('sha256')}; now {len(dataset)}, "
                                f"{digest}): remove them or choose another out_dir")
     checkpoints.mkdir(parents=True, exist_ok=True)
-    write_atomic(record, json.dumps({"sha256": digest, "examples": len(dataset), "answer_format": answer_format})
-                 + "\n")
+    write_atomic(record, json.dumps({"sha256": digest, "examples": len(dataset), "answer_format": answer_format,
+                                     "base_model": base_source}) + "\n")
 
 
 def _answers(dataset) -> int:
@@ -394,6 +405,12 @@ def _answers(dataset) -> int:
     if "messages" not in dataset.column_names:
         return len(dataset)
     return sum(m["role"] == "assistant" for chat in dataset["messages"] for m in chat)
+
+
+#: Qwen2.5-Coder-1.5B-Instruct's GGUF escapes the braces of its tool-call example, a string literal only tool prompts
+#: show; undone, the template is Qwen2.5's own, which TRL knows how to mask
+_ESCAPED_TOOL_EXAMPLE = ('{{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}}',
+                         '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}')
 
 
 def _check_chat_template(tokenizer) -> None:
@@ -405,6 +422,15 @@ def _check_chat_template(tokenizer) -> None:
     try:
         get_training_chat_template(tokenizer)
     except ValueError as exc:
+        template = tokenizer.chat_template or ""
+        if _ESCAPED_TOOL_EXAMPLE[0] in template:
+            tokenizer.chat_template = template.replace(*_ESCAPED_TOOL_EXAMPLE)
+            try:
+                get_training_chat_template(tokenizer)
+                logger.info("unescaped the tool-call example of the base's chat template (Qwen2.5's own)")
+                return
+            except ValueError:
+                tokenizer.chat_template = template
         raise DistillError("a mixture with examples_per_prompt > 1 trains on chats, and TRL cannot mask the answers "
                            f"of this base's chat template: {exc} Use examples_per_prompt 1.") from exc
 
@@ -456,7 +482,7 @@ def distill(config: DistillConfig, dataset, *, base: tuple | None = None, progre
     if len(trainer.train_dataset) == 0:  # TRL drops examples whose answer was cut off entirely
         raise DistillError(f"no example fits max_seq_length={config.max_seq_length} with its answer: raise it")
     resume = _last_checkpoint(Path(args.output_dir))
-    _same_data(Path(args.output_dir), dataset, bool(resume), answer_format)
+    _same_data(Path(args.output_dir), dataset, bool(resume), answer_format, base_source)
     if resume:
         logger.info("resuming from %s", resume)
     started = time.perf_counter()
@@ -667,16 +693,18 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, config: DistillCo
         raise DistillError(f"{checkpoint} is not a LoRA checkpoint (adapter_model.safetensors and "
                            "adapter_config.json expected)")
     adapter_config = json.loads((checkpoint / "adapter_config.json").read_text())
+    record_file = checkpoint.parent / DATA_RECORD
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    # runs recorded before the base was: the fallback GGUF, the only embedded base then
+    gguf_name = record.get("base_model") if record.get("base_model") in EMBEDDED_MODELS else config.gguf_fallback
     base = adapter_config.get("base_model_name_or_path") or ""
-    if not (Path(base).is_dir() and (Path(base) / model_path(config.gguf_fallback).name).is_file()):
-        raise DistillError(f"{checkpoint} was trained on {base!r}, not on the embedded {config.gguf_fallback} "
+    if not (Path(base).is_dir() and (Path(base) / model_path(gguf_name).name).is_file()):
+        raise DistillError(f"{checkpoint} was trained on {base!r}, not on the embedded {gguf_name} "
                            "GGUF: only the end-of-run export writes a GGUF for it")
     out.mkdir(parents=True, exist_ok=True)
     write_lora_gguf(load_file(str(adapter)), out / "adapter.gguf", alpha=adapter_config["lora_alpha"])
-    record = checkpoint.parent / DATA_RECORD
-    answer_format = json.loads(record.read_text()).get("answer_format", "json") if record.is_file() else "json"
-    _write_student_spec(out, {"lora_gguf": "adapter.gguf", "base_gguf": config.gguf_fallback,
-                              "checkpoint": str(checkpoint)}, answer_format)
+    _write_student_spec(out, {"lora_gguf": "adapter.gguf", "base_gguf": gguf_name,
+                              "checkpoint": str(checkpoint)}, record.get("answer_format", "json"))
     return out
 
 
