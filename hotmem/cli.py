@@ -10,6 +10,8 @@ from pathlib import Path
 
 from hotmem.errors import HotmemError, InvalidInputError
 
+#: Shipped students a spec may name: `optimized/student` (the LoRA) and `optimized/encoder`.
+SHIPPED_STUDENTS = ("student", "encoder")
 _CONFIGURED = "the configured LM (HOTMEM_LM), else hotmem's default"
 
 
@@ -37,12 +39,12 @@ def _lm(args: argparse.Namespace, **kwargs):
 def _is_student(spec: str) -> bool:
     from hotmem.students.lora import STUDENT_FILE
 
-    return spec in {"auto", "student"} or (Path(spec) / STUDENT_FILE).is_file()
+    return spec in {"auto", *SHIPPED_STUDENTS} or (Path(spec) / STUDENT_FILE).is_file()
 
 
 def _extractor(args: argparse.Namespace, spec: str, schema, lm, max_chars: int | None = None):
-    """A `GraphExtractor` for `--program SPEC`: 'auto', 'student' or a student folder pick that backend; anything
-    else is a teacher program ('default', 'teacher' or a folder saved by `hotmem optimize`)."""
+    """A `GraphExtractor` for `--program SPEC`: 'auto', 'student', 'encoder' or a student folder pick that backend;
+    anything else is a teacher program ('default', 'teacher' or a folder saved by `hotmem optimize`)."""
     from hotmem.extractor import DEFAULT_MAX_CHARS, GraphExtractor
 
     closed, max_chars = not getattr(args, "open", False), max_chars or DEFAULT_MAX_CHARS
@@ -256,7 +258,7 @@ def _label(args: argparse.Namespace) -> int:
         from hotmem.pipeline.mixture import base_id, drawn_record_ids, earlier_stage
         from hotmem.shipped import shipped_root
 
-        runs = [shipped_root() / "student" if spec == "student" else Path(spec) for spec in args.unseen_by]
+        runs = [shipped_root() / spec if spec in SHIPPED_STUDENTS else Path(spec) for spec in args.unseen_by]
         taught = set().union(*(drawn_record_ids(earlier_stage(run, role="--unseen-by")) for run in runs))
         utterances = (u for u in utterances if base_id(u.id) not in taught)
     report = label_corpus(extractor, utterances, config=config, samplers=samplers)
@@ -367,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None,
                           help="gold: train/dev/test; dialogre: dev/train; conll04: valid/train")
     evaluate.add_argument("--program", default="default",
-                          help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` "
-                          "exported; 'auto' (what GraphExtractor() runs)")
+                          help=_PROGRAM_HELP + "; 'student' / 'encoder' (the shipped LoRA / encoder student) or a "
+                          "folder `hotmem distill` exported; 'auto' (what GraphExtractor() runs)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N examples only")
     evaluate.add_argument("--out", default=None, help="folder for rows.jsonl (resumable), report.md and report.json")
     evaluate.add_argument("--open", action="store_true", help="open extraction (predicates outside the schema)")
@@ -389,11 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--path", default=None, help="for convai2/dialogre: the data file (default: ../shared/data)")
     label.add_argument("--out", default="runs/labels", help="folder for labels.jsonl, dataset/ and report.json")
     label.add_argument("--program", default="default",
-                       help=_PROGRAM_HELP + "; 'student' (the shipped student) or a folder `hotmem distill` exported")
+                       help=_PROGRAM_HELP + "; 'student' / 'encoder' (the shipped LoRA / encoder student) or a "
+                       "folder `hotmem distill` exported")
     label.add_argument("--unseen-by", action="append", default=[], metavar="RUN",
                        help="leave out every record the training of RUN (a folder `hotmem distill` wrote, or "
-                       "'student': the shipped one) and of the runs in its weights drew: labels on text it was not "
-                       "taught (repeatable: text none of them was taught)")
+                       "'student' / 'encoder': a shipped one) and of the runs in its weights drew: labels on text "
+                       "it was not taught (repeatable: text none of them was taught)")
     label.add_argument("--limit", type=int, default=None, help="first N utterances of the corpus")
     label.add_argument("--seed", type=int, default=None, help="an annotated corpus: shuffle it with this seed first")
     label.add_argument("--threads", type=int, default=1, help="concurrent requests (for a served LM)")

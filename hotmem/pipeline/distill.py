@@ -226,8 +226,12 @@ def load_base(config: DistillConfig, backend: str):
                 str(_earlier_adapter(config)), max_seq_length=config.max_seq_length, load_in_4bit=False, dtype=None
             )
             return model, tokenizer, None, config.base_model
+        weights = config.base_model
+        if config.base_model in EMBEDDED_MODELS:  # an embedded GGUF by name: its unquantized weights, from the hub
+            weights = EMBEDDED_MODELS[config.base_model].hub_id
+            logger.info("Unsloth trains %s on its hub weights, %s", config.base_model, weights)
         model, tokenizer = FastLanguageModel.from_pretrained(
-            config.base_model, max_seq_length=config.max_seq_length, load_in_4bit=False, dtype=None
+            weights, max_seq_length=config.max_seq_length, load_in_4bit=False, dtype=None
         )
         model = FastLanguageModel.get_peft_model(
             model, **lora_kwargs(config), use_gradient_checkpointing="unsloth", random_state=config.seed

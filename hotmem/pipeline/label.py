@@ -228,9 +228,13 @@ def clean_label(
 
 
 def _fact(relation, speakers: Sequence[str], schema: RelationSchema) -> tuple[str, str, str]:
-    """A relation as the fact it states: names normalised, one key however it is restated."""
-    return schema.fact(normalize_name(relation.subject, speakers), relation.predicate,
-                       normalize_name(relation.object, speakers))
+    """A relation as the fact it states: names normalised, one key however it is restated. An end named for the
+    other one (`speaker has_pet speaker's dog`) is keyed as the bare mention (`dog`): labellers differ in whether
+    they name unnamed kin and pets for their owner, and both state the same fact."""
+    subject, obj = normalize_name(relation.subject, speakers), normalize_name(relation.object, speakers)
+    obj = obj.removeprefix(f"{subject} 's ")
+    subject = subject.removeprefix(f"{obj} 's ")
+    return schema.fact(subject, relation.predicate, obj)
 
 
 def vote(graphs: Sequence[Graph], agree: int | None = None, *, speakers: Sequence[str] = (),
