@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 from hotmem.errors import HotmemError, InvalidInputError
-
-#: Shipped students a spec may name: `optimized/student` (the LoRA) and `optimized/encoder`.
-SHIPPED_STUDENTS = ("student", "encoder")
+from hotmem.shipped import SHIPPED_STUDENTS
 _CONFIGURED = "the configured LM (HOTMEM_LM), else hotmem's default"
 
 
@@ -255,11 +253,9 @@ def _label(args: argparse.Namespace) -> int:
     samplers = _samplers(args, CONVERSATION_SCHEMA, lm, extractor)
     utterances = _corpus(args.source, args.path, args.seed)
     if args.unseen_by:
-        from hotmem.pipeline.mixture import base_id, drawn_record_ids, earlier_stage
-        from hotmem.shipped import shipped_root
+        from hotmem.pipeline.mixture import base_id, taught_record_ids
 
-        runs = [shipped_root() / spec if spec in SHIPPED_STUDENTS else Path(spec) for spec in args.unseen_by]
-        taught = set().union(*(drawn_record_ids(earlier_stage(run, role="--unseen-by")) for run in runs))
+        taught = taught_record_ids(args.unseen_by)
         utterances = (u for u in utterances if base_id(u.id) not in taught)
     report = label_corpus(extractor, utterances, config=config, samplers=samplers)
     print(json.dumps(report.to_dict(), indent=1))
@@ -387,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     label = sub.add_parser("label", help="label a corpus with the teacher into a datasets.Dataset (resumable)")
     label.add_argument("source", help="a .txt (one utterance per line) or .jsonl file, 'convai2' / 'dialogre', or an "
                        "annotated corpus whose labels are scored against its annotations: 'personaext-conversation', "
-                       "'dialogre-conversation', 'conll04-conversation', 'gold' (training parts)")
+                       "'convai2-conversation', 'dialogre-conversation', 'conll04-conversation', 'gold' "
+                       "(training parts)")
     label.add_argument("--path", default=None, help="for convai2/dialogre: the data file (default: ../shared/data)")
     label.add_argument("--out", default="runs/labels", help="folder for labels.jsonl, dataset/ and report.json")
     label.add_argument("--program", default="default",

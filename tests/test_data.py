@@ -349,6 +349,16 @@ def test_convai2_loader_records_per_line(convai2_dir: Path):
     ]
 
 
+def test_mapped_convai2_reads_its_dnli_triples_with_personaext_s_map(convai2_dir: Path):
+    # the DNLI relation names are the ones PersonaExt re-annotated ConvAI2 with: one map reads both
+    records, schema = load_dataset("convai2-conversation", path=convai2_dir)
+    assert [r.id for r in records] == ["convai2-valid-0001-p01", "convai2-valid-0001-u02", "convai2-valid-0002-p01"]
+    assert triples(records[0]) == {("children", "child_of", SPEAKER)}  # have_chidren [sic], flipped
+    assert triples(records[1]) == {(SPEAKER, "likes", "horror"), (SPEAKER, "favorite", "horror")}
+    assert set(records[0].scored_predicates) == {"child_of", "likes", "favorite"}  # job_status stays out
+    assert schema.fingerprint() == CONVERSATION_SCHEMA.fingerprint()
+
+
 def test_label_corpus_by_name_finds_the_file_under_the_data_root(convai2_dir: Path, monkeypatch):
     from hotmem.cli import _corpus
 

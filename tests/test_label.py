@@ -111,6 +111,26 @@ def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_pat
     texts["Hello again"] = Graph()
     again = label_corpus(canned(texts), list(texts), config=config, progress=False)
     assert (again.labelled_this_run, again.labelled, again.kept) == (1, 6, 3)
+    # throughput sums the runs that labelled; a run that only rebuilds the data set leaves it as it was
+    assert (again.labelled_timed, again.sessions) == (6, 2) and again.seconds >= report.seconds
+    rebuilt = label_corpus(canned(texts), list(texts), config=config, progress=False)
+    assert rebuilt.labelled_this_run == 0 and rebuilt.kept == 3
+    assert (rebuilt.labelled_timed, rebuilt.sessions, rebuilt.seconds) == (6, 2, again.seconds)
+    assert rebuilt.utterances_per_minute == again.utterances_per_minute > 0
+    assert rebuilt.peak_rss_gb == again.peak_rss_gb > 0
+
+
+def test_a_report_written_before_the_sums_counts_as_one_earlier_run(tmp_path):
+    texts = {"I live in Oslo.": GOOD}
+    out = tmp_path / "labels"
+    label_corpus(canned(texts), list(texts), config=LabelConfig(out_dir=str(out)), progress=False)
+    old = {"labelled": 1, "seconds_this_run": 60.0, "labelled_this_run": 30, "output_tokens_this_run": 900,
+           "peak_rss_gb": 99.0}
+    (out / "report.json").write_text(json.dumps(old))
+    report = label_corpus(canned(texts), list(texts), config=LabelConfig(out_dir=str(out)), progress=False)
+    assert (report.seconds, report.labelled_timed, report.output_tokens, report.sessions) == (60.0, 30, 900, 1)
+    assert report.utterances_per_minute == 30 and report.peak_rss_gb == 99.0
+    assert json.loads((out / "report.json").read_text())["utterances_per_minute"] == 30
 
 
 def test_cleaning_keeps_what_is_right_in_a_label_and_counts_what_it_takes_out(tmp_path):

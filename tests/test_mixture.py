@@ -290,6 +290,10 @@ def test_convai2_never_brings_back_personaext_evaluation_texts():
     evaluation = {r.text.strip().casefold() for r in load_personaext(dataset_file("personaext"), 1000)}
     texts = {record.text.strip().casefold() for record, _ in SOURCES["convai2"].read(None)}
     assert texts and not texts & evaluation
+    mapped = [record for record, _ in SOURCES["convai2-conversation"].read(None)]
+    assert {record.text.strip().casefold() for record in mapped} < texts
+    assert all({r.predicate for r in record.graph.relations} <= set(CONVERSATION_SCHEMA.predicates)
+               for record in mapped)
 
 
 @needs_data

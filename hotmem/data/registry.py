@@ -38,6 +38,13 @@ class DatasetSpec:
     relative_path: str  # folder under the data root ("" for the packaged gold set)
     files: Mapping[str, str] = field(default_factory=dict)  # split name -> file inside the folder
     default_split: str = ""
+    #: The corpus whose shipped alignment maps this one's predicates (`<name>-conversation`): its own by default.
+    #: ConvAI2's DNLI triples carry the relation names PersonaExt re-annotated them with: PersonaExt's map reads them.
+    alignment: str = ""
+
+    @property
+    def alignment_source(self) -> str:
+        return self.alignment or self.name
 
 
 def _load_gold_dataset(
@@ -71,6 +78,7 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType(
             "convai2_dnli",
             {"valid": "valid_dialogueNLI.txt", "dev": "valid_dialogueNLI.txt"},
             "valid",
+            alignment="personaext",
         ),
         "conll04": DatasetSpec(
             "conll04",
@@ -124,13 +132,14 @@ def _load_mapped(
     """
     from collections import Counter
 
-    from hotmem.alignment import SchemaAlignment, shipped_alignments
+    from hotmem.alignment import SchemaAlignment
 
-    if corpus not in shipped_alignments():
+    mapped_sets = mapped_corpora()
+    if corpus not in mapped_sets:
         raise InvalidInputError(f"no shipped alignment maps {corpus!r} onto the conversation schema; "
-                                f"mapped data sets: {[c + MAPPED_SUFFIX for c in shipped_alignments()]}")
+                                f"mapped data sets: {[c + MAPPED_SUFFIX for c in mapped_sets]}")
     records, _ = load_dataset(corpus, path=path, split=split, limit=limit, skip=skip)
-    alignment = SchemaAlignment.load(corpus)
+    alignment = SchemaAlignment.load(DATASETS[corpus].alignment_source)
     annotated = list(mapped_predicates(corpus, path, split))
     mapped, tally = [], Counter()
     for record in records:
@@ -158,7 +167,16 @@ def _mapped_predicates(corpus: str, file: str, split: str | None, _modified: int
     from hotmem.alignment import SchemaAlignment
 
     records, _ = load_dataset(corpus, path=file, split=split)
-    return SchemaAlignment.load(corpus).produces(r.predicate for record in records for r in record.graph.relations)
+    return SchemaAlignment.load(_spec(corpus).alignment_source).produces(
+        r.predicate for record in records for r in record.graph.relations)
+
+
+def mapped_corpora() -> tuple[str, ...]:
+    """The registered corpora a shipped alignment maps onto the conversation schema: `<corpus>-conversation`."""
+    from hotmem.alignment import shipped_alignments
+
+    shipped = shipped_alignments()
+    return tuple(name for name, spec in DATASETS.items() if spec.relative_path and spec.alignment_source in shipped)
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -172,12 +172,32 @@ class LabelReport:
     seconds_this_run: float = 0.0
     labelled_this_run: int = 0
     output_tokens_this_run: int = 0
-    #: Peak resident memory of the process that ran (this run's, not the earlier runs' it resumed), GiB.
+    #: Summed over the runs into this folder that labelled something: a resumed run adds to the earlier ones, a run
+    #: that only rebuilds the data set (to vote again, with other filters) leaves them as they were.
+    seconds: float = 0.0
+    labelled_timed: int = 0
+    output_tokens: int = 0
+    sessions: int = 0
+    #: Peak resident memory of the runs that labelled, the highest, GiB.
     peak_rss_gb: float = 0.0
 
     @property
     def utterances_per_minute(self) -> float:
-        return 60 * self.labelled_this_run / self.seconds_this_run if self.seconds_this_run else 0.0
+        return 60 * self.labelled_timed / self.seconds if self.seconds else 0.0
+
+    def add_run(self, seconds: float, labelled: int, output_tokens: int, earlier: dict[str, Any]) -> None:
+        """Count this run (its figures also in `*_this_run`) on top of the earlier runs' (`earlier`: their report)."""
+        self.seconds_this_run, self.labelled_this_run, self.output_tokens_this_run = seconds, labelled, output_tokens
+        if "sessions" not in earlier and earlier.get("labelled_this_run"):  # a report from before the sums
+            earlier = {"seconds": earlier["seconds_this_run"], "labelled_timed": earlier["labelled_this_run"],
+                       "output_tokens": earlier["output_tokens_this_run"], "sessions": 1,
+                       "peak_rss_gb": earlier.get("peak_rss_gb", 0.0)}
+        ran = labelled > 0
+        self.seconds = round(earlier.get("seconds", 0.0) + (seconds if ran else 0.0), 2)
+        self.labelled_timed = earlier.get("labelled_timed", 0) + labelled
+        self.output_tokens = earlier.get("output_tokens", 0) + output_tokens
+        self.sessions = earlier.get("sessions", 0) + ran
+        self.peak_rss_gb = max(earlier.get("peak_rss_gb", 0.0), peak_rss_gb() if ran else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "utterances_per_minute": round(self.utterances_per_minute, 2)}
@@ -462,6 +482,7 @@ def label_corpus(
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / LABELS_FILE)
+    earlier_runs = json.loads((out / REPORT_FILE).read_text()) if (out / REPORT_FILE).is_file() else {}
     labels: dict[str, dict[str, Any]] = {}
     for item in log:
         labels.setdefault(item["id"], item)
@@ -531,11 +552,8 @@ def label_corpus(
         removed=removed,
         kept_with_relations=sum(1 for n in dataset["n_relations"] if n) if len(dataset) else 0,
         against_reference=reference_scores(labels.values(), schema, config),
-        seconds_this_run=round(time.perf_counter() - started, 2),
-        labelled_this_run=done_now,
-        output_tokens_this_run=after - before,
-        peak_rss_gb=peak_rss_gb(),
     )
+    report.add_run(round(time.perf_counter() - started, 2), done_now, after - before, earlier_runs)
     write_atomic(out / REPORT_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
     logger.info("labels: %s", report.to_dict())
     return report

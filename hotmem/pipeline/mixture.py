@@ -93,10 +93,10 @@ def _mapped(corpus: str, read: Callable[[str | None], Iterator[tuple[Record, Rel
     each with the part of the schema the corpus's triples map to (`mapped_predicates`): it annotates only those, so
     only they may be taught absent."""
     from hotmem.alignment import SchemaAlignment
-    from hotmem.data import mapped_predicates
+    from hotmem.data import DATASETS, mapped_predicates
 
     def mapped(path: str | None):
-        alignment = SchemaAlignment.load(corpus)
+        alignment = SchemaAlignment.load(DATASETS[corpus].alignment_source)
         annotated = CONVERSATION_SCHEMA.restrict(mapped_predicates(corpus, path, split))
         for record, _ in read(path):
             graph = alignment.map_graph(record.graph)
@@ -206,6 +206,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("conll04-conversation", "the same sentences mapped onto the conversation schema "
            "(hotmem/alignments/conll04/hotmem-conversation.json)", "research only: no licence stated (Roth & Yih 2004)",
            _mapped("conll04", _conll04, split="train")),
+    Source("convai2-conversation", "the same lines mapped onto the conversation schema by PersonaExt's map (DNLI's "
+           "relation names are the ones PersonaExt re-annotated them with)", RESEARCH_ONLY,
+           _mapped("convai2", _convai2)),
     Source("labels", "teacher labels of real conversation (`hotmem label`), conversation schema",
            "those of the labelled corpus", _labels),
 )}
@@ -463,6 +466,15 @@ def model_card(report: dict[str, dict[str, Any]], mixture: Mixture, *, model: st
     lines += ["Several sources are licensed for research only: so is a model trained on them.", "",
               "## Training", "", training, ""]
     return "\n".join(lines)
+
+
+def taught_record_ids(models: Sequence[str | Path]) -> set[str]:
+    """The `base_id` of every record the training of any of these models drew (`drawn_record_ids`): a run folder,
+    or `student` / `encoder` for a shipped one (`hotmem label --unseen-by`)."""
+    from hotmem.shipped import shipped_folder
+
+    return set().union(*(drawn_record_ids(earlier_stage(shipped_folder(model), role="--unseen-by"))
+                         for model in models))
 
 
 def earlier_stage(folder: Path, role: str = "init_from") -> dict[str, Any]:
