@@ -120,6 +120,19 @@ def test_labelling_writes_a_filtered_dataset_and_resumes_without_redoing(tmp_pat
     assert rebuilt.peak_rss_gb == again.peak_rss_gb > 0
 
 
+def test_an_utterance_said_again_is_labelled_once(tmp_path):
+    texts = {"I live in Oslo.": GOOD, "Hi!": Graph()}
+    corpus = ["I live in Oslo.", "hi!", "I  live in Oslo.", "Hi!"]
+    config = LabelConfig(out_dir=str(tmp_path / "labels"))
+    extractor = canned({**texts, "hi!": Graph(), "I  live in Oslo.": GOOD, "Hi there": Graph()})
+    report = label_corpus(extractor, corpus, config=config, progress=False)
+    assert (report.labelled, report.repeated) == (2, 2)
+    assert sorted(load_labels(tmp_path / "labels")["text"]) == ["I live in Oslo.", "hi!"]
+    # a rerun with one more new utterance labels only that one; the repeats are still counted, not labelled
+    again = label_corpus(extractor, [*corpus, "Hi there"], config=config, progress=False)
+    assert (again.labelled, again.labelled_this_run, again.repeated, again.failed) == (3, 1, 2, 0)
+
+
 def test_a_report_written_before_the_sums_counts_as_one_earlier_run(tmp_path):
     texts = {"I live in Oslo.": GOOD}
     out = tmp_path / "labels"

@@ -166,6 +166,8 @@ class LabelReport:
     #: Entities and relations taken out of kept labels, by reason (with `clean_items=True`).
     removed: dict[str, int] = field(default_factory=dict)
     kept_with_relations: int = 0
+    #: Utterances of the corpus (within `limit`) left out because one with the same words was labelled.
+    repeated: int = 0
     #: Relation precision / recall of the labels against the utterances' annotations, where they have one
     #: (`reference_scores`).
     against_reference: dict[str, Any] | None = None
@@ -457,6 +459,12 @@ def total_usage(extractors: Sequence[Any]) -> dict[str, int]:
     return {key: sum(int(usage.get(key, 0)) for usage in usages) for key in ("calls", "prompt_tokens", "output_tokens")}
 
 
+def _words(turns: Sequence[Turn | dict[str, Any]]) -> tuple[tuple[str | None, str], ...]:
+    """What an utterance says, for spotting a repeat: each turn's speaker and words, case and spacing aside."""
+    turns = [Turn(**turn) if isinstance(turn, dict) else turn for turn in turns]
+    return tuple((turn.speaker, " ".join(turn.text.split()).casefold()) for turn in turns)
+
+
 def label_corpus(
     extractor,
     utterances: Iterable[Utterance],
@@ -468,6 +476,7 @@ def label_corpus(
 ) -> LabelReport:
     """Label every utterance not yet in `out_dir/labels.jsonl` with `extractor` (a `GraphExtractor`, usually on the
     teacher), then write the filtered data set and a report. A killed run started again loses and repeats nothing.
+    An utterance with the same words as one labelled already is left out (`LabelReport.repeated`).
 
     `samplers`: more extractors (the teacher sampling at a temperature, e.g. on `lm.copy(rollout_id=i,
     temperature=0.7)`, or greedy on another page of its retrieved demos, `TeacherBackend.with_demo_page`) whose
@@ -487,10 +496,18 @@ def label_corpus(
     for item in log:
         labels.setdefault(item["id"], item)
     todo, seen = [], set(labels)
+    said = {_words(item["turns"]) for item in labels.values()}
+    repeated = 0
     for utterance in read_corpus(utterances, config.limit):
-        if utterance.id not in seen:
-            seen.add(utterance.id)
-            todo.append(utterance)
+        if utterance.id in seen:
+            continue
+        seen.add(utterance.id)
+        words = _words(utterance.turns)
+        if words in said:  # labelled once already (chat corpora repeat "hi , how are you ?", personas repeat)
+            repeated += 1
+            continue
+        said.add(words)
+        todo.append(utterance)
     if labels:
         logger.info("resuming: %d labels already in %s, %d to go", len(labels), log.path, len(todo))
 
@@ -552,6 +569,7 @@ def label_corpus(
         removed=removed,
         kept_with_relations=sum(1 for n in dataset["n_relations"] if n) if len(dataset) else 0,
         against_reference=reference_scores(labels.values(), schema, config),
+        repeated=repeated,
     )
     report.add_run(round(time.perf_counter() - started, 2), done_now, after - before, earlier_runs)
     write_atomic(out / REPORT_FILE, json.dumps(report.to_dict(), indent=1) + "\n")
